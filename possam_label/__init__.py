@@ -1,0 +1,3 @@
+"""possam-label: open-vocabulary panoptic auto-labeling with PosSAM."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,376 @@
+"""One dataclass tree for every setting of possam-label, loaded from YAML in ``configs/``.
+
+Configs are data: YAML is read with ``yaml.safe_load`` and mapped field by field onto the
+dataclasses below. Unknown keys and values of the wrong type are errors that name the key.
+Choices the method spec marks as inferred ([I]) are switches here (``ldp.fusion``,
+``sam.feature``, ``mase.*``, ``train.iou_loss`` ...), so they can be ablated from YAML.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+SAM_VARIANTS: dict[str, dict[str, Any]] = {
+    # Sizes of segment_anything's build_sam.py builders.
+    "vit_b": {"embed_dim": 768, "depth": 12, "num_heads": 12, "global_attn_indexes": [2, 5, 8, 11]},
+    "vit_l": {"embed_dim": 1024, "depth": 24, "num_heads": 16, "global_attn_indexes": [5, 11, 17, 23]},
+    "vit_h": {"embed_dim": 1280, "depth": 32, "num_heads": 16, "global_attn_indexes": [7, 15, 23, 31]},
+}
+
+
+class ConfigError(ValueError):
+    """A config file or mapping that does not fit the dataclass tree."""
+
+
+@dataclass
+class SAMConfig:
+    """Frozen SAM image encoder (segment_anything ``ImageEncoderViT``)."""
+
+    variant: str = "vit_b"  # vit_b | vit_l | vit_h | custom
+    # Local path, "official" (download the official checkpoint of ``variant`` into the cache),
+    # or null (random init: tests and speed benchmarks only).
+    checkpoint: Optional[str] = None
+    img_size: int = 1024
+    patch_size: int = 16
+    embed_dim: Optional[int] = None  # from the variant unless variant == custom
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    global_attn_indexes: Optional[list[int]] = None
+    window_size: int = 14
+    out_chans: int = 256
+    # Which tensor feeds the pyramid [I]: "neck" (256-d, SAM unmodified) or "last_block".
+    feature: str = "neck"
+    pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+
+    def resolved(self) -> "SAMConfig":
+        """A copy with the size fields filled in from ``variant``."""
+        out = copy.deepcopy(self)
+        if self.variant == "custom":
+            missing = [k for k in ("embed_dim", "depth", "num_heads", "global_attn_indexes") if getattr(self, k) is None]
+            if missing:
+                raise ConfigError(f"sam.variant 'custom' needs {', '.join('sam.' + m for m in missing)}")
+            return out
+        if self.variant not in SAM_VARIANTS:
+            raise ConfigError(f"sam.variant must be one of {sorted(SAM_VARIANTS) + ['custom']}, got {self.variant!r}")
+        for key, value in SAM_VARIANTS[self.variant].items():
+            current = getattr(self, key)
+            if current is not None and current != value:
+                raise ConfigError(f"sam.{key}={current} contradicts sam.variant={self.variant} ({value}); use variant: custom")
+            setattr(out, key, copy.deepcopy(value))
+        return out
+
+
+@dataclass
+class CLIPConfig:
+    """Frozen open_clip model: dense ConvNeXt features, text tower and the out-of-vocabulary head."""
+
+    model_name: str = "convnext_large_d_320"
+    # An open_clip pretrained tag, a local .safetensors/.bin/.pt file, or null (random init).
+    pretrained: Optional[str] = "laion2b_s29b_b131k_ft_soup"
+    # A custom open_clip model config (the JSON of open_clip's model_configs) registered
+    # under ``model_name``; null uses open_clip's built-in config of that name.
+    model_cfg: Optional[dict[str, Any]] = None
+    # Side of the square image given to CLIP; null means the SAM input size (one padded image for both).
+    image_size: Optional[int] = None
+    pixel_mean: list[float] = field(default_factory=lambda: [122.7709383, 116.7460125, 104.09373615])
+    pixel_std: list[float] = field(default_factory=lambda: [68.5005327, 66.6321579, 70.32316305])
+    # ViLD templates (spec 3.4); a shorter list trades accuracy for text-encoding time.
+    templates: str = "vild"  # vild | single
+    text_chunk_size: int = 128
+
+
+@dataclass
+class PyramidConfig:
+    """ViTDet simple feature pyramid from the single stride-16 SAM map [I]."""
+
+    out_channels: int = 256
+
+
+@dataclass
+class PixelDecoderConfig:
+    """Mask2Former multi-scale deformable-attention pixel decoder (pure PyTorch)."""
+
+    conv_dim: int = 256
+    mask_dim: int = 256
+    num_layers: int = 6
+    num_heads: int = 8
+    num_points: int = 4
+    ffn_dim: int = 1024
+    dropout: float = 0.0
+    num_groups: int = 32
+
+
+@dataclass
+class DecoderConfig:
+    """Masked-attention transformer decoder."""
+
+    hidden_dim: int = 256
+    num_queries: int = 250
+    num_layers: int = 9
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    dropout: float = 0.0
+    pre_norm: bool = False
+    mask_head_layers: int = 3
+
+
+@dataclass
+class IoUHeadConfig:
+    """Mask-quality (IoU) head [I]: MLP on the normalised query output, sigmoid output."""
+
+    num_layers: int = 3
+    hidden_dim: int = 256
+
+
+@dataclass
+class LDPConfig:
+    """Local Discriminative Pooling [I]."""
+
+    # pixel_add: F_ldp = proj(CLIP) + F_masked; pixel_gated: proj(CLIP) * sigmoid(conv(F_masked)) + F_masked;
+    # pool_then_fuse: pool CLIP (stride 32) and F_masked (stride 4) separately, then sum.
+    fusion: str = "pixel_add"
+    use_query_embedding: bool = True
+    logit_scale_init: float = 1.0 / 0.07
+    logit_scale_max: float = 100.0
+
+
+@dataclass
+class MASEConfig:
+    """Mask-Aware Selective Ensembling (spec section 6) and its baselines."""
+
+    # mase: per-image selective ensemble; fc_clip: static name-overlap ensemble (FC-CLIP);
+    # in_vocab: LDP only; out_vocab: frozen CLIP only (void from LDP in both).
+    mode: str = "mase"
+    alpha: float = 0.4
+    beta: float = 0.8
+    threshold_rule: str = "image_mean"  # image_mean | fixed | percentile
+    iou_threshold: float = 0.5  # used by "fixed"
+    conf_threshold: float = 0.5  # used by "fixed"
+    percentile: float = 50.0  # used by "percentile"
+    granularity: str = "query"  # query | query_class | image_class
+    gamma: float = 1.0  # score = class prob * iou ** gamma
+    drop_iou_threshold: float = 0.0  # queries with predicted IoU below this are dropped
+
+
+@dataclass
+class PostprocessConfig:
+    """Mask2Former panoptic post-processing (spec 8.3)."""
+
+    object_mask_threshold: float = 0.0
+    overlap_threshold: float = 0.8
+    min_segment_area: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Training recipe (spec section 7)."""
+
+    batch_size: int = 16
+    max_iters: int = 368750
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    lr_steps: list[int] = field(default_factory=lambda: [327778, 355092])
+    lr_gamma: float = 0.1
+    warmup_iters: int = 10
+    grad_clip: float = 0.01
+    amp: bool = True
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    iou_weight: float = 1.0
+    void_weight: float = 0.1
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    iou_loss: str = "mse"  # mse | smooth_l1
+    iou_supervise_unmatched: bool = True
+    lsj_min_scale: float = 0.1
+    lsj_max_scale: float = 2.0
+    checkpoint_every: int = 5000
+    log_every: int = 20
+    num_workers: int = 2  # data-loader processes per trainer worker
+    seed: int = 0
+
+
+@dataclass
+class PosSAMConfig:
+    """The whole model and its recipe. One YAML file per model size in ``configs/``."""
+
+    name: str = "possam"
+    sam: SAMConfig = field(default_factory=SAMConfig)
+    clip: CLIPConfig = field(default_factory=CLIPConfig)
+    pyramid: PyramidConfig = field(default_factory=PyramidConfig)
+    pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    iou_head: IoUHeadConfig = field(default_factory=IoUHeadConfig)
+    ldp: LDPConfig = field(default_factory=LDPConfig)
+    mase: MASEConfig = field(default_factory=MASEConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # PosSAM head weights (safetensors); relative paths are resolved against the config file.
+    checkpoint: Optional[str] = None
+    # Vocabulary used when the caller gives none: "coco", "ade20k", a file or "a,b,c".
+    vocabulary: str = "coco"
+    # The classes the heads were trained on (the "seen" classes for FC-CLIP's static ensemble).
+    train_vocabulary: str = "coco"
+    # Directory of the config file, set by ``load_config`` (not a YAML key).
+    base_dir: Optional[str] = field(default=None, metadata={"yaml": False})
+
+    def model_identity(self) -> dict[str, Any]:
+        """The settings that fix the trainable heads' architecture (recorded in checkpoints)."""
+        sam = self.sam.resolved()
+        clip_keys = {"model_name": self.clip.model_name, "model_cfg": self.clip.model_cfg}
+        return {
+            "sam": {k: getattr(sam, k) for k in ("img_size", "embed_dim", "depth", "num_heads", "out_chans", "feature")},
+            "clip": clip_keys,
+            "pyramid": dataclasses.asdict(self.pyramid),
+            "pixel_decoder": dataclasses.asdict(self.pixel_decoder),
+            "decoder": dataclasses.asdict(self.decoder),
+            "iou_head": dataclasses.asdict(self.iou_head),
+            "ldp": {k: v for k, v in dataclasses.asdict(self.ldp).items() if k != "logit_scale_init"},
+        }
+
+    def resolve_path(self, value: Optional[str]) -> Optional[str]:
+        """Resolve a path written in the config relative to the config file's directory."""
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if not path.is_absolute() and self.base_dir is not None:
+            candidate = Path(self.base_dir) / path
+            if candidate.exists() or not path.exists():
+                return str(candidate)
+        return str(path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A config dataclass as plain YAML/JSON-able data (without non-YAML fields)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        if not f.metadata.get("yaml", True):
+            continue
+        value = getattr(obj, f.name)
+        out[f.name] = to_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    """Validate ``value`` against a type hint; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} ({value!r})")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return value
+    if hint is Any:
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {hint}")
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}; known: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value or {}, key)
+        else:
+            kwargs[name] = _check_type(value, hint, key)
+    return cls(**kwargs)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base``."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "model_cfg":
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(path: Union[str, Path], overrides: Optional[dict[str, Any]] = None) -> PosSAMConfig:
+    """Read a YAML config into a :class:`PosSAMConfig`.
+
+    Args:
+        path: YAML file.
+        overrides: nested mapping merged over the file's content (e.g. ``{"mase": {"mode": "fc_clip"}}``).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if overrides:
+        data = merge(data, overrides)
+    try:
+        cfg = from_dict(PosSAMConfig, data)
+        cfg.sam.resolved()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    cfg.base_dir = str(path.resolve().parent)
+    return cfg
+
+
+def config_from_json(text: str) -> PosSAMConfig:
+    """Inverse of ``json.dumps(cfg.to_dict())`` (used for configs stored in checkpoints)."""
+    return from_dict(PosSAMConfig, json.loads(text))

@@ -1,0 +1,1 @@
+"""Readers and writers: panoptic PNGs, COCO-panoptic JSON, Parquet tables, RLE."""

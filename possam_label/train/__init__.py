@@ -1,0 +1,1 @@
+"""possam_label.train"""
