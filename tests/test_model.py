@@ -1,0 +1,252 @@
+"""PosSAM model core on the tiny config: stage shapes, LDP inputs, MASE, post-processing, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from possam_label.config import ConfigError, MASEConfig, load_config
+from possam_label.model.mase import ensemble
+from possam_label.model.possam import PosSAM, load_heads, save_heads
+from possam_label.model.postprocess import panoptic_inference
+from possam_label.model.weights import WeightsError
+from possam_label.predictor import PosSAMPredictor
+from possam_label.vocab import load_vocabulary
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "possam_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg():
+    return load_config(TINY)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_cfg):
+    torch.manual_seed(0)
+    return PosSAM.from_config(tiny_cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return load_vocabulary("cat,dog,grass [stuff],sky [stuff]")
+
+
+def test_every_stage_has_the_documented_shape(tiny_cfg, tiny_model, vocab):
+    model = tiny_model
+    pixels = torch.rand(2, 3, 128, 128) * 255
+    sam_features, clip_features = model.encode(pixels)
+    assert sam_features.shape == (2, 32, 8, 8)  # stride 16, neck channels
+    assert clip_features.shape == (2, model.clip.dense_channels, 4, 4)  # stride 32
+    levels = model.pyramid(sam_features)
+    assert {k: tuple(v.shape) for k, v in levels.items()} == {
+        "res2": (2, 32, 32, 32),
+        "res3": (2, 32, 16, 16),
+        "res4": (2, 32, 8, 8),
+        "res5": (2, 32, 4, 4),
+    }
+    mask_features, multi_scale = model.pixel_decoder(levels)
+    assert mask_features.shape == (2, 32, 32, 32)
+    assert [tuple(m.shape) for m in multi_scale] == [(2, 32, 4, 4), (2, 32, 8, 8), (2, 32, 16, 16)]
+    stages = model.transformer_decoder(multi_scale, mask_features)
+    assert len(stages) == tiny_cfg.decoder.num_layers + 1
+    for queries, masks in stages:
+        assert queries.shape == (2, 16, 32) and masks.shape == (2, 16, 32, 32)
+    text = model.clip.text_classifier(vocab)
+    out = model(pixels, text)
+    assert out["pred_logits"].shape == (2, 16, len(vocab) + 1)
+    assert out["pred_masks"].shape == (2, 16, 32, 32)
+    assert out["pred_iou"].shape == (2, 16)
+    assert ((out["pred_iou"] >= 0) & (out["pred_iou"] <= 1)).all()
+    assert len(out["aux_outputs"]) == tiny_cfg.decoder.num_layers
+    oov = model.out_vocab_logits(out["pred_masks"], clip_features, text)
+    assert oov.shape == (2, 16, len(vocab))
+
+
+def test_frozen_backbones_get_no_gradient_and_heads_do(tiny_model, vocab):
+    model = tiny_model.train()
+    out = model(torch.rand(1, 3, 128, 128) * 255, model.clip.text_classifier(vocab))
+    loss = out["pred_logits"].sum() + out["pred_masks"].sum() + out["pred_iou"].sum()
+    loss.backward()
+    assert all(p.grad is None for p in model.sam.parameters())
+    assert all(p.grad is None for p in model.clip.parameters())
+    assert model.ldp.pool_proj.weight.grad is not None
+    assert model.mask_quality_head.mlp.layers[0].weight.grad is not None
+    model.zero_grad(set_to_none=True)
+    model.eval()
+
+
+@pytest.mark.parametrize("fusion", ["pixel_add", "pixel_gated", "pool_then_fuse"])
+def test_ldp_uses_both_sam_mask_features_and_clip_features(fusion, vocab):
+    cfg = load_config(TINY, {"ldp": {"fusion": fusion}})
+    torch.manual_seed(1)
+    model = PosSAM.from_config(cfg).eval()
+    text = model.clip.text_classifier(vocab)
+    pixels = torch.rand(1, 3, 128, 128) * 255
+    sam_features, clip_features = model.encode(pixels)
+    with torch.no_grad():
+        base = model.forward_heads(sam_features, clip_features, text)["pred_logits"]
+        # Changing only the CLIP features changes the class logits ...
+        other_clip = model.forward_heads(sam_features, clip_features + torch.randn_like(clip_features), text)["pred_logits"]
+        # ... and so does changing only the SAM mask features (with the masks held fixed).
+        levels = model.pyramid(sam_features)
+        mask_features, multi_scale = model.pixel_decoder(levels)
+        stages = model.transformer_decoder(multi_scale, mask_features)
+        queries, mask_logits = stages[-1]
+        fused = model.ldp.fuse(mask_features, clip_features)
+        emb = model.ldp(fused, mask_features, mask_logits, queries)
+        noisy_masked = mask_features + torch.randn_like(mask_features)
+        emb_sam = model.ldp(model.ldp.fuse(noisy_masked, clip_features), noisy_masked, mask_logits, queries)
+        emb_clip = model.ldp(model.ldp.fuse(mask_features, clip_features * 2 + 1), mask_features, mask_logits, queries)
+    assert not torch.allclose(base, other_clip)
+    assert torch.allclose(model.ldp.classify(emb, text), base, atol=1e-5)
+    assert not torch.allclose(emb, emb_sam)
+    assert not torch.allclose(emb, emb_clip)
+
+
+def _crafted_logits():
+    """Two queries over classes [seen_a, seen_b, unseen_c, unseen_d] (+ void).
+
+    q0 is on a seen-class object: LDP confident on seen_a, good mask.
+    q1 is on an unseen-class object: LDP unsure (leans to seen_b), frozen CLIP confident on unseen_c.
+    """
+    in_logits = torch.tensor([[6.0, 0.0, 0.0, 0.0, -2.0], [1.0, 1.4, 1.0, 0.5, -2.0]])
+    out_logits = torch.tensor([[2.0, 1.0, 0.5, 0.0], [0.0, 0.5, 6.0, 0.0]])
+    iou = torch.tensor([0.95, 0.6])
+    seen = torch.tensor([True, True, False, False])
+    return in_logits, out_logits, iou, seen
+
+
+def test_mase_follows_ldp_on_confident_seen_masks_and_clip_on_unseen():
+    in_logits, out_logits, iou, seen = _crafted_logits()
+    r = ensemble(in_logits, out_logits, iou, seen, MASEConfig(mode="mase"))
+    # Image-adaptive thresholds: q0 is above the mean IoU and mean confidence, q1 below.
+    assert r.seen_like.tolist() == [True, False]
+    assert r.labels.tolist() == [0, 2]
+    # q0 used alpha (0.4 weight on CLIP), q1 used beta (0.8 weight on CLIP): check the maths.
+    p_in = torch.softmax(in_logits[:, :4], -1)
+    p_out = torch.softmax(out_logits, -1)
+    p_void = torch.softmax(in_logits, -1)[:, -1]
+    for q, w in ((0, 0.4), (1, 0.8)):
+        z = (1 - w) * torch.log(p_in[q] + 1e-8) + w * torch.log(p_out[q] + 1e-8)
+        expected = torch.softmax(z, -1) * (1 - p_void[q])
+        assert torch.allclose(r.probs[q, :4], expected, atol=1e-6)
+    # Scores are rescored by predicted mask quality (gamma = 1).
+    assert torch.allclose(r.scores, r.probs.max(-1).values * iou)
+    # In-vocabulary only gets the unseen object wrong; the out-of-vocab-only baseline gets q1 right.
+    assert ensemble(in_logits, out_logits, iou, seen, MASEConfig(mode="in_vocab")).labels.tolist() == [0, 1]
+    assert ensemble(in_logits, out_logits, iou, seen, MASEConfig(mode="out_vocab")).labels.tolist() == [0, 2]
+
+
+def test_fc_clip_static_ensemble_uses_name_overlap():
+    in_logits, out_logits, iou, seen = _crafted_logits()
+    r = ensemble(in_logits, out_logits, iou, seen, MASEConfig(mode="fc_clip", gamma=0.0))
+    p_in = torch.softmax(in_logits[:, :4], -1)
+    p_out = torch.softmax(out_logits, -1)
+    w = torch.tensor([0.4, 0.4, 0.8, 0.8])
+    z = (1 - w) * torch.log(p_in + 1e-8) + w * torch.log(p_out + 1e-8)
+    p_void = torch.softmax(in_logits, -1)[:, -1:]
+    assert torch.allclose(r.probs[:, :4], torch.softmax(z, -1) * (1 - p_void), atol=1e-6)
+    assert torch.allclose(r.scores, r.probs.max(-1).values)  # gamma 0: no mask-quality rescoring
+    assert not r.seen_like.any()
+
+
+@pytest.mark.parametrize("granularity", ["query", "query_class", "image_class"])
+def test_mase_variants_and_drop_threshold(granularity):
+    in_logits, out_logits, iou, seen = _crafted_logits()
+    r = ensemble(in_logits, out_logits, iou, seen, MASEConfig(granularity=granularity, drop_iou_threshold=0.7))
+    assert r.labels[0] == 0
+    assert r.keep.tolist() == [True, False]  # q1's predicted IoU 0.6 < 0.7
+    fixed = ensemble(in_logits, out_logits, iou, seen, MASEConfig(threshold_rule="fixed", iou_threshold=0.5, conf_threshold=0.2))
+    assert fixed.seen_like.tolist() == [True, True]
+
+
+def test_panoptic_postprocess_merges_stuff_keeps_things_and_leaves_void():
+    h = w = 20
+    logits = torch.full((6, h, w), -10.0)
+    logits[0, :10, :] = 10  # stuff "grass" top half
+    logits[1, 10:, :10] = 10  # stuff "grass" bottom-left -> merged with q0
+    logits[2, 12:16, 12:16] = 10  # thing "cat"
+    logits[3, 12:16, 16:19] = 10  # another "cat" instance, adjacent: kept apart
+    logits[4, 0:4, 0:4] = 10  # thing "dog" fully covered by grass with higher score -> dropped by overlap
+    logits[5, 18:, 18:] = 10  # low-score query -> below threshold
+    scores = torch.tensor([0.9, 0.8, 0.95, 0.9, 0.1, 0.05])
+    labels = torch.tensor([2, 2, 0, 0, 1, 1])
+    isthing = torch.tensor([True, True, False, False])
+    pan, segs = panoptic_inference(logits, scores, labels, isthing, object_mask_threshold=0.08, overlap_threshold=0.8)
+    ids = [s.id for s in segs]
+    assert ids == list(range(1, len(ids) + 1))  # unique, consecutive
+    assert set(np.unique(pan.numpy())) == {0, *ids}
+    grass = [s for s in segs if s.label == 2]
+    cats = [s for s in segs if s.label == 0]
+    assert len(grass) == 1 and len(cats) == 2
+    assert (pan[:10, :] == grass[0].id).all() and (pan[10:, :10] == grass[0].id).all()
+    assert (pan[12:16, 12:16] == cats[0].id).all() and (pan[12:16, 16:19] == cats[1].id).all()
+    assert not any(s.label == 1 for s in segs)
+    assert (pan[10:12, 12:] == 0).all()  # nothing confident there: void
+    assert (pan[18:, 19:] == 0).all()
+
+
+def test_predictor_batches_images_of_different_sizes(vocab):
+    torch.manual_seed(0)
+    pred = PosSAMPredictor.from_config(TINY, device="cpu")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((100, 150), (64, 64), (201, 33))]
+    results = pred.predict(images, vocab, batch_size=2)
+    assert [r.panoptic_map.shape for r in results] == [(100, 150), (64, 64), (201, 33)]
+    for r in results:
+        ids = sorted(int(i) for i in np.unique(r.panoptic_map) if i != 0)
+        assert ids == [s.id for s in r.segments]
+        for s in r.segments:
+            assert s.area == int((r.panoptic_map == s.id).sum())
+            assert s.category in vocab.names
+            assert 0 <= s.score <= 1 and 0 <= s.mask_quality <= 1
+
+
+def test_head_checkpoint_roundtrip_and_mismatch(tmp_path, tiny_cfg, vocab):
+    torch.manual_seed(3)
+    pred = PosSAMPredictor.from_config(TINY, device="cpu")
+    # Make heads non-trivial so the round trip is meaningful.
+    with torch.no_grad():
+        for p in pred.model.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = tmp_path / "heads.safetensors"
+    save_heads(pred.model, path, tiny_cfg, vocab)
+    image = np.random.default_rng(1).integers(0, 255, (96, 120, 3), dtype=np.uint8)
+    before = pred.predict([image], vocab)[0]
+    torch.manual_seed(99)  # different random heads before loading
+    reloaded = PosSAMPredictor.from_config(TINY, checkpoint=str(path), device="cpu")
+    # The backbones are random in the tiny config: copy them so only the heads come from the file.
+    reloaded.model.sam.load_state_dict(pred.model.sam.state_dict())
+    reloaded.model.clip.load_state_dict(pred.model.clip.state_dict())
+    after = reloaded.predict([image], vocab)[0]
+    assert np.array_equal(before.panoptic_map, after.panoptic_map)
+    assert [s.to_dict() for s in before.segments] == [s.to_dict() for s in after.segments]
+    assert reloaded.train_vocabulary.names == vocab.names
+
+    other = load_config(TINY, {"decoder": {"num_queries": 8}})
+    with pytest.raises(WeightsError, match=r"does not match the model config: decoder\.num_queries"):
+        load_heads(PosSAM.from_config(other), path, other)
+
+
+def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("decoder:\n  num_queeries: 10\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*decoder\.num_queeries"):
+        load_config(bad)
+    bad.write_text("decoder:\n  num_queries: many\n")
+    with pytest.raises(ConfigError, match=r"decoder\.num_queries: expected an integer"):
+        load_config(bad)
+    bad.write_text("sam:\n  variant: vit_b\n  depth: 3\n")
+    with pytest.raises(ConfigError, match="contradicts"):
+        load_config(bad)
+    for name in ("possam_vit_b.yaml", "possam_vit_h.yaml", "possam_tiny.yaml"):
+        cfg = load_config(ROOT / "configs" / name)
+        assert cfg.sam.resolved().embed_dim > 0
+    h = load_config(ROOT / "configs" / "possam_vit_h.yaml")
+    assert (h.decoder.num_queries, h.decoder.num_layers, h.sam.resolved().embed_dim) == (250, 9, 1280)
+    assert h.clip.model_name == "convnext_large_d_320" and h.clip.pretrained == "laion2b_s29b_b131k_ft_soup"
