@@ -1,0 +1,239 @@
+"""Framework-free training pieces: optimizer, LR schedule, one step, and resumable checkpoints.
+
+``possam_label.engine.train`` runs these inside Ray Train workers; nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..config import PosSAMConfig, TrainConfig
+from ..model.clip_backbone import TextClassifier
+from ..model.possam import PosSAM, load_heads, save_heads
+from .criterion import SetCriterion, total_loss
+from .matcher import HungarianMatcher
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest"
+
+
+def build_criterion(cfg: TrainConfig, num_classes: int) -> SetCriterion:
+    matcher = HungarianMatcher(cost_class=cfg.class_weight, cost_mask=cfg.mask_weight, cost_dice=cfg.dice_weight, num_points=cfg.num_points)
+    return SetCriterion(
+        num_classes=num_classes,
+        matcher=matcher,
+        class_weight=cfg.class_weight,
+        mask_weight=cfg.mask_weight,
+        dice_weight=cfg.dice_weight,
+        iou_weight=cfg.iou_weight,
+        void_weight=cfg.void_weight,
+        num_points=cfg.num_points,
+        oversample_ratio=cfg.oversample_ratio,
+        importance_sample_ratio=cfg.importance_sample_ratio,
+        iou_loss=cfg.iou_loss,
+        iou_supervise_unmatched=cfg.iou_supervise_unmatched,
+    )
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no weight decay on norms, embeddings, biases and scales."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        module_name = name.rsplit(".", 1)[0]
+        is_norm_or_embedding = any(tag in module_name for tag in ("norm", "embed", "level_embed", "query_feat")) or "void_embedding" in name
+        if param.ndim <= 1 or is_norm_or_embedding:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+    )
+
+
+def lr_factor(iteration: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then a step schedule (x lr_gamma at each of lr_steps)."""
+    factor = cfg.lr_gamma ** sum(iteration >= s for s in cfg.lr_steps)
+    if cfg.warmup_iters > 0 and iteration < cfg.warmup_iters:
+        factor *= (iteration + 1) / cfg.warmup_iters
+    return factor
+
+
+def set_lr(optimizer: torch.optim.Optimizer, iteration: int, cfg: TrainConfig) -> float:
+    lr = cfg.lr * lr_factor(iteration, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def fill_padding(images: torch.Tensor, valid: Optional[torch.Tensor], pad_value: Sequence[float]) -> torch.Tensor:
+    """(B, 3, S, S) [0, 255] images with padded pixels set to ``pad_value`` (as at inference).
+
+    ``valid`` is (B, S, S) bool (True on real pixels) or None.
+    """
+    images = images.float()
+    if valid is None:
+        return images
+    fill = torch.tensor(pad_value, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return torch.where(valid[:, None].to(images.device), images, fill)
+
+
+def train_step(
+    model: PosSAM,
+    heads: nn.Module,
+    criterion: SetCriterion,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, Any],
+    text: TextClassifier,
+    cfg: PosSAMConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """One optimisation step.
+
+    Args:
+        model: the (unwrapped) PosSAM model, used for the frozen encoders.
+        heads: what computes ``forward_heads`` (the model itself or its DDP wrapper).
+        batch: {"images": (B, 3, S, S) uint8/float, "valid": (B, S, S) bool or None,
+            "targets": [{"labels": (N,), "masks": (N, S, S)}]}.
+    Returns:
+        Scalar losses as floats, with "loss" the total.
+    """
+    images = fill_padding(batch["images"].to(device), batch.get("valid"), cfg.sam.pixel_mean)
+    targets = [{"labels": t["labels"].to(device), "masks": t["masks"].to(device)} for t in batch["targets"]]
+    use_amp = cfg.train.amp and device.type == "cuda"
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        sam_features, clip_features = model.encode(images)
+        outputs = heads(sam_features, clip_features, text)
+    outputs = _to_float(outputs)
+    losses = criterion(outputs, targets)
+    loss = total_loss(losses)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip) if cfg.train.grad_clip > 0 else None
+    optimizer.step()
+    out = {k: float(v.detach()) for k, v in losses.items()}
+    out["loss"] = float(loss.detach())
+    if grad_norm is not None:
+        out["grad_norm"] = float(grad_norm)
+    return out
+
+
+def _to_float(outputs: Any) -> Any:
+    if isinstance(outputs, dict):
+        return {k: _to_float(v) for k, v in outputs.items()}
+    if isinstance(outputs, list):
+        return [_to_float(v) for v in outputs]
+    if isinstance(outputs, torch.Tensor) and outputs.is_floating_point():
+        return outputs.float()
+    return outputs
+
+
+class HeadsForward(nn.Module):
+    """Wraps ``PosSAM.forward_heads`` so DDP sees only the trainable computation."""
+
+    def __init__(self, model: PosSAM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, sam_features: torch.Tensor, clip_features: torch.Tensor, text: TextClassifier) -> dict[str, Any]:
+        return self.model.forward_heads(sam_features, clip_features, text)
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into flat tensors (for safetensors) and JSON metadata."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for index, param_state in state["state"].items():
+        for key, value in param_state.items():
+            tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            tensors[f"state.{index}.{key}"] = tensor.detach().cpu().contiguous()
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def _optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_training_checkpoint(
+    out_dir: str | Path,
+    model: PosSAM,
+    optimizer: torch.optim.Optimizer,
+    iteration: int,
+    cfg: PosSAMConfig,
+    train_vocabulary: Any,
+    keep: int = 2,
+) -> Path:
+    """Write ``out_dir/checkpoints/iter_XXXXXXX`` atomically and point ``latest`` at it.
+
+    Holds ``heads.safetensors`` (usable directly as a PosSAM head checkpoint),
+    ``optimizer.safetensors`` and ``state.json`` (iteration, RNG state).
+    """
+    from safetensors.torch import save_file
+
+    root = Path(out_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"iter_{iteration:07d}"
+    tmp = root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_heads(model, tmp / "heads.safetensors", cfg, train_vocabulary, extra={"iteration": str(iteration)})
+    tensors, meta = _optimizer_tensors(optimizer)
+    save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"meta": json.dumps(meta)})
+    torch_rng = torch.get_rng_state()
+    (tmp / "state.json").write_text(json.dumps({"iteration": iteration, "torch_rng": torch_rng.tolist()}))
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    latest_tmp = root / f".{LATEST}.tmp"
+    latest_tmp.write_text(name)
+    os.replace(latest_tmp, root / LATEST)
+    old = sorted(p for p in root.glob("iter_*") if p.is_dir())[:-keep] if keep > 0 else []
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(out_dir: str | Path) -> Optional[Path]:
+    pointer = Path(out_dir) / CHECKPOINT_DIR / LATEST
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if (path / "state.json").is_file() else None
+
+
+def load_training_checkpoint(path: str | Path, model: PosSAM, optimizer: torch.optim.Optimizer, cfg: PosSAMConfig) -> int:
+    """Restore heads, optimizer and RNG; returns the iteration to continue from."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    load_heads(model, path / "heads.safetensors", cfg)
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    with safe_open(str(path / "optimizer.safetensors"), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["meta"])
+    device = next(p for p in model.parameters() if p.requires_grad).device
+    optimizer.load_state_dict(_optimizer_from_tensors({k: v.to(device) if k.rsplit(".", 1)[-1] != "step" else v for k, v in tensors.items()}, meta))
+    state = json.loads((path / "state.json").read_text())
+    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    logger.info("resumed from %s (iteration %d)", path, state["iteration"])
+    return int(state["iteration"])

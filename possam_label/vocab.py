@@ -1,0 +1,577 @@
+"""Vocabularies: the class lists a PosSAM model classifies into, with synonyms and thing/stuff flags.
+
+A :class:`Vocabulary` is an immutable table of K classes. Each class has a display name, a
+non-empty tuple of synonyms whose first entry is the display name (the text classifier encodes
+every synonym and takes the max over them, as FC-CLIP does), a thing/stuff flag, a category id
+(the dataset's id: COCO ids for COCO) and an RGB color.
+
+:func:`load_vocabulary` builds one from
+
+* a built-in name: ``"coco"`` (COCO panoptic, 133 classes) or ``"ade20k"`` (ADE20K panoptic,
+  150 classes); the tables live in ``possam_label/vocab_data/*.yaml``;
+* a text file, one class per line: ``name, synonym, synonym`` with an optional trailing
+  ``[stuff]`` or ``[thing]`` marker (default thing); blank lines and ``#`` comments are ignored;
+* a YAML file: a list of entries, or a mapping ``{classes: [...]}``; an entry is a mapping
+  ``{name, synonyms?: [...], isthing?: bool, id?: int, color?: [r, g, b]}`` (``supercategory``
+  and ``coco_name`` are accepted as documentation and ignored) or a string written like a line
+  of the text format;
+* a comma-separated string such as ``"cat,dog,grass [stuff]"`` (each item is one class).
+
+Classes without an explicit id get their 1-based position; classes without a color get a
+deterministic color distinct from every other color of the vocabulary.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+Color = tuple[int, int, int]
+
+# Built-in vocabularies: accepted spellings -> data file in possam_label/vocab_data/.
+BUILTIN_VOCABULARIES: dict[str, str] = {
+    "coco": "coco_panoptic.yaml",
+    "coco_panoptic": "coco_panoptic.yaml",
+    "ade20k": "ade20k_150.yaml",
+    "ade20k_150": "ade20k_150.yaml",
+    "ade": "ade20k_150.yaml",
+}
+
+_ENTRY_KEYS = {"name", "synonyms", "isthing", "id", "color"}
+_INFORMATIONAL_KEYS = {"supercategory", "coco_name"}
+_MARKER_RE = re.compile(r"\[\s*([^\[\]]*?)\s*\]\s*$")
+_FORBIDDEN_CHARS = (",", "\n", "\r", "\t")
+
+
+def normalize_class_text(text: str) -> str:
+    """The form in which names and synonyms are compared: lower case, inner spaces collapsed."""
+    return " ".join(text.strip().lower().split())
+
+
+@dataclass(frozen=True)
+class _ClassSpec:
+    """One class as parsed from a file, before ids and colors are filled in."""
+
+    name: str
+    synonyms: tuple[str, ...]
+    isthing: bool
+    category_id: Optional[int]
+    color: Optional[Color]
+    where: str  # "line 3" / "entry 2 ('cat')": for error messages
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """K classes with synonyms, thing/stuff flags, dataset category ids and display colors.
+
+    All tuples have length K. ``synonyms[i][0] == names[i]``. Names are unique (compared
+    case-insensitively); category ids are unique non-negative ints; names and synonyms contain
+    no commas, tabs or newlines (commas separate synonyms in the text format).
+    """
+
+    names: tuple[str, ...]
+    synonyms: tuple[tuple[str, ...], ...]
+    isthing: tuple[bool, ...]
+    category_ids: tuple[int, ...]
+    colors: tuple[Color, ...]
+
+    def __post_init__(self) -> None:
+        # Accept lists from callers but store tuples so the object stays hashable and frozen.
+        object.__setattr__(self, "names", tuple(self.names))
+        object.__setattr__(self, "synonyms", tuple(tuple(s) for s in self.synonyms))
+        object.__setattr__(self, "isthing", tuple(self.isthing))
+        object.__setattr__(self, "category_ids", tuple(self.category_ids))
+        object.__setattr__(self, "colors", tuple(tuple(c) for c in self.colors))
+        self._validate()
+
+    def _validate(self) -> None:
+        k = len(self.names)
+        if k == 0:
+            raise ValueError("a vocabulary needs at least one class")
+        for field_name in ("synonyms", "isthing", "category_ids", "colors"):
+            if len(getattr(self, field_name)) != k:
+                raise ValueError(
+                    f"vocabulary field {field_name!r} has {len(getattr(self, field_name))} entries, "
+                    f"names has {k}"
+                )
+        seen_names: dict[str, int] = {}
+        for i, (name, syns) in enumerate(zip(self.names, self.synonyms)):
+            _check_text(name, f"class {i} name")
+            if not syns:
+                raise ValueError(f"class {i} ({name!r}) has no synonyms")
+            if syns[0] != name:
+                raise ValueError(f"class {i}: synonyms[0] is {syns[0]!r}, must equal the name {name!r}")
+            for s in syns:
+                _check_text(s, f"class {i} ({name!r}) synonym")
+            key = normalize_class_text(name)
+            if key in seen_names:
+                raise ValueError(
+                    f"duplicate class name {name!r} (classes {seen_names[key]} and {i})"
+                )
+            seen_names[key] = i
+        for i, flag in enumerate(self.isthing):
+            if not isinstance(flag, bool):
+                raise ValueError(f"class {i} ({self.names[i]!r}): isthing must be a bool, got {flag!r}")
+        seen_ids: dict[int, int] = {}
+        for i, cid in enumerate(self.category_ids):
+            if isinstance(cid, bool) or not isinstance(cid, int) or cid < 0:
+                raise ValueError(
+                    f"class {i} ({self.names[i]!r}): category id must be an int >= 0, got {cid!r}"
+                )
+            if cid in seen_ids:
+                raise ValueError(
+                    f"duplicate category id {cid} (classes {self.names[seen_ids[cid]]!r} and {self.names[i]!r})"
+                )
+            seen_ids[cid] = i
+        for i, color in enumerate(self.colors):
+            if len(color) != 3 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in color
+            ):
+                raise ValueError(
+                    f"class {i} ({self.names[i]!r}): color must be 3 ints in [0, 255], got {color!r}"
+                )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_things(self) -> int:
+        return sum(self.isthing)
+
+    @property
+    def num_stuff(self) -> int:
+        return len(self) - self.num_things
+
+    # ----------------------------------------------------------------------------------- lookup
+    @cached_property
+    def _name_index(self) -> dict[str, int]:
+        return {normalize_class_text(n): i for i, n in enumerate(self.names)}
+
+    @cached_property
+    def _synonym_index(self) -> dict[str, tuple[int, ...]]:
+        index: dict[str, list[int]] = {}
+        for i, syns in enumerate(self.synonyms):
+            for s in syns:
+                owners = index.setdefault(normalize_class_text(s), [])
+                if i not in owners:
+                    owners.append(i)
+        return {k: tuple(v) for k, v in index.items()}
+
+    def index_of(self, name_or_synonym: str) -> int:
+        """Index (0..K-1) of the class whose name, else whose synonym, matches (case-insensitive).
+
+        Raises:
+            KeyError: no class matches, or the text is a synonym of several classes.
+        """
+        key = normalize_class_text(name_or_synonym)
+        if key in self._name_index:
+            return self._name_index[key]
+        owners = self._synonym_index.get(key, ())
+        if len(owners) == 1:
+            return owners[0]
+        if len(owners) > 1:
+            raise KeyError(
+                f"{name_or_synonym!r} is a synonym of several classes: "
+                + ", ".join(repr(self.names[i]) for i in owners)
+            )
+        raise KeyError(
+            f"{name_or_synonym!r} is neither a class name nor a synonym of this vocabulary "
+            f"({len(self)} classes, e.g. {', '.join(repr(n) for n in self.names[:5])})"
+        )
+
+    def index_of_category_id(self, category_id: int) -> int:
+        """Index of the class with dataset id ``category_id``; KeyError if there is none."""
+        try:
+            return self._category_index[int(category_id)]
+        except KeyError:
+            raise KeyError(f"category id {category_id} is not in this vocabulary") from None
+
+    @cached_property
+    def _category_index(self) -> dict[int, int]:
+        return {cid: i for i, cid in enumerate(self.category_ids)}
+
+    def seen_mask(self, train: "Vocabulary") -> list[bool]:
+        """Per class of ``self``: True iff one of its synonyms equals a synonym of a class of ``train``.
+
+        This is FC-CLIP's ``category_overlapping_mask`` (strings compared after
+        :func:`normalize_class_text`): "seen" classes were in the training vocabulary.
+        """
+        train_words = {normalize_class_text(s) for syns in train.synonyms for s in syns}
+        return [any(normalize_class_text(s) in train_words for s in syns) for syns in self.synonyms]
+
+    # ------------------------------------------------------------------------------ conversion
+    def to_dict(self) -> dict:
+        """``{"classes": [{id, name, synonyms, isthing, color}, ...]}``; also valid vocabulary YAML."""
+        return {
+            "classes": [
+                {
+                    "id": cid,
+                    "name": name,
+                    "synonyms": list(syns),
+                    "isthing": flag,
+                    "color": list(color),
+                }
+                for name, syns, flag, cid, color in zip(
+                    self.names, self.synonyms, self.isthing, self.category_ids, self.colors
+                )
+            ]
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Vocabulary":
+        """Inverse of :meth:`to_dict`. Raises ValueError naming the faulty entry."""
+        if not isinstance(d, dict) or "classes" not in d:
+            raise ValueError("a vocabulary dict must be a mapping with a 'classes' list")
+        return _build_vocabulary(_parse_yaml_entries(d["classes"], source="vocabulary dict"), "vocabulary dict")
+
+    def identity(self) -> str:
+        """SHA-256 hex digest of the canonical JSON of :meth:`to_dict` (stable across processes)."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def to_coco_categories(self) -> list[dict]:
+        """COCO-panoptic ``categories``: ``[{id, name, supercategory, isthing, color, synonyms}]``.
+
+        ``isthing`` is 0/1 as in COCO files; ``supercategory`` is "thing" or "stuff" (the
+        vocabulary keeps no finer grouping); ``synonyms`` is an extra key that
+        :meth:`from_coco_categories` reads back, so the round trip is lossless.
+        """
+        return [
+            {
+                "id": cid,
+                "name": name,
+                "supercategory": "thing" if flag else "stuff",
+                "isthing": int(flag),
+                "color": list(color),
+                "synonyms": list(syns),
+            }
+            for name, syns, flag, cid, color in zip(
+                self.names, self.synonyms, self.isthing, self.category_ids, self.colors
+            )
+        ]
+
+    @classmethod
+    def from_coco_categories(cls, cats: Sequence[dict]) -> "Vocabulary":
+        """From a COCO-panoptic ``categories`` list (``id`` and ``name`` required).
+
+        A ``name`` with commas (ADE20K's "road, route") is split into name + synonyms; a
+        ``synonyms`` list, if present, is used; ``isthing`` defaults to 1; missing colors are
+        generated.
+        """
+        if not isinstance(cats, (list, tuple)) or not cats:
+            raise ValueError("COCO categories must be a non-empty list of mappings")
+        specs = []
+        for j, cat in enumerate(cats):
+            where = f"category {j}"
+            if not isinstance(cat, dict):
+                raise ValueError(f"{where}: expected a mapping, got {type(cat).__name__}")
+            for key in ("id", "name"):
+                if key not in cat:
+                    raise ValueError(f"{where}: missing {key!r}")
+            parts = [p.strip() for p in str(cat["name"]).split(",") if p.strip()]
+            if not parts:
+                raise ValueError(f"{where}: empty name")
+            entry: dict[str, Any] = {"name": parts[0], "id": cat["id"]}
+            extra = list(cat["synonyms"]) if "synonyms" in cat else parts[1:]
+            entry["synonyms"] = extra
+            entry["isthing"] = cat.get("isthing", 1)
+            if cat.get("color") is not None:
+                entry["color"] = cat["color"]
+            specs.append(_parse_yaml_entry(entry, f"{where} ({parts[0]!r})"))
+        return _build_vocabulary(specs, "COCO categories")
+
+
+# ---------------------------------------------------------------------------------- parsing
+def _check_text(text: Any, what: str) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{what} must be a non-empty string, got {text!r}")
+    if text != text.strip():
+        raise ValueError(f"{what} {text!r} has leading or trailing whitespace")
+    for ch in _FORBIDDEN_CHARS:
+        if ch in text:
+            raise ValueError(f"{what} {text!r} contains {ch!r}")
+
+
+def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    seen: set[str] = set()
+    for item in items:
+        key = normalize_class_text(item)
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return tuple(out)
+
+
+def _parse_class_line(text: str, where: str) -> _ClassSpec:
+    """Parse ``name, synonym, ... [stuff]``; raises ValueError mentioning ``where``."""
+    isthing = True
+    body = text.strip()
+    marker = _MARKER_RE.search(body)
+    if marker:
+        tag = marker.group(1).lower()
+        if tag not in ("thing", "stuff"):
+            raise ValueError(f"{where}: unknown marker [{marker.group(1)}] (use [thing] or [stuff])")
+        isthing = tag == "thing"
+        body = body[: marker.start()].strip()
+    if "[" in body or "]" in body:
+        raise ValueError(f"{where}: stray '[' or ']' in {text.strip()!r}; a [thing]/[stuff] marker goes last")
+    items = [item.strip() for item in body.split(",")]
+    if not body or any(not item for item in items):
+        raise ValueError(f"{where}: empty class name or synonym in {text.strip()!r}")
+    items = [" ".join(item.split()) for item in items]
+    return _ClassSpec(items[0], _dedupe(items), isthing, None, None, where)
+
+
+def _parse_text_lines(lines: Iterable[str], source: str) -> list[_ClassSpec]:
+    specs = []
+    for lineno, raw in enumerate(lines, start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            specs.append(_parse_class_line(line, f"line {lineno}"))
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+    if not specs:
+        raise ValueError(f"{source}: no classes")
+    return specs
+
+
+def _parse_yaml_entry(entry: Any, where: str) -> _ClassSpec:
+    if isinstance(entry, str):
+        return _parse_class_line(entry, where)
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a mapping or a string, got {type(entry).__name__}")
+    unknown = set(entry) - _ENTRY_KEYS - _INFORMATIONAL_KEYS
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown key(s) {sorted(map(str, unknown))} (allowed: {sorted(_ENTRY_KEYS)})"
+        )
+    if "name" not in entry:
+        raise ValueError(f"{where}: missing 'name'")
+    name = entry["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{where}: 'name' must be a non-empty string, got {name!r}")
+    name = " ".join(name.split())
+    synonyms = entry.get("synonyms", [])
+    if synonyms is None:
+        synonyms = []
+    if not isinstance(synonyms, (list, tuple)) or not all(isinstance(s, str) and s.strip() for s in synonyms):
+        raise ValueError(f"{where}: 'synonyms' must be a list of non-empty strings, got {synonyms!r}")
+    isthing = entry.get("isthing", True)
+    if isinstance(isthing, bool):
+        pass
+    elif isinstance(isthing, int) and isthing in (0, 1):  # COCO files write 0/1
+        isthing = bool(isthing)
+    else:
+        raise ValueError(f"{where}: 'isthing' must be true/false (or 0/1), got {isthing!r}")
+    category_id = entry.get("id")
+    if category_id is not None and (isinstance(category_id, bool) or not isinstance(category_id, int) or category_id < 0):
+        raise ValueError(f"{where}: 'id' must be an int >= 0, got {category_id!r}")
+    color = entry.get("color")
+    if color is not None:
+        if (
+            not isinstance(color, (list, tuple))
+            or len(color) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in color)
+        ):
+            raise ValueError(f"{where}: 'color' must be [r, g, b] ints in [0, 255], got {color!r}")
+        color = (int(color[0]), int(color[1]), int(color[2]))
+    all_names = _dedupe([name] + [" ".join(s.split()) for s in synonyms])
+    for text in all_names:
+        for ch in _FORBIDDEN_CHARS:
+            if ch in text:
+                raise ValueError(f"{where}: {text!r} contains {ch!r}; give synonyms as a list")
+    return _ClassSpec(name, all_names, isthing, category_id, color, where)
+
+
+def _parse_yaml_entries(entries: Any, source: str) -> list[_ClassSpec]:
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{source}: expected a non-empty list of classes")
+    specs = []
+    for j, entry in enumerate(entries, start=1):
+        label = entry.get("name") if isinstance(entry, dict) else entry
+        where = f"entry {j} ({label!r})" if isinstance(label, str) else f"entry {j}"
+        try:
+            specs.append(_parse_yaml_entry(entry, where))
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+    return specs
+
+
+def _parse_yaml_file(path: Path) -> list[_ClassSpec]:
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if isinstance(data, dict):
+        unknown = set(data) - {"classes"}
+        if "classes" not in data or unknown:
+            raise ValueError(f"{path}: a YAML mapping must have exactly one key 'classes' (got {sorted(map(str, data))})")
+        data = data["classes"]
+    return _parse_yaml_entries(data, str(path))
+
+
+# ------------------------------------------------------------------------------------ colors
+def _generated_colors(count: int, taken: set[Color]) -> list[Color]:
+    """``count`` deterministic, saturated colors, distinct from each other and from ``taken``.
+
+    Hues step by the golden ratio so neighbours in the list differ strongly; saturation and
+    value cycle over a few levels so that many classes still get distinct RGB triples.
+    """
+    out: list[Color] = []
+    used = set(taken) | {(0, 0, 0)}  # black reads as void in panoptic renderings
+    step = 0
+    while len(out) < count:
+        hue = (step * 0.6180339887498949) % 1.0
+        sat = (0.85, 0.6, 0.95, 0.45)[(step // 7) % 4]
+        val = (0.95, 0.75, 0.55)[(step // 3) % 3]
+        r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
+        color = (int(round(r * 255)), int(round(g * 255)), int(round(b * 255)))
+        step += 1
+        if color in used:
+            continue
+        used.add(color)
+        out.append(color)
+    return out
+
+
+def _build_vocabulary(specs: list[_ClassSpec], source: str) -> Vocabulary:
+    """Fill ids (1-based position) and colors, check duplicates, build the Vocabulary."""
+    seen_names: dict[str, _ClassSpec] = {}
+    for spec in specs:
+        key = normalize_class_text(spec.name)
+        if key in seen_names:
+            raise ValueError(
+                f"{source}: duplicate class name {spec.name!r} ({seen_names[key].where} and {spec.where})"
+            )
+        seen_names[key] = spec
+    ids: list[int] = []
+    seen_ids: dict[int, _ClassSpec] = {}
+    for position, spec in enumerate(specs, start=1):
+        cid = spec.category_id if spec.category_id is not None else position
+        if cid in seen_ids:
+            raise ValueError(
+                f"{source}: duplicate category id {cid} ({seen_ids[cid].where} and {spec.where}); "
+                "give every class an explicit 'id' or none"
+            )
+        seen_ids[cid] = spec
+        ids.append(cid)
+    explicit = [spec.color for spec in specs if spec.color is not None]
+    fresh = iter(_generated_colors(sum(spec.color is None for spec in specs), set(explicit)))
+    colors = [spec.color if spec.color is not None else next(fresh) for spec in specs]
+    try:
+        return Vocabulary(
+            names=tuple(spec.name for spec in specs),
+            synonyms=tuple(spec.synonyms for spec in specs),
+            isthing=tuple(spec.isthing for spec in specs),
+            category_ids=tuple(ids),
+            colors=tuple(colors),
+        )
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
+# ------------------------------------------------------------------------------------ loading
+_BUILTIN_CACHE: dict[str, Vocabulary] = {}
+
+
+def builtin_vocabulary(name: str) -> Vocabulary:
+    """A built-in vocabulary by name (see :data:`BUILTIN_VOCABULARIES`)."""
+    key = name.strip().lower()
+    if key not in BUILTIN_VOCABULARIES:
+        raise ValueError(
+            f"unknown built-in vocabulary {name!r}; built-ins: {sorted(set(BUILTIN_VOCABULARIES))}"
+        )
+    file_name = BUILTIN_VOCABULARIES[key]
+    if file_name not in _BUILTIN_CACHE:
+        resource = resources.files("possam_label") / "vocab_data" / file_name
+        with resources.as_file(resource) as path:
+            _BUILTIN_CACHE[file_name] = _build_vocabulary(_parse_yaml_file(Path(path)), str(path))
+    return _BUILTIN_CACHE[file_name]
+
+
+def load_vocabulary_file(path: Union[str, os.PathLike]) -> Vocabulary:
+    """A vocabulary from a ``.yaml``/``.yml`` file or a text file (any other suffix)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"vocabulary file not found: {path}")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        specs = _parse_yaml_file(path)
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not a UTF-8 text file ({err})") from None
+        specs = _parse_text_lines(text.splitlines(), str(path))
+    vocab = _build_vocabulary(specs, str(path))
+    logger.debug("loaded vocabulary of %d classes from %s", len(vocab), path)
+    return vocab
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (
+        os.sep in spec
+        or "/" in spec
+        or Path(spec).suffix.lower() in (".txt", ".yaml", ".yml")
+        or os.path.exists(spec)
+    ) and "," not in spec
+
+
+def load_vocabulary(spec: Union[str, os.PathLike, Vocabulary]) -> Vocabulary:
+    """A :class:`Vocabulary` from a built-in name, a file path, a comma list, or a Vocabulary.
+
+    Resolution order for strings: built-in name ("coco", "ade20k"); an existing file, or a
+    string that looks like a path (has a "/" or ends in .txt/.yaml/.yml, and no comma); else a
+    comma-separated class list (``"cat,dog,grass [stuff]"``; one class: ``"cat,"``). A single
+    word that is none of these is an error (most likely a misspelt built-in).
+
+    Raises:
+        ValueError: unknown built-in, malformed file (message names file and line/entry),
+            duplicate names or ids.
+        FileNotFoundError: a path that does not exist.
+    """
+    if isinstance(spec, Vocabulary):
+        return spec
+    if isinstance(spec, os.PathLike):
+        return load_vocabulary_file(spec)
+    if not isinstance(spec, str):
+        raise TypeError(f"vocabulary spec must be a str, path or Vocabulary, got {type(spec).__name__}")
+    text = spec.strip()
+    if not text:
+        raise ValueError("empty vocabulary spec")
+    if text.lower() in BUILTIN_VOCABULARIES:
+        return builtin_vocabulary(text)
+    if _looks_like_path(text):
+        return load_vocabulary_file(text)
+    if "," not in text:
+        raise ValueError(
+            f"{text!r} is not a built-in vocabulary ({sorted(set(BUILTIN_VOCABULARIES))}), "
+            "not an existing file, and not a comma-separated class list "
+            f"(for a single custom class write {text + ','!r})"
+        )
+    items = [item for item in text.split(",") if item.strip()]
+    specs = []
+    for j, item in enumerate(items, start=1):
+        try:
+            spec_j = _parse_class_line(item, f"item {j}")
+        except ValueError as err:
+            raise ValueError(f"vocabulary list {text!r}: {err}") from None
+        specs.append(spec_j)
+    if not specs:
+        raise ValueError(f"vocabulary list {text!r} has no classes")
+    return _build_vocabulary(specs, f"vocabulary list {text!r}")
