@@ -172,6 +172,23 @@ class PostprocessConfig:
 
 
 @dataclass
+class BaselineConfig:
+    """The training-free two-stage baseline: SAM's automatic mask generator, then CLIP per mask."""
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    min_mask_region_area: int = 0
+    # mask_pooled: pool the dense CLIP features in each mask (one CLIP pass per image);
+    # crop: crop each mask's box (background blanked) and embed it with CLIP (one pass per mask).
+    classify: str = "mask_pooled"
+    crop_size: int = 224
+    crop_context: float = 0.1  # box margin as a fraction of its size
+    min_score: float = 0.0
+
+
+@dataclass
 class TrainConfig:
     """Training recipe (spec section 7)."""
 
@@ -216,6 +233,7 @@ class PosSAMConfig:
     ldp: LDPConfig = field(default_factory=LDPConfig)
     mase: MASEConfig = field(default_factory=MASEConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     # PosSAM head weights (safetensors); relative paths are resolved against the config file.
     checkpoint: Optional[str] = None

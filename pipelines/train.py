@@ -1,0 +1,61 @@
+"""Train PosSAM heads (frozen SAM and CLIP) on COCO-panoptic data with Ray Train.
+
+Example:
+    python -m pipelines.train --config configs/possam_small.yaml --data DATA_DIR --out runs/small
+
+Rerunning the same command after a crash resumes from the last checkpoint in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="model + recipe YAML (configs/*.yaml); backbone weights come from it")
+    parser.add_argument("--data", required=True, help="COCO-panoptic folder: panoptic.json, images/, panoptic/")
+    parser.add_argument("--out", required=True, help="output folder: checkpoints/, metrics.jsonl, heads.safetensors")
+    parser.add_argument("--vocab", default=None, help="training vocabulary (coco, ade20k, a file or 'a,b,c'); default: the dataset's categories")
+    parser.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers (default 1)")
+    parser.add_argument("--gpus", action="store_true", help="give every worker one GPU (AMP bf16 on)")
+    parser.add_argument("--cpus-per-worker", type=int, default=2, help="CPUs per worker, also its torch threads on CPU (default 2)")
+    parser.add_argument("--ray-address", default=None, help="existing Ray cluster address (default: start a local Ray)")
+    parser.add_argument("--max-failures", type=int, default=0, help="worker failures to retry, resuming from the last checkpoint")
+    parser.add_argument("--max-iters", type=int, default=None, help="override train.max_iters")
+    parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size (global, split over workers)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from possam_label.engine.train import run_training
+
+    overrides: dict = {"train": {}}
+    if args.max_iters is not None:
+        overrides["train"]["max_iters"] = args.max_iters
+    if args.batch_size is not None:
+        overrides["train"]["batch_size"] = args.batch_size
+    try:
+        result = run_training(
+            args.config,
+            args.data,
+            args.out,
+            vocabulary=args.vocab,
+            num_workers=args.workers,
+            use_gpu=args.gpus,
+            cpus_per_worker=args.cpus_per_worker,
+            ray_address=args.ray_address,
+            max_failures=args.max_failures,
+            overrides=overrides,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
