@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-failures", type=int, default=0, help="worker failures to retry, resuming from the last checkpoint")
     parser.add_argument("--max-iters", type=int, default=None, help="override train.max_iters")
     parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size (global, split over workers)")
+    parser.add_argument("--cache-features", action="store_true", help="encode the training set once with the frozen backbones and train on cached features (no augmentation; sets train.cache_features)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict = {"train": {}}
     if args.max_iters is not None:
         overrides["train"]["max_iters"] = args.max_iters
+    if args.cache_features:
+        overrides["train"]["cache_features"] = True
     if args.batch_size is not None:
         overrides["train"]["batch_size"] = args.batch_size
     try:

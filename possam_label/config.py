@@ -213,6 +213,9 @@ class TrainConfig:
     iou_supervise_unmatched: bool = True
     lsj_min_scale: float = 0.1
     lsj_max_scale: float = 2.0
+    # Encode every training image once with the frozen backbones and train the heads on the
+    # cached features (no augmentation then). Makes CPU training of small models affordable.
+    cache_features: bool = False
     checkpoint_every: int = 5000
     log_every: int = 20
     num_workers: int = 2  # data-loader processes per trainer worker

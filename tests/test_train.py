@@ -140,7 +140,8 @@ def test_two_worker_ray_train_run_completes(world, tmp_path):
 @pytest.mark.slow
 def test_killed_training_resumes_from_its_last_checkpoint(world, tmp_path):
     out = tmp_path / "killed"
-    args = ["--data", str(world), "--cpus-per-worker", "1", "--max-iters", "40"]
+    # The cached-feature path (frozen encoders run once) is the one killed and resumed here.
+    args = ["--data", str(world), "--cpus-per-worker", "1", "--max-iters", "20", "--cache-features"]
     proc = _run_train(args, out)
     deadline = time.time() + 400
     try:
@@ -157,14 +158,14 @@ def test_killed_training_resumes_from_its_last_checkpoint(world, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     killed_at = int(latest_checkpoint(out).name.split("_")[1])
-    assert killed_at < 40
+    assert killed_at < 20
     proc = _run_train(args, out)
     log, _ = proc.communicate(timeout=500)
     assert proc.returncode == 0, log[-3000:]
-    assert f"resumed from {out}" in log or "resumed from" in log
+    assert "resumed from" in log
     metrics = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    resumed = metrics[metrics.index(killed_at) + 1 :] if killed_at in metrics else metrics
-    # After the restart the iterations continue from the checkpoint, not from 1.
-    assert resumed[0] == killed_at + 1 or killed_at + 1 in metrics
-    assert metrics[-1] == 40
-    assert int(latest_checkpoint(out).name.split("_")[1]) == 40
+    # First run: 1..m (m >= the checkpoint it was killed after); the rerun continues at killed_at + 1.
+    m = len(metrics) - (20 - killed_at)  # the rerun appends exactly the iterations after the checkpoint
+    assert metrics[:m] == list(range(1, m + 1)) and m >= killed_at
+    assert metrics[m:] == list(range(killed_at + 1, 21))
+    assert int(latest_checkpoint(out).name.split("_")[1]) == 20

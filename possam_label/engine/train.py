@@ -53,14 +53,62 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def build_dataset(cfg: PosSAMConfig, data: TrainData, vocabulary: Any, seed: int):
-    """The training dataset with large-scale-jitter augmentation to the SAM input size."""
-    from ..data.augment import LargeScaleJitter
+def build_dataset(cfg: PosSAMConfig, data: TrainData, vocabulary: Any, seed: int, augment: bool = True):
+    """The training dataset: large-scale jitter to the SAM input size, or (``augment=False``)
+    SAM's resize-longest-side-and-pad."""
+    from ..data.augment import LargeScaleJitter, ResizeLongestSidePad
     from ..data.coco_panoptic import CocoPanopticDataset
 
     size = cfg.sam.resolved().img_size
-    transform = LargeScaleJitter(size, cfg.train.lsj_min_scale, cfg.train.lsj_max_scale, seed=seed)
+    if augment:
+        transform = LargeScaleJitter(size, cfg.train.lsj_min_scale, cfg.train.lsj_max_scale, seed=seed)
+    else:
+        transform = ResizeLongestSidePad(size)
     return CocoPanopticDataset(data.json_path, data.image_dir, data.panoptic_dir, vocabulary=vocabulary, transform=transform)
+
+
+class CachedFeatures:
+    """Frozen-encoder features of a dataset shard, kept in memory (fp16) with their targets.
+
+    Iterating yields batches shaped like the regular loader's, plus "features" = (sam, clip).
+    """
+
+    def __init__(self, model: Any, dataset: Any, indices: list[int], batch_size: int, device: Any, progress: bool) -> None:
+        import torch
+        from tqdm import tqdm
+
+        from ..train.trainer import fill_padding
+
+        self.sam: list = []
+        self.clip: list = []
+        self.targets: list = []
+        self.batch_size = batch_size
+        pad = model.sam.pixel_mean.view(-1).tolist()
+        for start in tqdm(range(0, len(indices), batch_size), desc="encode training set", disable=not progress):
+            samples = [dataset[i] for i in indices[start : start + batch_size]]
+            batch = _collate(samples)
+            images = fill_padding(batch["images"].to(device), batch["valid"], pad)
+            with torch.no_grad():
+                sam_features, clip_features = model.encode(images)
+            self.sam.extend(sam_features.half().cpu())
+            self.clip.extend(clip_features.half().cpu())
+            self.targets.extend({"labels": t["labels"], "masks": t["masks"]} for t in batch["targets"])
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def batches(self, generator: Any):
+        """An endless stream of random batches."""
+        import torch
+
+        while True:
+            order = torch.randperm(len(self), generator=generator).tolist()
+            for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                yield {
+                    "features": (torch.stack([self.sam[i] for i in idx]).float(), torch.stack([self.clip[i] for i in idx]).float()),
+                    "targets": [self.targets[i] for i in idx],
+                }
 
 
 def _seed_worker(worker_id: int, base_seed: int) -> None:
@@ -80,16 +128,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from torch.utils.data import DataLoader
 
     from ..model.possam import PosSAM
-    from ..train.trainer import (
-        HeadsForward,
-        build_criterion,
-        build_optimizer,
-        latest_checkpoint,
-        load_training_checkpoint,
-        save_training_checkpoint,
-        set_lr,
-        train_step,
-    )
+    from ..train.trainer import HeadsForward, build_criterion, build_optimizer, latest_checkpoint, load_training_checkpoint
     from ..vocab import Vocabulary
 
     cfg = config_from_json(loop_config["config"])
@@ -115,8 +154,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     heads = ray.train.torch.prepare_model(HeadsForward(model), move_to_device=False) if world > 1 else HeadsForward(model)
 
     data = TrainData(**loop_config["data"])
-    dataset = build_dataset(cfg, data, vocabulary, seed=cfg.train.seed * 1000 + rank + start)
     per_worker = max(1, cfg.train.batch_size // world)
+    if cfg.train.cache_features:
+        dataset = build_dataset(cfg, data, vocabulary, seed=0, augment=False)
+        shard = list(range(rank, len(dataset), world))
+        cache = CachedFeatures(model, dataset, shard, per_worker, device, progress=rank == 0)
+        batches = cache.batches(torch.Generator().manual_seed(cfg.train.seed + rank + start))
+        _train_iterations(model, heads, criterion, optimizer, batches, text, cfg, device, vocabulary, out_dir, rank, start)
+        return
+    dataset = build_dataset(cfg, data, vocabulary, seed=cfg.train.seed * 1000 + rank + start)
     loader = DataLoader(
         dataset,
         batch_size=per_worker,
@@ -131,31 +177,43 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if world > 1:
         loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
 
+    def epochs():
+        epoch = 0
+        while True:
+            if world > 1 and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    _train_iterations(model, heads, criterion, optimizer, epochs(), text, cfg, device, vocabulary, out_dir, rank, start)
+
+
+def _train_iterations(model, heads, criterion, optimizer, batches, text, cfg, device, vocabulary, out_dir: Path, rank: int, start: int) -> None:
+    """The iteration loop shared by the image and cached-feature paths."""
+    import ray.train
+    from tqdm import tqdm
+
+    from ..train.trainer import save_training_checkpoint, set_lr, train_step
+
     metrics_path = out_dir / "metrics.jsonl"
-    iteration = start
     started = time.time()
-    epoch = 0
-    while iteration < cfg.train.max_iters:
-        if world > 1 and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        for batch in loader:
-            if iteration >= cfg.train.max_iters:
-                break
-            lr = set_lr(optimizer, iteration, cfg.train)
-            losses = train_step(model, heads, criterion, optimizer, batch, text, cfg, device)
-            iteration += 1
-            metrics = {"iteration": iteration, "lr": lr, "seconds": time.time() - started, **losses}
-            is_log = iteration % cfg.train.log_every == 0 or iteration == cfg.train.max_iters
-            is_ckpt = iteration % cfg.train.checkpoint_every == 0 or iteration == cfg.train.max_iters
-            if rank == 0 and is_log:
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(metrics) + "\n")
-                logger.info("iter %d loss %.4f", iteration, losses["loss"])
-            if rank == 0 and is_ckpt:
-                save_training_checkpoint(out_dir, model, optimizer, iteration, cfg, vocabulary)
-            if is_log or is_ckpt:
-                ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        epoch += 1
+    bar = tqdm(total=cfg.train.max_iters, initial=start, desc="train", disable=rank != 0, mininterval=10)
+    for iteration, batch in zip(range(start + 1, cfg.train.max_iters + 1), batches):
+        lr = set_lr(optimizer, iteration - 1, cfg.train)
+        losses = train_step(model, heads, criterion, optimizer, batch, text, cfg, device)
+        bar.update(1)
+        metrics = {"iteration": iteration, "lr": lr, "seconds": time.time() - started, **losses}
+        is_log = iteration % cfg.train.log_every == 0 or iteration == cfg.train.max_iters
+        is_ckpt = iteration % cfg.train.checkpoint_every == 0 or iteration == cfg.train.max_iters
+        if rank == 0 and is_log:
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+            logger.info("iter %d loss %.4f", iteration, losses["loss"])
+        if rank == 0 and is_ckpt:
+            save_training_checkpoint(out_dir, model, optimizer, iteration, cfg, vocabulary)
+        if is_log or is_ckpt:
+            ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    bar.close()
 
 
 def run_training(
@@ -211,7 +269,11 @@ def run_training(
         "num_threads": cpus_per_worker if not use_gpu else None,
     }
     if not ray.is_initialized():
-        ray.init(address=ray_address, num_cpus=None if ray_address else max(num_workers * cpus_per_worker, 1) + 1, log_to_driver=True)
+        if ray_address:
+            ray.init(address=ray_address)
+        else:
+            # A local Ray bound to loopback only.
+            ray.init(num_cpus=max(num_workers * cpus_per_worker, 1) + 1, _node_ip_address="127.0.0.1")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,

@@ -106,15 +106,19 @@ def train_step(
         model: the (unwrapped) PosSAM model, used for the frozen encoders.
         heads: what computes ``forward_heads`` (the model itself or its DDP wrapper).
         batch: {"images": (B, 3, S, S) uint8/float, "valid": (B, S, S) bool or None,
-            "targets": [{"labels": (N,), "masks": (N, S, S)}]}.
+            "targets": [{"labels": (N,), "masks": (N, S, S)}]}; or, instead of images,
+            "features": (sam (B, C, S/16, S/16), clip (B, C', s, s)) from the frozen encoders.
     Returns:
         Scalar losses as floats, with "loss" the total.
     """
-    images = fill_padding(batch["images"].to(device), batch.get("valid"), cfg.sam.pixel_mean)
     targets = [{"labels": t["labels"].to(device), "masks": t["masks"].to(device)} for t in batch["targets"]]
     use_amp = cfg.train.amp and device.type == "cuda"
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-        sam_features, clip_features = model.encode(images)
+        if "features" in batch:  # frozen-encoder features cached beforehand
+            sam_features, clip_features = (f.to(device) for f in batch["features"])
+        else:
+            images = fill_padding(batch["images"].to(device), batch.get("valid"), cfg.sam.pixel_mean)
+            sam_features, clip_features = model.encode(images)
         outputs = heads(sam_features, clip_features, text)
     outputs = _to_float(outputs)
     losses = criterion(outputs, targets)
