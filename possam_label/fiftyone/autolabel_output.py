@@ -1,0 +1,395 @@
+"""Read an autolabel output directory (``python -m pipelines.autolabel --out DIR``) with pyarrow only.
+
+This module does not import FiftyOne: the command-line export from a DIR uses it directly, and the
+FiftyOne loader builds on it. The layout is the one written by :mod:`possam_label.io.tables`::
+
+    DIR/run.json                 provenance, vocabulary, counts
+    DIR/images/part-P.parquet    one row per input image; a part is committed iff this file exists
+    DIR/segments/part-P.parquet  one row per segment of the images of part P (COCO RLE masks)
+    DIR/panoptic/<image_id>.png  COCO-panoptic id PNGs, DIR/panoptic.json
+
+Reading goes one committed part at a time, so memory is bounded by the largest part (the unit the
+producer itself held in memory), never by the size of the run.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..io.rle import decode_rle
+from ..io.tables import OutputStore
+from ..types import PanopticPrediction, SegmentInfo
+
+logger = logging.getLogger(__name__)
+
+SEGMENT_COLUMNS = (
+    "image_id",
+    "file_path",
+    "segment_id",
+    "category_id",
+    "category",
+    "isthing",
+    "score",
+    "mask_quality",
+    "in_vocab_prob",
+    "out_vocab_prob",
+    "area",
+    "bbox",
+    "rle",
+    "run_id",
+)
+IMAGE_COLUMNS = ("image_id", "file_path", "width", "height", "status", "error", "num_segments")
+
+Color = tuple[int, int, int]
+
+
+class AutolabelOutputError(ValueError):
+    """A directory that is not a (readable) autolabel output; the message names the file and reason."""
+
+
+# ------------------------------------------------------------------------------------ categories
+@dataclass(frozen=True)
+class Category:
+    """One class of a label field: COCO-panoptic category fields."""
+
+    id: int
+    name: str
+    isthing: bool
+    color: Color
+
+    def to_coco(self) -> dict[str, Any]:
+        """COCO-panoptic ``categories`` entry."""
+        return {
+            "id": int(self.id),
+            "name": self.name,
+            "supercategory": "thing" if self.isthing else "stuff",
+            "isthing": int(bool(self.isthing)),
+            "color": [int(c) for c in self.color],
+        }
+
+
+def _distinct_color(index: int, taken: set[Color]) -> Color:
+    """A saturated color not in ``taken`` (golden-ratio hue walk; deterministic in ``index``)."""
+    step = index
+    while True:
+        hue = (step * 0.6180339887498949) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(hue, (0.9, 0.65, 0.5)[step % 3], (0.95, 0.7)[(step // 3) % 2])
+        color = (int(round(r * 255)), int(round(g * 255)), int(round(b * 255)))
+        if color not in taken and color != (0, 0, 0):
+            return color
+        step += 1
+
+
+class CategoryTable:
+    """The ordered classes of a label field, looked up by id or by (case-insensitive) name.
+
+    Category id 0 is reserved: it is void in semantic masks and panoptic PNGs.
+    """
+
+    def __init__(self, categories: Iterable[Category] = ()) -> None:
+        self._by_id: dict[int, Category] = {}
+        self._by_name: dict[str, Category] = {}
+        for category in categories:
+            self._insert(category)
+
+    def _insert(self, category: Category) -> None:
+        if category.id <= 0:
+            raise ValueError(f"category {category.name!r}: id must be >= 1 (0 is void), got {category.id}")
+        if category.id in self._by_id:
+            raise ValueError(f"duplicate category id {category.id} ({self._by_id[category.id].name!r} and {category.name!r})")
+        key = category.name.strip().lower()
+        if not key:
+            raise ValueError("empty category name")
+        if key in self._by_name:
+            raise ValueError(f"duplicate category name {category.name!r}")
+        self._by_id[category.id] = category
+        self._by_name[key] = category
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[Category]:
+        return iter(self._by_id.values())
+
+    def __contains__(self, name: str) -> bool:
+        return name.strip().lower() in self._by_name
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self]
+
+    def by_id(self, category_id: int) -> Category:
+        try:
+            return self._by_id[int(category_id)]
+        except KeyError:
+            raise KeyError(f"unknown category id {category_id}") from None
+
+    def by_name(self, name: str) -> Category:
+        try:
+            return self._by_name[name.strip().lower()]
+        except KeyError:
+            raise KeyError(f"unknown class {name!r}; known classes: {', '.join(self.names[:20])}{' ...' if len(self) > 20 else ''}") from None
+
+    def get_or_add(self, name: str, isthing: bool) -> tuple[Category, bool]:
+        """The class called ``name``, or a new one (next free id, a fresh color); (category, added)."""
+        if name in self:
+            return self.by_name(name), False
+        name = name.strip()
+        if not name:
+            raise ValueError("a class name must be a non-empty string")
+        new_id = max(self._by_id, default=0) + 1
+        color = _distinct_color(len(self), {c.color for c in self})
+        category = Category(id=new_id, name=name, isthing=bool(isthing), color=color)
+        self._insert(category)
+        return category, True
+
+    def max_id(self) -> int:
+        return max(self._by_id, default=0)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [c.to_coco() for c in self]
+
+    @classmethod
+    def from_list(cls, entries: Sequence[Mapping[str, Any]], where: str = "categories") -> "CategoryTable":
+        """From COCO-panoptic ``categories`` (id, name, isthing, optional color)."""
+        table = cls()
+        taken: set[Color] = {tuple(int(v) for v in e["color"]) for e in entries if isinstance(e, Mapping) and e.get("color")}
+        for j, entry in enumerate(entries):
+            try:
+                color = tuple(int(v) for v in entry["color"]) if entry.get("color") else _distinct_color(j, taken)
+                table._insert(Category(int(entry["id"]), str(entry["name"]), bool(entry.get("isthing", 1)), color))  # type: ignore[arg-type]
+            except (KeyError, TypeError, ValueError) as err:
+                raise AutolabelOutputError(f"{where}: bad category entry {j} ({entry!r:.120}): {err}") from None
+        return table
+
+    @classmethod
+    def from_vocabulary_dict(cls, vocab: Mapping[str, Any], where: str) -> "CategoryTable":
+        """From run.json's ``{"names", "synonyms", "isthing", "category_ids", "colors"}``."""
+        try:
+            names = list(vocab["names"])
+            isthing = list(vocab["isthing"])
+            ids = list(vocab.get("category_ids") or range(1, len(names) + 1))
+            colors = list(vocab.get("colors") or [None] * len(names))
+        except (KeyError, TypeError) as err:
+            raise AutolabelOutputError(f"{where}: vocabulary needs 'names' and 'isthing' lists ({err})") from None
+        if not (len(names) == len(isthing) == len(ids) == len(colors)):
+            raise AutolabelOutputError(f"{where}: vocabulary lists have different lengths")
+        entries = [{"id": i, "name": n, "isthing": t, "color": c} for n, t, i, c in zip(names, isthing, ids, colors)]
+        return cls.from_list(entries, where)
+
+
+# ---------------------------------------------------------------------------------- records
+@dataclass
+class ImageRecord:
+    """One row of ``images/*.parquet``."""
+
+    image_id: int
+    file_path: str
+    width: Optional[int]
+    height: Optional[int]
+    status: str
+    error: Optional[str]
+    num_segments: int
+
+
+@dataclass
+class ImageLabels:
+    """An image and its panoptic labels as decoded from the RLEs (None for error images)."""
+
+    record: ImageRecord
+    prediction: Optional[PanopticPrediction]
+    run_id: Optional[str] = None
+
+
+def segments_to_prediction(rows: Sequence[Mapping[str, Any]], height: int, width: int, where: str) -> PanopticPrediction:
+    """Paint the RLE masks of one image's segment rows into an (H, W) int32 id map.
+
+    Args:
+        rows: segment rows (dicts with the :data:`SEGMENT_COLUMNS` keys) of one image.
+        height, width: the image size (every RLE must have this size).
+        where: file/image description for error messages.
+    Raises:
+        AutolabelOutputError: an RLE of another size, a duplicate segment id, overlapping masks.
+    """
+    panoptic_map = np.zeros((height, width), dtype=np.int32)
+    segments: list[SegmentInfo] = []
+    seen: set[int] = set()
+    for row in sorted(rows, key=lambda r: int(r["segment_id"])):
+        segment_id = int(row["segment_id"])
+        if segment_id <= 0 or segment_id in seen:
+            raise AutolabelOutputError(f"{where}: segment id {segment_id} is {'not positive' if segment_id <= 0 else 'duplicated'}")
+        seen.add(segment_id)
+        rle = row["rle"]
+        size = [int(v) for v in rle["size"]]
+        if size != [height, width]:
+            raise AutolabelOutputError(f"{where}: segment {segment_id} RLE size {size} differs from the image size [{height}, {width}]")
+        mask = decode_rle(rle)
+        if panoptic_map[mask].any():
+            raise AutolabelOutputError(f"{where}: segment {segment_id} overlaps another segment (panoptic masks must be disjoint)")
+        panoptic_map[mask] = segment_id
+        segments.append(
+            SegmentInfo(
+                id=segment_id,
+                category_id=int(row["category_id"]),
+                category=str(row["category"]),
+                isthing=bool(row["isthing"]),
+                score=float(row["score"]),
+                mask_quality=float(row["mask_quality"]),
+                in_vocab_prob=float(row["in_vocab_prob"]),
+                out_vocab_prob=float(row["out_vocab_prob"]),
+                area=int(row["area"]),
+                bbox=[float(v) for v in row["bbox"]],
+            )
+        )
+    return PanopticPrediction(panoptic_map=panoptic_map, segments=segments)
+
+
+def _check_columns(path: Path, required: Sequence[str]) -> None:
+    try:
+        names = set(pq.read_schema(path).names)
+    except Exception as err:  # pyarrow raises several types for non-Parquet bytes
+        raise AutolabelOutputError(f"{path}: not a readable Parquet file ({err})") from None
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise AutolabelOutputError(f"{path}: missing column(s) {', '.join(missing)} (not an autolabel {path.parent.name} table)")
+
+
+class AutolabelOutput:
+    """A validated autolabel output directory.
+
+    Use :meth:`open`; it raises :class:`AutolabelOutputError` when the directory is not one.
+    """
+
+    def __init__(self, root: Path, run_info: dict[str, Any], categories: CategoryTable) -> None:
+        self.root = root
+        self.run_info = run_info
+        self.categories = categories
+        self._store = OutputStore(root)
+
+    # ---------------------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: Union[str, os.PathLike]) -> "AutolabelOutput":
+        root = Path(os.path.abspath(os.fspath(path)))
+        expected = "expected run.json, images/part-*.parquet and segments/part-*.parquet from python -m pipelines.autolabel"
+        if not root.exists():
+            raise AutolabelOutputError(f"{root}: no such directory")
+        if not root.is_dir():
+            raise AutolabelOutputError(f"{root}: not a directory ({expected})")
+        run_json = root / "run.json"
+        if not run_json.is_file():
+            raise AutolabelOutputError(f"{root}: not an autolabel output: run.json is missing ({expected})")
+        try:
+            run_info = json.loads(run_json.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise AutolabelOutputError(f"{run_json}: not valid JSON ({err})") from None
+        if not isinstance(run_info, dict):
+            raise AutolabelOutputError(f"{run_json}: expected a JSON object")
+        for sub in ("images", "segments"):
+            if not (root / sub).is_dir():
+                raise AutolabelOutputError(f"{root}: not an autolabel output: {sub}/ is missing ({expected})")
+        categories = cls._read_categories(root, run_info)
+        out = cls(root, run_info, categories)
+        parts = out.parts()
+        if not parts:
+            raise AutolabelOutputError(f"{root}: no committed images/part-*.parquet (the run wrote no results yet)")
+        for part in parts:
+            _check_columns(out._store.images_part_path(part), IMAGE_COLUMNS)
+            seg_path = out._store.segments_part_path(part)
+            if not seg_path.is_file():
+                raise AutolabelOutputError(f"{seg_path}: missing although images part {part} is committed")
+            _check_columns(seg_path, SEGMENT_COLUMNS)
+        return out
+
+    @staticmethod
+    def _read_categories(root: Path, run_info: Mapping[str, Any]) -> CategoryTable:
+        vocab = run_info.get("vocabulary")
+        if isinstance(vocab, Mapping) and "names" in vocab:
+            return CategoryTable.from_vocabulary_dict(vocab, f"{root / 'run.json'}: vocabulary")
+        if isinstance(vocab, Mapping) and "classes" in vocab:  # Vocabulary.to_dict() form
+            return CategoryTable.from_list(vocab["classes"], f"{root / 'run.json'}: vocabulary")
+        panoptic_json = root / "panoptic.json"
+        if panoptic_json.is_file():
+            try:
+                cats = json.loads(panoptic_json.read_text(encoding="utf-8"))["categories"]
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise AutolabelOutputError(f"{panoptic_json}: no readable 'categories' ({err})") from None
+            return CategoryTable.from_list(cats, f"{panoptic_json}: categories")
+        raise AutolabelOutputError(f"{root}: neither run.json 'vocabulary' nor panoptic.json 'categories' names the classes")
+
+    # ---------------------------------------------------------------------------- reading
+    @property
+    def run_id(self) -> Optional[str]:
+        value = self.run_info.get("run_id")
+        return str(value) if value is not None else None
+
+    def parts(self) -> list[str]:
+        return self._store.committed_parts()
+
+    def count_rows(self) -> tuple[int, int]:
+        """(number of image rows, number of segment rows), from the Parquet footers."""
+        images = sum(pq.ParquetFile(self._store.images_part_path(p)).metadata.num_rows for p in self.parts())
+        segments = sum(pq.ParquetFile(self._store.segments_part_path(p)).metadata.num_rows for p in self.parts())
+        return images, segments
+
+    def iter_records(self) -> Iterator[ImageRecord]:
+        """Every image row, one part at a time (no masks decoded)."""
+        for part in self.parts():
+            table = pq.read_table(self._store.images_part_path(part), columns=list(IMAGE_COLUMNS))
+            for row in table.to_pylist():
+                yield _record(row)
+
+    def iter_images(self) -> Iterator[ImageLabels]:
+        """Every image with its decoded panoptic labels, one part in memory at a time.
+
+        Error images come with ``prediction=None``. Raises AutolabelOutputError for segments whose
+        image has no committed row, or that disagree with it.
+        """
+        for part in self.parts():
+            images_path = self._store.images_part_path(part)
+            segments_path = self._store.segments_part_path(part)
+            records = [_record(r) for r in pq.read_table(images_path, columns=list(IMAGE_COLUMNS)).to_pylist()]
+            rows_by_image: dict[int, list[dict[str, Any]]] = {}
+            parquet = pq.ParquetFile(segments_path)
+            for batch in parquet.iter_batches(batch_size=2048, columns=list(SEGMENT_COLUMNS)):
+                for row in batch.to_pylist():
+                    rows_by_image.setdefault(int(row["image_id"]), []).append(row)
+            known = {r.image_id for r in records}
+            orphans = sorted(set(rows_by_image) - known)
+            if orphans:
+                raise AutolabelOutputError(f"{segments_path}: segments of image id(s) {orphans[:5]} that have no row in {images_path}")
+            for record in records:
+                rows = rows_by_image.pop(record.image_id, [])
+                where = f"{segments_path} (image {record.image_id}, {record.file_path})"
+                if record.status != "ok":
+                    if rows:
+                        raise AutolabelOutputError(f"{where}: segments for an image with status {record.status!r}")
+                    yield ImageLabels(record, None)
+                    continue
+                if record.width is None or record.height is None:
+                    raise AutolabelOutputError(f"{images_path}: image {record.image_id} has status ok but no width/height")
+                if len(rows) != record.num_segments:
+                    raise AutolabelOutputError(f"{where}: {len(rows)} segment rows but num_segments={record.num_segments} in {images_path}")
+                run_ids = {r["run_id"] for r in rows}
+                prediction = segments_to_prediction(rows, record.height, record.width, where)
+                yield ImageLabels(record, prediction, run_ids.pop() if len(run_ids) == 1 else self.run_id)
+
+
+def _record(row: Mapping[str, Any]) -> ImageRecord:
+    return ImageRecord(
+        image_id=int(row["image_id"]),
+        file_path=os.path.normpath(str(row["file_path"])),
+        width=None if row["width"] is None else int(row["width"]),
+        height=None if row["height"] is None else int(row["height"]),
+        status=str(row["status"]),
+        error=row["error"],
+        num_segments=int(row["num_segments"]),
+    )

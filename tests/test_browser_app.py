@@ -1,0 +1,233 @@
+"""The FiftyOne App with the ``@possam/review`` plugin, driven in headless Chromium.
+
+Starts ``python -m fiftyone.server.main`` on 127.0.0.1 against a private mongod, with
+``FIFTYONE_PLUGINS_DIR=plugins``, opens a dataset whose saved workspace shows the review panel,
+checks that the panel renders the dataset's numbers and that the operator browser lists every
+operator of the plugin, and saves screenshots under ``test-artifacts/browser/`` (or
+``$POSSAM_TEST_ARTIFACTS``). Needs Debian's ``chromium`` and ``chromium-driver`` packages
+(``apt-get install -y chromium chromium-driver``) and the ``selenium`` package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+
+import pytest
+import yaml
+
+fo = pytest.importorskip("fiftyone")
+
+from possam_label.fiftyone.load import load_autolabel_output  # noqa: E402
+from possam_label.fiftyone.review import review_summary  # noqa: E402
+from possam_label.fiftyone.testing import use_private_database, write_coco_autolabel_output  # noqa: E402
+
+pytestmark = [pytest.mark.fiftyone, pytest.mark.browser]
+
+REPO = Path(__file__).resolve().parents[1]
+COCO = REPO / "tests" / "data" / "coco_panoptic_sample"
+if not COCO.is_dir():
+    COCO = Path("/work/shared/data/coco_panoptic_sample")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = Path(os.environ.get("POSSAM_TEST_ARTIFACTS", REPO / "test-artifacts")) / "browser"
+PLUGIN = "@possam/review"
+DATASET = "browser_review"
+
+
+def _need_browser() -> None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        pytest.skip(f"chromium not installed ({', '.join(missing)} missing): apt-get install -y chromium chromium-driver")
+    pytest.importorskip("selenium", reason="selenium not installed: pip install selenium")
+
+
+def _post(url: str, payload: dict) -> tuple[int, dict]:
+    """(HTTP status, JSON body); operator errors come back as a 500 whose body says why."""
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    _need_browser()
+    try:
+        use_private_database()
+    except (FileNotFoundError, RuntimeError) as err:
+        pytest.skip(f"no runnable mongod for FiftyOne: {err}")
+    out = tmp_path_factory.mktemp("autolabel") / "out"
+    write_coco_autolabel_output(out, COCO, seed=5)
+    if fo.dataset_exists(DATASET):
+        fo.delete_dataset(DATASET)
+    load_autolabel_output(out, DATASET, progress=False)
+    dataset = fo.load_dataset(DATASET)
+    dataset.save_workspace(
+        "review",
+        fo.Space(children=[fo.Panel(type="Samples", pinned=True), fo.Panel(type="review_panel")], orientation="horizontal"),
+        overwrite=True,
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    fo.config.plugins_dir = str(REPO / "plugins")
+    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(REPO / "plugins")}
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fiftyone.server.main", "--address", "127.0.0.1", "--port", str(port)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "/", timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError, socket.timeout):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"FiftyOne server did not start:\n{log.read()[-3000:]}")
+                time.sleep(0.2)
+        yield base, dataset
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(app):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="possam-chromium-")
+    for arg in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1600,1000",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait_for_text(driver, texts: list[str], timeout: float = 45.0) -> str:
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    body = ""
+    while time.monotonic() < deadline:
+        body = driver.find_element(By.TAG_NAME, "body").text
+        if all(t in body for t in texts):
+            return body
+        time.sleep(0.3)
+    raise AssertionError(f"page never showed {texts}; it shows:\n{body[:3000]}")
+
+
+def _dismiss_popovers(driver) -> None:
+    from selenium.webdriver.common.by import By
+
+    for button in driver.find_elements(By.XPATH, "//*[normalize-space(text())='Dismiss']"):
+        try:
+            button.click()
+        except Exception:  # a popover that vanished meanwhile
+            pass
+
+
+def test_operators_endpoint_lists_the_plugin_and_reports_bad_input(app) -> None:
+    base, dataset = app
+    app_output = dataset.info["possam_label"]["possam"]["runs"][0]["output_dir"]
+    manifest = yaml.safe_load((REPO / "plugins" / "possam_review" / "fiftyone.yml").read_text())
+    status, listed = _post(base + "/operators", {"dataset_name": DATASET})
+    assert status == 200
+    uris = {op["uri"] for op in listed["operators"]}
+    assert {f"{PLUGIN}/{name}" for name in manifest["operators"] + manifest["panels"]} <= uris
+    assert not [e for e in listed.get("errors", []) if "possam" in json.dumps(e)]
+
+    bad_status, bad_dir = _post(base + "/operators/execute", {"dataset_name": DATASET, "operator_uri": f"{PLUGIN}/load_autolabel_output", "params": {"output_dir": str(REPO / "tests")}})
+    print("\nbad directory ->", bad_status, json.dumps(bad_dir)[:400])
+    # The operator form flags the directory while the user types it, before anything runs.
+    status, form = _post(base + "/operators/resolve-type", {"dataset_name": DATASET, "operator_uri": f"{PLUGIN}/load_autolabel_output",
+                                                            "target": "inputs", "params": {"output_dir": str(REPO / "tests")}})
+    assert status == 200, json.dumps(form)[-1500:]
+    form_text = json.dumps(form)
+    assert '"invalid": true' in form_text and "Not an autolabel output" in form_text and "run.json is missing" in form_text
+    assert "not an autolabel output: run.json is missing" in json.dumps(bad_dir)
+    assert bad_status == 500
+    status, missing = _post(base + "/operators/execute", {"dataset_name": DATASET, "operator_uri": f"{PLUGIN}/load_autolabel_output",
+                                                          "params": {"output_dir": str(COCO), "dataset_name": "no_such_dataset"}})
+    assert status == 500
+    assert "not an autolabel output" in json.dumps(missing)  # the directory is checked first
+    out = _post(base + "/operators/execute", {"dataset_name": DATASET, "operator_uri": f"{PLUGIN}/load_autolabel_output",
+                                              "params": {"output_dir": str(app_output), "dataset_name": "no_such_dataset"}})[1]
+    assert "FiftyOne dataset 'no_such_dataset' does not exist" in json.dumps(out)
+    assert not fo.dataset_exists("no_such_dataset")
+
+
+def test_review_panel_and_operator_browser_render(app, browser) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    base, dataset = app
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    summary = review_summary(dataset, 0.5)
+    browser.get(f"{base}/datasets/{DATASET}?workspace=review")
+    body = _wait_for_text(browser, ["Per-class counts", "Show needs review", "Confidence histogram"])
+    assert f"{summary.num_labels} labels in {summary.num_samples} samples" in body
+    assert f"below 0.50: {summary.num_below}" in body
+    assert all(c.label in body for c in summary.per_class)
+    _dismiss_popovers(browser)
+    time.sleep(1.0)  # let the plot and the grid finish drawing
+    panel_png = ARTIFACTS / "review_panel.png"
+    browser.save_screenshot(str(panel_png))
+    print(f"\nscreenshot: {panel_png}")
+
+    # The panel's buttons act on the App: "Show needs review" loads the review queue as the view.
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.XPATH, "//button[normalize-space(.)='Show needs review']").click()
+    # The panel follows the App's view: only the labels below the threshold are left.
+    _wait_for_text(browser, [f"{summary.num_below} labels in", f"below 0.50: {summary.num_below}", "at or above: 0"], timeout=30)
+    time.sleep(1.0)
+    queue_png = ARTIFACTS / "needs_review_view.png"
+    browser.save_screenshot(str(queue_png))
+    print(f"screenshot: {queue_png}")
+
+    ActionChains(browser).send_keys("`").perform()  # opens the operator browser
+    time.sleep(1.0)
+    ActionChains(browser).send_keys("PosSAM").perform()
+    manifest = yaml.safe_load((REPO / "plugins" / "possam_review" / "fiftyone.yml").read_text())
+    import fiftyone.operators as foo
+
+    labels = [foo.get_operator(f"{PLUGIN}/{name}").config.label for name in manifest["operators"]]
+    body = _wait_for_text(browser, labels, timeout=20)
+    for name in manifest["operators"]:
+        assert name in body  # the browser shows each operator's name next to its label
+    operators_png = ARTIFACTS / "operator_browser.png"
+    browser.save_screenshot(str(operators_png))
+    print(f"screenshot: {operators_png}")
+    assert panel_png.stat().st_size > 10_000 and operators_png.stat().st_size > 10_000
