@@ -1,0 +1,438 @@
+"""Parquet schemas of the auto-labeling outputs, atomic writers, and the output-directory store.
+
+Layout of an output directory (see docs/outputs.md for every column)::
+
+    DIR/
+      run.json                    provenance; rewritten atomically at start and end
+      images/part-<P>.parquet     one row per input image (status ok|error): the commit record
+      segments/part-<P>.parquet   one row per segment of the images of part <P>
+      panoptic/<image_id>.png     COCO-panoptic id PNG per ok image
+      panoptic.json               COCO-panoptic JSON, assembled at the end of a run
+      .lock                       held (flock) by the running job
+
+Commit protocol (what makes a SIGKILL at any instant recoverable): a part is written as
+PNGs first, then ``segments/part-P``, then ``images/part-P`` -- each file through a temporary
+name and ``os.replace``. The images part is the commit record: an image counts as done iff its
+row is in a committed images part. :meth:`OutputStore.recover` deletes temporary files, segment
+parts without their images part, and PNGs of images that are not committed ok, so a resumed run
+reprocesses exactly the images without a committed row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+
+RLE_TYPE = pa.struct([pa.field("size", pa.list_(pa.int32())), pa.field("counts", pa.string())])
+
+SEGMENTS_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("file_path", pa.string(), nullable=False),
+        pa.field("segment_id", pa.int32(), nullable=False),
+        pa.field("category_id", pa.int32(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("isthing", pa.bool_(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("mask_quality", pa.float32(), nullable=False),
+        pa.field("in_vocab_prob", pa.float32(), nullable=False),
+        pa.field("out_vocab_prob", pa.float32(), nullable=False),
+        pa.field("area", pa.int64(), nullable=False),
+        pa.field("bbox", pa.list_(pa.float32(), 4), nullable=False),
+        pa.field("rle", RLE_TYPE, nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ],
+    metadata={b"possam_label.table": b"segments", b"possam_label.schema_version": SCHEMA_VERSION.encode()},
+)
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("file_path", pa.string(), nullable=False),
+        pa.field("width", pa.int32()),  # null when the image could not be read
+        pa.field("height", pa.int32()),
+        pa.field("status", pa.string(), nullable=False),  # "ok" | "error"
+        pa.field("error", pa.string()),  # null when ok; "<reason>: <detail>" otherwise
+        pa.field("num_segments", pa.int32(), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),
+        pa.field("panoptic_file", pa.string()),  # "panoptic/<image_id>.png" relative to DIR; null on error
+        pa.field("run_id", pa.string(), nullable=False),
+    ],
+    metadata={b"possam_label.table": b"images", b"possam_label.schema_version": SCHEMA_VERSION.encode()},
+)
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+_PART_RE = re.compile(r"^part-([0-9A-Za-z_-]+)\.parquet$")
+_TMP_PREFIX = ".tmp-"
+_KNOWN_ENTRIES = {"run.json", "images", "segments", "panoptic", "panoptic.json", ".lock"}
+
+
+class OutputDirError(RuntimeError):
+    """An output directory that cannot be used as asked (not empty, locked, foreign files, ...)."""
+
+
+def image_id_for_path(path: Union[str, Path]) -> int:
+    """Stable 60-bit integer id of an image: the first 15 hex digits of sha1(absolute path).
+
+    The absolute, normalised path is hashed (symlinks are not resolved), so the id is the same
+    across runs and machines that see the file under the same path. 60 bits keep the value a
+    positive int64 (Parquet, Arrow) that detectron2's ``int(image_id)`` and JSON accept.
+    """
+    absolute = os.path.normpath(os.path.abspath(os.fspath(path)))
+    return int(hashlib.sha1(absolute.encode("utf-8", "surrogateescape")).hexdigest()[:15], 16)
+
+
+def fsync_directory(directory: Path) -> None:
+    """fsync a directory so a rename inside it survives power loss (best effort)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temporary_path_for(final: Path) -> Path:
+    """A unique hidden temporary name next to ``final`` (same filesystem, so ``os.replace`` is atomic)."""
+    return final.with_name(f"{_TMP_PREFIX}{final.name}.{secrets.token_hex(6)}")
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``.
+
+    Readers see either the old file or the complete new one. With ``durable`` the data and the
+    rename are fsync'ed (survives power loss, not only process death).
+    """
+    path = Path(path)
+    tmp = temporary_path_for(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if durable:
+        fsync_directory(path.parent)
+
+
+def atomic_write_json(path: Union[str, Path], obj: Any, durable: bool = True) -> None:
+    """``json.dumps(obj, indent=2)`` written atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"), durable=durable)
+
+
+def write_parquet_atomic(table: pa.Table, path: Union[str, Path], durable: bool = True) -> None:
+    """Write a table as one zstd Parquet file, atomically (temporary name, fsync, ``os.replace``)."""
+    path = Path(path)
+    tmp = temporary_path_for(path)
+    try:
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=["category", "file_path", "run_id", "status"])
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if durable:
+        fsync_directory(path.parent)
+
+
+def segments_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts with the :data:`SEGMENTS_SCHEMA` keys) -> table; missing/extra keys are errors."""
+    return _table(rows, SEGMENTS_SCHEMA)
+
+
+def images_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts with the :data:`IMAGES_SCHEMA` keys) -> table; missing/extra keys are errors."""
+    return _table(rows, IMAGES_SCHEMA)
+
+
+def _table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    names = schema.names
+    for i, row in enumerate(rows):
+        if set(row) != set(names):
+            missing = sorted(set(names) - set(row))
+            extra = sorted(set(row) - set(names))
+            raise ValueError(f"row {i} does not fit the {schema.metadata[b'possam_label.table'].decode()} schema: missing {missing}, extra {extra}")
+    columns = {name: [row[name] for row in rows] for name in names}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def utc_now() -> str:
+    """Current UTC time, ISO 8601 with seconds."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_part_prefix() -> str:
+    """A unique, time-sortable prefix for the parts of one job attempt: ``YYYYmmddTHHMMSS-<hex>``."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+
+
+class OutputStore:
+    """One auto-labeling output directory: layout, locking, commit protocol and recovery.
+
+    Args:
+        out_dir: the directory (created when missing). Every path the store writes is inside it.
+        durable: fsync files and directories on commit.
+    """
+
+    def __init__(self, out_dir: Union[str, Path], durable: bool = True) -> None:
+        self.root = Path(os.path.abspath(os.fspath(out_dir)))
+        self.durable = durable
+        self.images_dir = self.root / "images"
+        self.segments_dir = self.root / "segments"
+        self.panoptic_dir = self.root / "panoptic"
+        self.run_json = self.root / "run.json"
+        self.panoptic_json = self.root / "panoptic.json"
+        self._lock_fd: Optional[int] = None
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def existing_entries(self) -> list[str]:
+        """Names in the directory (empty list when it does not exist)."""
+        if not self.root.exists():
+            return []
+        if not self.root.is_dir():
+            raise OutputDirError(f"output path {self.root} exists and is not a directory")
+        return sorted(os.listdir(self.root))
+
+    def prepare(self, mode: str) -> None:
+        """Get the directory ready for a run and take the lock.
+
+        Args:
+            mode: ``"new"`` (the directory must be missing or empty), ``"resume"`` (keep committed
+                work, clean up the rest: :meth:`recover`) or ``"overwrite"`` (delete previous
+                outputs; refuses when the directory holds anything an autolabel run does not write).
+
+        Raises:
+            OutputDirError: a non-empty directory without resume/overwrite, foreign files on
+                overwrite, or another job holding the lock.
+        """
+        if mode not in ("new", "resume", "overwrite"):
+            raise ValueError(f"mode must be new, resume or overwrite, got {mode!r}")
+        entries = [e for e in self.existing_entries() if e != ".lock"]
+        if mode == "new" and entries:
+            raise OutputDirError(
+                f"output directory {self.root} is not empty ({', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}); "
+                "pass --resume to finish a previous run there, or --overwrite to delete its outputs and start again"
+            )
+        if mode == "overwrite" and entries:
+            foreign = [e for e in entries if e not in _KNOWN_ENTRIES and not e.startswith(_TMP_PREFIX)]
+            if foreign:
+                raise OutputDirError(
+                    f"refusing to overwrite {self.root}: it holds files an autolabel run does not write "
+                    f"({', '.join(foreign[:5])}); choose another --out or remove them yourself"
+                )
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._acquire_lock()
+        if mode == "overwrite":
+            for entry in entries:
+                target = self.root / entry
+                logger.info("overwrite: deleting %s", target)
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink()
+        for directory in (self.images_dir, self.segments_dir, self.panoptic_dir):
+            directory.mkdir(exist_ok=True)
+        if mode == "resume":
+            self.recover()
+
+    def _acquire_lock(self) -> None:
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise OutputDirError(f"another autolabel job is writing to {self.root} (its .lock is held)") from exc
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Release the directory lock (also released by the OS when the process dies)."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ------------------------------------------------------------------------------- parts
+    def committed_parts(self) -> list[str]:
+        """Part ids P with a committed ``images/part-P.parquet``, sorted."""
+        return sorted(m.group(1) for m in (_PART_RE.match(n) for n in _listdir(self.images_dir)) if m)
+
+    def segment_parts(self) -> list[str]:
+        return sorted(m.group(1) for m in (_PART_RE.match(n) for n in _listdir(self.segments_dir)) if m)
+
+    def images_part_path(self, part_id: str) -> Path:
+        return self.images_dir / f"part-{part_id}.parquet"
+
+    def segments_part_path(self, part_id: str) -> Path:
+        return self.segments_dir / f"part-{part_id}.parquet"
+
+    def panoptic_png_path(self, image_id: int) -> Path:
+        return self.panoptic_dir / f"{int(image_id)}.png"
+
+    def write_png(self, image_id: int, png_bytes: bytes) -> str:
+        """Write one panoptic PNG atomically; returns its path relative to the root."""
+        path = self.panoptic_png_path(image_id)
+        atomic_write_bytes(path, png_bytes, durable=self.durable)
+        return f"panoptic/{path.name}"
+
+    def commit_part(self, part_id: str, images: pa.Table, segments: pa.Table) -> None:
+        """Write ``segments/part-P`` then ``images/part-P`` (the commit record), each atomically.
+
+        PNGs of the part's ok images must already be written (:meth:`write_png`).
+        """
+        if not _PART_RE.match(f"part-{part_id}.parquet"):
+            raise ValueError(f"bad part id {part_id!r}")
+        if images.schema.remove_metadata() != IMAGES_SCHEMA.remove_metadata():
+            raise ValueError("images table does not have IMAGES_SCHEMA")
+        if segments.schema.remove_metadata() != SEGMENTS_SCHEMA.remove_metadata():
+            raise ValueError("segments table does not have SEGMENTS_SCHEMA")
+        if self.images_part_path(part_id).exists():
+            raise OutputDirError(f"part {part_id} is already committed in {self.root}")
+        write_parquet_atomic(segments, self.segments_part_path(part_id), durable=self.durable)
+        write_parquet_atomic(images, self.images_part_path(part_id), durable=self.durable)
+
+    # ---------------------------------------------------------------------------- recovery
+    def recover(self) -> dict[str, int]:
+        """Make the directory consistent after a crash; returns what was removed.
+
+        Removes temporary files, segment parts whose images part is missing (their images were
+        never committed), and PNGs that belong to no committed ok image.
+        """
+        removed = {"tmp_files": 0, "orphan_segment_parts": 0, "orphan_pngs": 0}
+        for directory in (self.root, self.images_dir, self.segments_dir, self.panoptic_dir):
+            for name in _listdir(directory):
+                if name.startswith(_TMP_PREFIX):
+                    (directory / name).unlink()
+                    removed["tmp_files"] += 1
+        committed = set(self.committed_parts())
+        for part_id in self.segment_parts():
+            if part_id not in committed:
+                logger.info("resume: removing segments part %s (its images part was never committed)", part_id)
+                self.segments_part_path(part_id).unlink()
+                removed["orphan_segment_parts"] += 1
+        ok_pngs = {f"{image_id}.png" for image_id in self.committed_image_ids(status=STATUS_OK)}
+        for name in _listdir(self.panoptic_dir):
+            if name.endswith(".png") and name not in ok_pngs:
+                (self.panoptic_dir / name).unlink()
+                removed["orphan_pngs"] += 1
+        if any(removed.values()):
+            logger.info("resume cleanup in %s: %s", self.root, removed)
+        return removed
+
+    def drop_error_rows(self) -> int:
+        """Un-commit images whose row has status error, so a resumed run retries them.
+
+        Each affected images part is rewritten atomically without its error rows (error rows
+        have no segments, no PNG); returns the number of rows dropped.
+        """
+        dropped = 0
+        for part_id in self.committed_parts():
+            path = self.images_part_path(part_id)
+            table = pq.read_table(path)
+            keep = pc.equal(table["status"], STATUS_OK)
+            kept = table.filter(keep)
+            if kept.num_rows != table.num_rows:
+                write_parquet_atomic(kept.replace_schema_metadata(IMAGES_SCHEMA.metadata), path, durable=self.durable)
+                dropped += table.num_rows - kept.num_rows
+        if dropped:
+            logger.info("retry errors: %d image(s) with status error will be labeled again", dropped)
+        return dropped
+
+    # ----------------------------------------------------------------------------- readers
+    def committed_image_ids(self, status: Optional[str] = None) -> set[int]:
+        """Ids of images with a committed row (optionally only those with ``status``)."""
+        ids: set[int] = set()
+        for part_id in self.committed_parts():
+            table = pq.read_table(self.images_part_path(part_id), columns=["image_id", "status"])
+            if status is not None:
+                table = table.filter(pc.equal(table["status"], status))
+            ids.update(table["image_id"].to_pylist())
+        return ids
+
+    def iter_committed(self, images_columns: Optional[list[str]] = None, segments_columns: Optional[list[str]] = None) -> Iterator[tuple[str, pa.Table, pa.Table]]:
+        """(part_id, images table, segments table) for each committed part, one part in memory at a time."""
+        for part_id in self.committed_parts():
+            images = pq.read_table(self.images_part_path(part_id), columns=images_columns)
+            seg_path = self.segments_part_path(part_id)
+            if seg_path.exists():
+                segments = pq.read_table(seg_path, columns=segments_columns)
+            else:  # a part committed with an empty segments file cannot lack it; be strict
+                raise OutputDirError(f"{seg_path} is missing although images part {part_id} is committed")
+            yield part_id, images, segments
+
+
+def _listdir(directory: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+
+
+def read_images_table(out_dir: Union[str, Path], columns: Optional[list[str]] = None) -> pa.Table:
+    """All committed ``images`` rows of an output directory as one table."""
+    store = OutputStore(out_dir)
+    paths = [str(store.images_part_path(p)) for p in store.committed_parts()]
+    if not paths:
+        return IMAGES_SCHEMA.empty_table() if columns is None else IMAGES_SCHEMA.empty_table().select(columns)
+    return pa.concat_tables([pq.read_table(p, columns=columns) for p in paths]).replace_schema_metadata(IMAGES_SCHEMA.metadata)
+
+
+def read_segments_table(
+    out_dir: Union[str, Path], columns: Optional[list[str]] = None, filters: Optional[Any] = None
+) -> pa.Table:
+    """All committed ``segments`` rows (only parts whose images part is committed) as one table.
+
+    Args:
+        columns: subset of columns (leave out ``rle`` for a light read).
+        filters: pyarrow filter expression or DNF list, e.g. ``[("score", ">", 0.5)]``.
+    """
+    import pyarrow.dataset as ds
+
+    store = OutputStore(out_dir)
+    paths = [str(store.segments_part_path(p)) for p in store.committed_parts()]
+    if not paths:
+        empty = SEGMENTS_SCHEMA.empty_table()
+        return empty if columns is None else empty.select(columns)
+    dataset = ds.dataset(paths, schema=SEGMENTS_SCHEMA, format="parquet")
+    expression = pq.filters_to_expression(filters) if isinstance(filters, list) else filters
+    return dataset.to_table(columns=columns, filter=expression)

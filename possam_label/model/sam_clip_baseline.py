@@ -1,0 +1,656 @@
+"""The training-free two-stage baseline: SAM's automatic mask generator, then CLIP per mask.
+
+Stage 1 runs segment_anything's :class:`SamAutomaticMaskGenerator` (a grid of point prompts
+through the full ``Sam`` model: image encoder, prompt encoder, mask decoder; IoU and stability
+filtering; box NMS). Stage 2 classifies every mask with the frozen CLIP of the config, in one
+of two ways (``baseline.classify``):
+
+* ``mask_pooled`` (the paper's "feature-crop" baseline): one dense CLIP pass per image on the
+  SAM-style padded image, exactly as PosSAM's frozen out-of-vocabulary classifier does it: each
+  mask is brought to the dense map (coverage per cell > 0.5), its features are average-pooled,
+  projected with CLIP's own head (:meth:`CLIPBackbone.embed_pooled`) and compared with the text
+  classifier (cosine x CLIP logit scale, max over synonyms).
+* ``crop`` (the paper's "image-crop" baseline): each mask's box, made square and widened by
+  ``crop_context`` of its side on every side, is cut out of the image with everything outside
+  the mask set to the CLIP pixel mean, resized to ``crop_size`` and embedded with
+  ``clip.encode_image`` (one CLIP pass per mask, batched).
+
+A segment's score is the softmax class probability times SAM's predicted IoU. Masks are then
+merged into one panoptic map by the combine heuristic of panopticapi (re-implemented): masks
+in decreasing score; a mask is skipped when less than ``postprocess.overlap_threshold`` of it
+is still free; stuff masks of one class become one segment, thing masks stay separate
+instances; pixels no kept mask covers are void (0).
+
+The baseline has a single classifier, so each :class:`SegmentInfo` carries the CLIP class
+probability as both ``in_vocab_prob`` and ``out_vocab_prob``; ``mask_quality`` is SAM's
+predicted IoU.
+
+Images whose longest side exceeds the SAM input size are first resized to it (SAM sees that
+resolution anyway); the panoptic map is made at that working size and resized back to the
+original size with nearest neighbour, as :class:`~possam_label.predictor.PosSAMPredictor` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy import ndimage
+from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from torch import nn
+from torchvision.ops import roi_align
+
+from ..config import PosSAMConfig, SAMConfig, from_dict, load_config, merge
+from ..predictor import DEFAULT_CONFIG, _resize_ids, _resolve_vocab, preprocess, resize_longest_side_shape
+from ..types import PanopticPrediction, SegmentInfo
+from ..vocab import Vocabulary, load_vocabulary
+from .clip_backbone import CLIPBackbone, TextClassifier
+from .common import masked_average_pool
+from .weights import SAM_CHECKPOINT_URLS, WeightsError, download, load_state_dict, sha256_file
+
+logger = logging.getLogger(__name__)
+
+CLASSIFY_MODES = ("mask_pooled", "crop")
+# Masks handled at once when resampling them to the CLIP grid or to crops (bounds memory:
+# MASK_CHUNK x H x W float32 at the working resolution).
+MASK_CHUNK = 16
+# Crops per clip.encode_image call.
+CROP_BATCH = 64
+
+
+# ----------------------------------------------------------------------------------- SAM model
+def _decoder_sizes(state: Optional[dict[str, torch.Tensor]], out_chans: int) -> dict[str, int]:
+    """Prompt-encoder / mask-decoder sizes, read from a ``Sam`` state dict where it has them.
+
+    Without a state dict (random weights) the sizes of the project's small SAM are used:
+    depth 2, MLP 4 x ``out_chans``, IoU head hidden ``out_chans``. The number of attention heads
+    is not visible in tensor shapes; it is ``out_chans // 32`` (head width 32), which gives the
+    official 8 heads at 256 channels and the small SAM's 4 heads at 128.
+    """
+    sizes = {
+        "depth": 2,
+        "mlp_dim": 4 * out_chans,
+        "num_heads": max(1, out_chans // 32),
+        "attention_downsample_rate": 2,
+        "num_multimask_outputs": 3,
+        "iou_head_depth": 3,
+        "iou_head_hidden_dim": out_chans,
+        "mask_in_chans": 16,
+    }
+    if state is None:
+        return sizes
+    layer_ids = {int(m.group(1)) for k in state if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k))}
+    iou_ids = {int(m.group(1)) for k in state if (m := re.match(r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\.weight$", k))}
+    shapes = {
+        "mlp_dim": ("mask_decoder.transformer.layers.0.mlp.lin1.weight", 0),
+        "iou_head_hidden_dim": ("mask_decoder.iou_prediction_head.layers.0.weight", 0),
+        "mask_in_chans": ("prompt_encoder.mask_downscaling.3.weight", 0),
+    }
+    for name, (key, dim) in shapes.items():
+        if key in state:
+            sizes[name] = int(state[key].shape[dim])
+    if layer_ids:
+        sizes["depth"] = max(layer_ids) + 1
+    if iou_ids:
+        sizes["iou_head_depth"] = max(iou_ids) + 1
+    if "mask_decoder.mask_tokens.weight" in state:
+        sizes["num_multimask_outputs"] = int(state["mask_decoder.mask_tokens.weight"].shape[0]) - 1
+    q_proj = state.get("mask_decoder.transformer.final_attn_token_to_image.q_proj.weight")
+    if q_proj is not None and q_proj.shape[0] > 0:
+        sizes["attention_downsample_rate"] = max(1, out_chans // int(q_proj.shape[0]))
+    return sizes
+
+
+def build_sam(cfg: SAMConfig, checkpoint: Optional[str] = None) -> Sam:
+    """The full segment_anything ``Sam`` of a config, with weights from ``checkpoint``.
+
+    Args:
+        cfg: SAM sizes (``variant`` vit_b / vit_l / vit_h, or custom sizes).
+        checkpoint: a resolved path to a full ``Sam`` state dict (.pth / .safetensors),
+            "official" (download the official checkpoint of ``variant``), or None (random weights).
+    Raises:
+        WeightsError: missing file, a checkpoint without prompt encoder / mask decoder (an
+            image-encoder-only file cannot drive the automatic mask generator), or tensors that
+            do not fit the config's sizes. The message names the file.
+    """
+    cfg = cfg.resolved()
+    if checkpoint == "official":
+        if cfg.variant not in SAM_CHECKPOINT_URLS:
+            raise WeightsError("sam.checkpoint 'official' needs sam.variant vit_b, vit_l or vit_h")
+        checkpoint = str(download(SAM_CHECKPOINT_URLS[cfg.variant], "sam.checkpoint"))
+    state = None
+    if checkpoint is not None:
+        state = load_state_dict(checkpoint)
+        missing = [p for p in ("image_encoder.", "prompt_encoder.", "mask_decoder.") if not any(k.startswith(p) for k in state)]
+        if missing:
+            raise WeightsError(
+                f"{checkpoint}: not a full segment_anything Sam checkpoint, it has no {', '.join(p + '*' for p in missing)} "
+                "weights; the SAM+CLIP baseline runs SAM's automatic mask generator and needs the image encoder, "
+                "prompt encoder and mask decoder"
+            )
+    if cfg.variant in sam_model_registry and cfg.variant != "custom":
+        if cfg.img_size != 1024 or cfg.patch_size != 16 or cfg.out_chans != 256 or cfg.window_size != 14:
+            raise ValueError(
+                f"sam.variant {cfg.variant} is the official 1024-pixel model (patch 16, window 14, 256 channels); "
+                f"got img_size={cfg.img_size}, patch_size={cfg.patch_size}, window_size={cfg.window_size}, "
+                f"out_chans={cfg.out_chans}: use variant: custom"
+            )
+        sam = sam_model_registry[cfg.variant](checkpoint=None)
+    else:
+        sizes = _decoder_sizes(state, cfg.out_chans)
+        grid = cfg.img_size // cfg.patch_size
+        sam = Sam(
+            image_encoder=ImageEncoderViT(
+                img_size=cfg.img_size,
+                patch_size=cfg.patch_size,
+                in_chans=3,
+                embed_dim=cfg.embed_dim,
+                depth=cfg.depth,
+                num_heads=cfg.num_heads,
+                mlp_ratio=4.0,
+                out_chans=cfg.out_chans,
+                qkv_bias=True,
+                norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                act_layer=nn.GELU,
+                use_rel_pos=True,
+                rel_pos_zero_init=True,
+                window_size=cfg.window_size,
+                global_attn_indexes=tuple(cfg.global_attn_indexes),
+            ),
+            prompt_encoder=PromptEncoder(
+                embed_dim=cfg.out_chans,
+                image_embedding_size=(grid, grid),
+                input_image_size=(cfg.img_size, cfg.img_size),
+                mask_in_chans=sizes["mask_in_chans"],
+            ),
+            mask_decoder=MaskDecoder(
+                transformer_dim=cfg.out_chans,
+                transformer=TwoWayTransformer(
+                    depth=sizes["depth"],
+                    embedding_dim=cfg.out_chans,
+                    num_heads=sizes["num_heads"],
+                    mlp_dim=sizes["mlp_dim"],
+                    attention_downsample_rate=sizes["attention_downsample_rate"],
+                ),
+                num_multimask_outputs=sizes["num_multimask_outputs"],
+                iou_head_depth=sizes["iou_head_depth"],
+                iou_head_hidden_dim=sizes["iou_head_hidden_dim"],
+            ),
+            pixel_mean=cfg.pixel_mean,
+            pixel_std=cfg.pixel_std,
+        )
+    sam.pixel_mean.copy_(torch.tensor(cfg.pixel_mean).view(-1, 1, 1))
+    sam.pixel_std.copy_(torch.tensor(cfg.pixel_std).view(-1, 1, 1))
+    if state is not None:
+        try:
+            sam.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        except RuntimeError as exc:
+            raise WeightsError(f"{checkpoint}: does not fit the SAM of this config ({exc})") from exc
+        logger.info("loaded SAM weights (encoder, prompt encoder, mask decoder) from %s", checkpoint)
+    for p in sam.parameters():
+        p.requires_grad_(False)
+    return sam.eval()
+
+
+class BatchedImageEncoder(nn.Module):
+    """Stands in for ``Sam.image_encoder``: bf16 autocast on CUDA and features computed per batch.
+
+    The automatic mask generator encodes one image at a time through ``SamPredictor``.
+    :meth:`precompute` encodes a batch of already preprocessed images in one pass; when the
+    generator later calls :meth:`forward` with one of those inputs (compared exactly), the
+    stored features are returned instead of being recomputed.
+
+    Args:
+        encoder: segment_anything ``ImageEncoderViT`` (weights already loaded).
+        autocast: run the encoder under bf16 autocast (CUDA only).
+    """
+
+    def __init__(self, encoder: ImageEncoderViT, autocast: bool) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.img_size = encoder.img_size
+        self.autocast = autocast
+        self._ready: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised, padded -> (B, C, S/16, S/16) float32 embeddings."""
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            return self.encoder(pixels).float()
+
+    def precompute(self, pixels: torch.Tensor) -> None:
+        """Encode a batch (B, 3, S, S) now; :meth:`forward` hands the results out one by one."""
+        features = self.encode(pixels)
+        self._ready = list(zip(pixels.split(1), features.split(1)))
+
+    def clear(self) -> None:
+        self._ready = []
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        for i, (stored, features) in enumerate(self._ready):
+            if stored.shape == pixels.shape and torch.equal(stored, pixels):
+                del self._ready[i]
+                return features
+        return self.encode(pixels)
+
+
+# ------------------------------------------------------------------------------- panoptic merge
+@dataclass
+class MergedSegment:
+    """A segment of the merged map: its id, class index and the mask it was founded by."""
+
+    id: int
+    label: int
+    mask_index: int
+
+
+def merge_masks(
+    masks: Sequence[np.ndarray],
+    boxes: Sequence[Sequence[float]],
+    scores: np.ndarray,
+    labels: np.ndarray,
+    isthing: Sequence[bool],
+    overlap_threshold: float,
+    min_segment_area: int = 0,
+    min_score: float = 0.0,
+) -> tuple[np.ndarray, list[MergedSegment]]:
+    """Combine overlapping class-labelled masks into one panoptic map.
+
+    Masks are taken in decreasing score; each paints only the pixels still free. A mask is
+    skipped when its score is <= ``min_score``, when less than ``overlap_threshold`` of its
+    own area is free, or when the free part is smaller than ``min_segment_area``. The free part
+    of a stuff mask joins the segment of its class when there is one already.
+
+    Args:
+        masks: N (H, W) bool masks.
+        boxes: N [x, y, w, h] boxes enclosing each mask (only used to limit work to the box;
+            ``x + w`` and ``y + h`` are the last column / row, as SAM's records give them).
+        scores: (N,) float.
+        labels: (N,) int class index per mask.
+        isthing: (K,) per class.
+        overlap_threshold: min free fraction of a mask's area.
+        min_segment_area: min pixels a mask must add.
+        min_score: masks at or below this score are dropped.
+    Returns:
+        (H, W) int32 map (0 = void, segments 1..M) and the M segments in id order.
+    """
+    if not masks:
+        raise ValueError("merge_masks needs at least one mask to know the image size; handle empty images before")
+    height, width = masks[0].shape
+    panoptic = np.zeros((height, width), np.int32)
+    segments: list[MergedSegment] = []
+    stuff_segment: dict[int, int] = {}
+    for n in np.argsort(-np.asarray(scores), kind="stable"):
+        if scores[n] <= min_score:
+            break
+        x, y, w, h = (int(round(v)) for v in boxes[n])
+        window = (slice(max(y, 0), min(y + h + 1, height)), slice(max(x, 0), min(x + w + 1, width)))
+        own = masks[n][window]
+        area = int(own.sum())
+        if area == 0:
+            continue
+        free = own & (panoptic[window] == 0)
+        free_area = int(free.sum())
+        if free_area == 0 or free_area / area < overlap_threshold or free_area < min_segment_area:
+            continue
+        label = int(labels[n])
+        if not isthing[label] and label in stuff_segment:
+            panoptic[window][free] = stuff_segment[label]
+            continue
+        segment_id = len(segments) + 1
+        if not isthing[label]:
+            stuff_segment[label] = segment_id
+        panoptic[window][free] = segment_id
+        segments.append(MergedSegment(segment_id, label, int(n)))
+    return panoptic, segments
+
+
+# ------------------------------------------------------------------------------------ predictor
+@dataclass
+class _ImageMasks:
+    """Stage-1 output of one image at its working resolution."""
+
+    masks: list[np.ndarray]  # N (h, w) bool
+    boxes: list[list[float]]  # N [x, y, w, h]
+    predicted_iou: np.ndarray  # (N,)
+
+
+class SamClipPredictor:
+    """SAM automatic masks + CLIP classification; same public API as ``PosSAMPredictor``.
+
+    Args:
+        sam: the full ``Sam`` (weights loaded); its image encoder gets wrapped in a
+            :class:`BatchedImageEncoder`.
+        clip: frozen CLIP.
+        config: the config (``baseline``, ``sam``, ``clip`` and ``postprocess`` sections are used).
+        vocabulary: default vocabulary.
+        device: where to run.
+        weight_files: {"sam": path, "clip": path} for identity hashes.
+    """
+
+    def __init__(
+        self,
+        sam: Sam,
+        clip: CLIPBackbone,
+        config: PosSAMConfig,
+        vocabulary: Vocabulary,
+        device: torch.device,
+        weight_files: Optional[dict[str, Optional[str]]] = None,
+    ) -> None:
+        base = config.baseline
+        if base.classify not in CLASSIFY_MODES:
+            raise ValueError(f"baseline.classify must be one of {CLASSIFY_MODES}, got {base.classify!r}")
+        if base.crop_size < 8 or base.crop_context < 0:
+            raise ValueError(f"baseline.crop_size must be >= 8 and crop_context >= 0, got {base.crop_size}, {base.crop_context}")
+        self.config = config
+        self.vocabulary = vocabulary
+        self.device = device
+        self.weight_files = weight_files or {}
+        self._identity: Optional[dict[str, Optional[str]]] = None
+        use_autocast = device.type == "cuda"
+        if not isinstance(sam.image_encoder, BatchedImageEncoder):
+            sam.image_encoder = BatchedImageEncoder(sam.image_encoder, autocast=use_autocast)
+        self.sam = sam.to(device).eval()
+        self.clip = clip.to(device).eval()
+        self.img_size = int(self.sam.image_encoder.img_size)
+        self._autocast = use_autocast
+        self.mask_generator = SamAutomaticMaskGenerator(
+            self.sam,
+            points_per_side=base.points_per_side,
+            points_per_batch=base.points_per_batch,
+            pred_iou_thresh=base.pred_iou_thresh,
+            stability_score_thresh=base.stability_score_thresh,
+            min_mask_region_area=base.min_mask_region_area,
+            output_mode="binary_mask",
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Union[str, Path, PosSAMConfig] = DEFAULT_CONFIG,
+        checkpoint: Optional[str] = None,
+        device: Optional[Union[str, torch.device]] = None,
+        overrides: Optional[dict[str, Any]] = None,
+        load_backbones: bool = True,
+    ) -> "SamClipPredictor":
+        """Build from a YAML config.
+
+        Args:
+            config: YAML path or a loaded config.
+            checkpoint: a full SAM state dict overriding ``config.sam.checkpoint`` (the baseline
+                has no trained heads, so ``config.checkpoint`` is not used).
+            device: "cpu", "cuda", ... ; default CUDA when available.
+            overrides: nested mapping merged over the YAML (e.g. ``{"baseline": {"classify": "crop"}}``).
+            load_backbones: False keeps random SAM and CLIP weights (tests and speed benchmarks).
+        """
+        cfg = config if isinstance(config, PosSAMConfig) else load_config(config, overrides)
+        if isinstance(config, PosSAMConfig) and overrides:
+            base_dir = cfg.base_dir
+            cfg = from_dict(PosSAMConfig, merge(cfg.to_dict(), overrides))
+            cfg.base_dir = base_dir
+        dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        sam_file: Optional[str] = None
+        if checkpoint is not None:
+            sam_file = checkpoint
+        elif load_backbones and cfg.sam.checkpoint is not None:
+            sam_file = cfg.sam.checkpoint if cfg.sam.checkpoint == "official" else cfg.resolve_path(cfg.sam.checkpoint)
+        if sam_file == "official":
+            if cfg.sam.variant not in SAM_CHECKPOINT_URLS:
+                raise WeightsError("sam.checkpoint 'official' needs sam.variant vit_b, vit_l or vit_h")
+            sam_file = str(download(SAM_CHECKPOINT_URLS[cfg.sam.variant], "sam.checkpoint"))
+        sam = build_sam(cfg.sam, sam_file)
+        clip_pretrained = None
+        if load_backbones and cfg.clip.pretrained is not None:
+            p = cfg.clip.pretrained
+            is_file = "/" in p or p.endswith((".safetensors", ".bin", ".pt", ".pth"))
+            clip_pretrained = cfg.resolve_path(p) if is_file else p
+        clip = CLIPBackbone.from_config(cfg.clip, default_image_size=cfg.sam.img_size, pretrained=clip_pretrained)
+        vocabulary = load_vocabulary(_resolve_vocab(cfg, cfg.vocabulary))
+        files = {
+            "sam": sam_file,
+            "clip": clip_pretrained if clip_pretrained and Path(clip_pretrained).is_file() else None,
+        }
+        return cls(sam, clip, cfg, vocabulary, dev, files)
+
+    def weights_identity(self) -> dict[str, Optional[str]]:
+        """``method`` (the baseline and its classifier), and sha256 of each weight file (None for random)."""
+        if self._identity is None:
+            self._identity = {k: sha256_file(v) if v and Path(v).is_file() else None for k, v in self.weight_files.items()}
+            self._identity["heads"] = None
+        out = dict(self._identity)
+        out["method"] = f"sam_clip_baseline/{self.config.baseline.classify}"
+        return out
+
+    def text_classifier(self, vocabulary: Vocabulary) -> TextClassifier:
+        return self.clip.text_classifier(vocabulary)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        images: Sequence[np.ndarray],
+        vocabulary: Union[Vocabulary, str, None] = None,
+        batch_size: int = 8,
+    ) -> list[PanopticPrediction]:
+        """Panoptic segmentation of a list of images.
+
+        Args:
+            images: (H, W, 3) uint8 RGB arrays, any sizes.
+            vocabulary: a Vocabulary, a spec for ``load_vocabulary``, or None for the default.
+            batch_size: images per SAM-encoder / dense-CLIP pass (the mask generator's point
+                prompts are batched by ``baseline.points_per_batch``).
+        Returns:
+            One :class:`PanopticPrediction` per image at its original size.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        vocab = self._vocabulary(vocabulary)
+        text = self.text_classifier(vocab)
+        results: list[PanopticPrediction] = []
+        for start in range(0, len(images), batch_size):
+            results.extend(self._predict_batch(images[start : start + batch_size], vocab, text))
+        return results
+
+    def _vocabulary(self, vocabulary: Union[Vocabulary, str, None]) -> Vocabulary:
+        if vocabulary is None:
+            return self.vocabulary
+        if isinstance(vocabulary, Vocabulary):
+            return vocabulary
+        return load_vocabulary(vocabulary)
+
+    # ---- stage 1: SAM ---------------------------------------------------------------------
+    def _working_image(self, index: int, image: np.ndarray) -> np.ndarray:
+        """Check the array; shrink it so that its longest side is at most the SAM input size."""
+        arr = np.asarray(image)
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+            raise ValueError(f"image {index}: expected an (H, W, 3) uint8 RGB array, got {arr.shape} {arr.dtype}")
+        if max(arr.shape[:2]) <= self.img_size:
+            return np.ascontiguousarray(arr)
+        h, w = resize_longest_side_shape(arr.shape[0], arr.shape[1], self.img_size)
+        return np.array(Image.fromarray(arr).resize((w, h), Image.BILINEAR))
+
+    def _sam_inputs(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """The exact encoder inputs ``SamPredictor.set_image`` builds: (B, 3, S, S) normalised, padded."""
+        transform = self.mask_generator.predictor.transform
+        inputs = []
+        for image in images:
+            resized = torch.as_tensor(transform.apply_image(image), device=self.device).permute(2, 0, 1).contiguous()[None]
+            inputs.append(self.sam.preprocess(resized))
+        return torch.cat(inputs)
+
+    def generate_masks(self, images: Sequence[np.ndarray]) -> list[_ImageMasks]:
+        """SAM's automatic masks of working-size images (encoder batched over ``images``)."""
+        encoder: BatchedImageEncoder = self.sam.image_encoder  # type: ignore[assignment]
+        encoder.precompute(self._sam_inputs(images))
+        out = []
+        try:
+            for image in images:
+                records = self.mask_generator.generate(image)
+                out.append(
+                    _ImageMasks(
+                        masks=[r["segmentation"] for r in records],
+                        boxes=[r["bbox"] for r in records],
+                        predicted_iou=np.array([r["predicted_iou"] for r in records], np.float32),
+                    )
+                )
+        finally:
+            encoder.clear()
+        return out
+
+    # ---- stage 2: CLIP --------------------------------------------------------------------
+    def _mask_pooled_embeddings(self, dense: torch.Tensor, masks: list[np.ndarray]) -> torch.Tensor:
+        """Mask-pooled dense CLIP features through CLIP's head.
+
+        Args:
+            dense: (C, g, g) dense CLIP features of the padded square image.
+            masks: N (h, w) bool masks of the working image (which fills the top-left of the
+                padded square of side max(h, w)).
+        Returns:
+            (N, D) embeddings.
+        """
+        grid = dense.shape[-1]
+        h, w = masks[0].shape
+        side = max(h, w)
+        pooled = []
+        for start in range(0, len(masks), MASK_CHUNK):
+            chunk = torch.from_numpy(np.stack(masks[start : start + MASK_CHUNK])).to(self.device, torch.float32)
+            padded = F.pad(chunk, (0, side - w, 0, side - h))[:, None]
+            # Fraction of each dense cell the mask covers; > 0.5 is the binary mask at stride 32.
+            coverage = F.adaptive_avg_pool2d(padded, grid)[:, 0]
+            binary = (coverage > 0.5).float()
+            # Masks too small to own a cell fall back to their soft coverage rather than pool nothing.
+            empty = binary.sum(dim=(-2, -1)) == 0
+            weights = torch.where(empty[:, None, None], coverage, binary)
+            pooled.append(masked_average_pool(dense[None].float(), weights[None])[0])
+        return self.clip.embed_pooled(torch.cat(pooled)).float()
+
+    def masked_crops(self, image: np.ndarray, masks: list[np.ndarray], boxes: list[list[float]]) -> torch.Tensor:
+        """The crops the ``crop`` classifier embeds, on the [0, 255] scale.
+
+        Each crop is the square around the mask's box, widened by ``crop_context`` of its side
+        on every side, resized to ``crop_size``; pixels outside the mask (or the image) are the
+        CLIP pixel mean.
+
+        Args:
+            image: (h, w, 3) uint8 working image.
+            masks: N (h, w) bool masks.
+            boxes: N [x, y, w, h] mask boxes (SAM's records: x + w is the last column).
+        Returns:
+            (N, 3, crop_size, crop_size) float32.
+        """
+        base = self.config.baseline
+        size = base.crop_size
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float()
+        mean = self.clip.pixel_mean.view(1, 3, 1, 1).float()
+        # roi_align works in pixel-edge coordinates (aligned=True): a box ends one past its last pixel.
+        xywh = torch.tensor(boxes, dtype=torch.float32, device=self.device).view(-1, 4)
+        centre_x = xywh[:, 0] + (xywh[:, 2] + 1) / 2
+        centre_y = xywh[:, 1] + (xywh[:, 3] + 1) / 2
+        half = torch.maximum(xywh[:, 2], xywh[:, 3]).add(1).mul(0.5 + base.crop_context)
+        rois = torch.stack([centre_x - half, centre_y - half, centre_x + half, centre_y + half], dim=1)
+        crops = []
+        for start in range(0, len(masks), MASK_CHUNK):
+            chunk_rois = rois[start : start + MASK_CHUNK]
+            n = chunk_rois.shape[0]
+            index = torch.arange(n, dtype=torch.float32, device=self.device)[:, None]
+            chunk_masks = torch.from_numpy(np.stack(masks[start : start + n])).to(self.device, torch.float32)[:, None]
+            # sampling_ratio=0 averages ceil(box / crop_size)^2 samples per output pixel, so large
+            # boxes shrink without aliasing.
+            image_crops = roi_align(pixels, torch.cat([torch.zeros_like(index), chunk_rois], 1), size, 1.0, 0, True)
+            inside = roi_align(chunk_masks, torch.cat([index, chunk_rois], 1), size, 1.0, 0, True).clamp_(0, 1)
+            crops.append(inside * image_crops + (1 - inside) * mean)
+        return torch.cat(crops)
+
+    def _crop_embeddings(self, image: np.ndarray, masks: list[np.ndarray], boxes: list[list[float]]) -> torch.Tensor:
+        """(N, D) CLIP image embeddings of :meth:`masked_crops` (one image-tower pass per mask, batched)."""
+        crops = self.masked_crops(image, masks, boxes)
+        normalised = (crops - self.clip.pixel_mean.view(1, 3, 1, 1)) / self.clip.pixel_std.view(1, 3, 1, 1)
+        embeddings = []
+        for start in range(0, normalised.shape[0], CROP_BATCH):
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self._autocast):
+                embeddings.append(self.clip.clip.encode_image(normalised[start : start + CROP_BATCH]).float())
+        return torch.cat(embeddings)
+
+    # ---- both stages + merge --------------------------------------------------------------
+    def _predict_batch(self, images: Sequence[np.ndarray], vocab: Vocabulary, text: TextClassifier) -> list[PanopticPrediction]:
+        base = self.config.baseline
+        work = [self._working_image(i, image) for i, image in enumerate(images)]
+        generated = self.generate_masks(work)
+        dense: Optional[torch.Tensor] = None
+        if base.classify == "mask_pooled" and any(g.masks for g in generated):
+            pixels, _ = preprocess(work, self.img_size, self.config.sam.pixel_mean, self.device)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self._autocast):
+                dense = self.clip.dense_features(pixels).float()
+        results = []
+        for b, (image, work_image, gen) in enumerate(zip(images, work, generated)):
+            height, width = np.asarray(image).shape[:2]
+            if not gen.masks:
+                results.append(PanopticPrediction(np.zeros((height, width), np.int32), []))
+                continue
+            if base.classify == "mask_pooled":
+                assert dense is not None
+                embeddings = self._mask_pooled_embeddings(dense[b], gen.masks)
+            else:
+                embeddings = self._crop_embeddings(work_image, gen.masks, gen.boxes)
+            probs = text.class_logits(embeddings, self.clip.logit_scale.float()).softmax(dim=-1)
+            class_prob, labels = probs.max(dim=-1)
+            class_prob_np = class_prob.cpu().numpy()
+            scores = class_prob_np * gen.predicted_iou
+            panoptic, segments = merge_masks(
+                gen.masks,
+                gen.boxes,
+                scores,
+                labels.cpu().numpy(),
+                vocab.isthing,
+                self.config.postprocess.overlap_threshold,
+                self.config.postprocess.min_segment_area,
+                base.min_score,
+            )
+            id_map = _resize_ids(panoptic, height, width)
+            results.append(self._to_prediction(id_map, segments, scores, class_prob_np, gen.predicted_iou, vocab))
+        return results
+
+    @staticmethod
+    def _to_prediction(
+        id_map: np.ndarray,
+        segments: list[MergedSegment],
+        scores: np.ndarray,
+        class_prob: np.ndarray,
+        predicted_iou: np.ndarray,
+        vocab: Vocabulary,
+    ) -> PanopticPrediction:
+        """Renumber the segments that survive resizing, with their areas and boxes at full size."""
+        areas = np.bincount(id_map.ravel(), minlength=len(segments) + 1)
+        slices = ndimage.find_objects(id_map)
+        remap = np.zeros(len(segments) + 1, dtype=np.int32)
+        infos: list[SegmentInfo] = []
+        for seg in segments:
+            if seg.id > len(slices) or slices[seg.id - 1] is None or areas[seg.id] == 0:
+                continue  # vanished when resizing to the original size
+            new_id = len(infos) + 1
+            remap[seg.id] = new_id
+            rows, cols = slices[seg.id - 1]
+            n = seg.mask_index
+            infos.append(
+                SegmentInfo(
+                    id=new_id,
+                    category_id=int(vocab.category_ids[seg.label]),
+                    category=vocab.names[seg.label],
+                    isthing=bool(vocab.isthing[seg.label]),
+                    score=float(scores[n]),
+                    mask_quality=float(predicted_iou[n]),
+                    # One classifier: the CLIP probability fills both fields.
+                    in_vocab_prob=float(class_prob[n]),
+                    out_vocab_prob=float(class_prob[n]),
+                    area=int(areas[seg.id]),
+                    bbox=[float(cols.start), float(rows.start), float(cols.stop - cols.start), float(rows.stop - rows.start)],
+                )
+            )
+        return PanopticPrediction(panoptic_map=remap[id_map].astype(np.int32), segments=infos)

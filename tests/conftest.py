@@ -1,0 +1,130 @@
+"""Shared pytest fixtures.
+
+- ``repo_root``, ``tiny_config``: paths.
+- ``autolabel_inputs``: ``tests/data/autolabel`` (real photos plus broken and unusual files).
+- ``autolabel_run``: one auto-labeling run of the tiny random-weight model over
+  ``autolabel_inputs`` (local Ray, 2 CPUs), made once per session; returns the output directory.
+  Read-only for tests: copy it before changing anything.
+- ``process_reaper``: kills, by pid, every process a test started (directly or through daemons
+  such as ``ray start``), including orphans re-parented to the test process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO_ROOT / "configs" / "possam_tiny.yaml"
+AUTOLABEL_INPUTS = REPO_ROOT / "tests" / "data" / "autolabel"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Path:
+    return TINY_CONFIG
+
+
+@pytest.fixture(scope="session")
+def autolabel_inputs() -> Path:
+    return AUTOLABEL_INPUTS
+
+
+@pytest.fixture(scope="session")
+def autolabel_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from possam_label.engine.autolabel import AutolabelOptions, run_autolabel
+
+    out = tmp_path_factory.mktemp("autolabel") / "out"
+    run_autolabel(
+        AutolabelOptions(
+            dataset=str(AUTOLABEL_INPUTS),
+            out_dir=str(out),
+            config=str(TINY_CONFIG),
+            batch_size=2,
+            num_cpus=2,
+            rows_per_part=4,
+            show_progress=False,
+            durable=False,
+        )
+    )
+    return out
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+class ProcessReaper:
+    """Tracks and kills the processes a test starts.
+
+    While active, the test process is a Linux child subreaper, so daemons started by a child
+    (``ray start`` forks and exits) and orphans of killed processes become its descendants.
+    :meth:`kill_all` SIGKILLs every descendant plus any process whose command line contains one
+    of the registered markers (e.g. a unique ``--temp-dir``), never this process or its parents.
+    """
+
+    def __init__(self) -> None:
+        self.markers: list[str] = []
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._preexisting: set[int] = set()
+
+    def start(self) -> None:
+        # Processes that were already running (e.g. a session-wide database) are not ours.
+        self._preexisting = {p.pid for p in psutil.Process().children(recursive=True)}
+        self._libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+    def add_marker(self, marker: str) -> None:
+        self.markers.append(marker)
+
+    def _targets(self) -> set[psutil.Process]:
+        me = psutil.Process()
+        protected = {me.pid} | {p.pid for p in me.parents()}
+        targets = set(me.children(recursive=True))
+        if self.markers:
+            for proc in psutil.process_iter(["cmdline"]):
+                cmdline = proc.info.get("cmdline") or []
+                if proc.pid not in protected and any(m in arg for m in self.markers for arg in cmdline):
+                    targets.add(proc)
+                    try:
+                        targets.update(proc.children(recursive=True))
+                    except psutil.NoSuchProcess:
+                        pass
+        return {p for p in targets if p.pid not in protected and p.pid not in self._preexisting}
+
+    def kill_all(self) -> int:
+        """SIGKILL every tracked process (repeated until none is left); returns how many."""
+        killed = 0
+        for _ in range(5):
+            targets = self._targets()
+            if not targets:
+                break
+            for proc in targets:
+                try:
+                    proc.send_signal(signal.SIGKILL)
+                    killed += 1
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(list(targets), timeout=10)
+        return killed
+
+    def stop(self) -> None:
+        self.kill_all()
+        self._libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+@pytest.fixture
+def process_reaper() -> Iterator[ProcessReaper]:
+    reaper = ProcessReaper()
+    reaper.start()
+    try:
+        yield reaper
+    finally:
+        reaper.stop()

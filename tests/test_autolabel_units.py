@@ -1,0 +1,339 @@
+"""Auto-labeling building blocks without Ray: inputs, encoding, RLE, tables, store, COCO validation, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipelines.autolabel import build_parser, main as cli_main
+from possam_label.engine.autolabel import (
+    AutolabelError,
+    decode_batch,
+    encode_batch,
+    finalize_prediction,
+    list_inputs,
+    unique_inputs,
+    upsample_ids,
+)
+from possam_label.io.coco_panoptic_writer import (
+    CocoPanopticValidationError,
+    panoptic_png_bytes,
+    validate_coco_panoptic,
+    write_coco_panoptic_json,
+)
+from possam_label.io.panoptic_png import read_panoptic_png, rgb2id
+from possam_label.io.rle import decode_rle, encode_mask, encode_panoptic_map, mask_bbox, rle_area, rle_bbox
+from possam_label.io.tables import (
+    IMAGES_SCHEMA,
+    SEGMENTS_SCHEMA,
+    OutputDirError,
+    OutputStore,
+    image_id_for_path,
+    images_table,
+    read_images_table,
+    read_segments_table,
+    segments_table,
+)
+
+DATA = Path(__file__).resolve().parent / "data" / "autolabel"
+# Every image-extension file under tests/data/autolabel (README.txt and the LICENSE are not inputs).
+EXPECTED_INPUTS = 23
+
+
+# ----------------------------------------------------------------------------------- inputs
+def test_list_inputs_directory_is_recursive_filtered_and_sorted() -> None:
+    paths = list_inputs(str(DATA))
+    assert len(paths) == EXPECTED_INPUTS
+    assert all(os.path.isabs(p) for p in paths)
+    names = {os.path.relpath(p, DATA) for p in paths}
+    assert "edge_cases/nested/deeper/nested.webp" in names and "edge_cases/upper_case.JPG" in names
+    assert "edge_cases/README.txt" not in names and "photos/LICENSE-segment-anything.txt" not in names
+    assert paths == list_inputs(str(DATA))  # stable order
+
+
+def test_list_inputs_listing_file_glob_and_single_image(tmp_path: Path) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# photos\n{DATA}/photos/dog.jpg\n\nrelative/missing.png\n   {DATA}/edge_cases/README.txt  \n")
+    before = listing.read_bytes()
+    paths = list_inputs(str(listing))
+    assert paths == [str(DATA / "photos/dog.jpg"), str(tmp_path / "relative/missing.png"), str(DATA / "edge_cases/README.txt")]
+    assert listing.read_bytes() == before
+    assert len(list_inputs(f"{DATA}/**/*.png")) == 9
+    assert list_inputs(str(DATA / "photos" / "dog.jpg")) == [str(DATA / "photos" / "dog.jpg")]
+    with pytest.raises(AutolabelError, match="not a directory, file, glob"):
+        list_inputs(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AutolabelError, match="contains no images"):
+        list_inputs(str(tmp_path / "empty"))
+    with pytest.raises(AutolabelError, match="needs a dataset name"):
+        list_inputs("fiftyone://")
+
+
+def test_unique_inputs_and_stable_ids(tmp_path: Path) -> None:
+    a, b = str(DATA / "photos/dog.jpg"), str(DATA / "photos/truck.jpg")
+    rows, dropped = unique_inputs([a, b, a])
+    assert dropped == 1 and [r["file_path"] for r in rows] == [a, b]
+    assert rows[0]["image_id"] == image_id_for_path(a) == image_id_for_path(str(DATA / "photos/../photos/dog.jpg"))
+    assert 0 < rows[0]["image_id"] < 2**60 and rows[0]["image_id"] != rows[1]["image_id"]
+
+
+# ------------------------------------------------------------------------------ encoding
+def _three_segment_map() -> tuple[np.ndarray, list[dict]]:
+    id_map = np.zeros((32, 48), dtype=np.int32)
+    id_map[:, :20] = 1  # stuff on the left
+    id_map[5:15, 25:40] = 2  # a thing
+    id_map[20:30, 30:46] = 3  # a low-score thing
+    segments = []
+    for seg_id, score, isthing in ((1, 0.9, False), (2, 0.8, True), (3, 0.2, True)):
+        segments.append(
+            {"id": seg_id, "category_id": 100 + seg_id, "category": f"class{seg_id}", "isthing": isthing, "score": score,
+             "mask_quality": 0.7, "in_vocab_prob": 0.5, "out_vocab_prob": 0.4, "area": -1, "bbox": [0, 0, 0, 0]}
+        )
+    return id_map, segments
+
+
+def test_finalize_prediction_upsamples_filters_and_recomputes_area_bbox() -> None:
+    id_map, segments = _three_segment_map()
+    full, kept = finalize_prediction(id_map, segments, height=64, width=96, min_score=0.5)
+    assert full.shape == (64, 96)
+    assert [s["id"] for s in kept] == [1, 2]
+    assert set(np.unique(full).tolist()) == {0, 1, 2}  # segment 3 became void
+    assert kept[0]["area"] == 64 * 40 and kept[0]["bbox"] == [0.0, 0.0, 40.0, 64.0]
+    assert kept[1]["area"] == 20 * 30 and kept[1]["bbox"] == [50.0, 10.0, 30.0, 20.0]
+    # A segment listed by the model but absent from the map is dropped, and unknown map ids become void.
+    id_map[0, 0] = 9
+    _, kept = finalize_prediction(id_map, segments + [dict(segments[1], id=7)], 32, 48, 0.0)
+    assert [s["id"] for s in kept] == [1, 2, 3]
+
+
+def test_upsample_ids_keeps_every_id() -> None:
+    ids = np.arange(12, dtype=np.int32).reshape(3, 4)
+    big = upsample_ids(ids, 7, 9)
+    assert set(np.unique(big).tolist()) == set(range(12))
+    assert upsample_ids(ids, 3, 4) is ids
+
+
+def test_encode_batch_outputs_agree_with_each_other() -> None:
+    id_map, segments = _three_segment_map()
+    batch = {
+        "image_id": np.array([11, 12]),
+        "file_path": np.array(["/a.png", "/b.png"]),
+        "status": np.array(["ok", "error"]),
+        "error": np.array(["", "truncated: x"]),
+        "width": np.array([96, 0]),
+        "height": np.array([64, 0]),
+        "id_map": [id_map, np.zeros((1, 1), np.int32)],
+        "segments_json": np.array([json.dumps(segments), "[]"]),
+        "seconds": np.array([0.5, 0.1]),
+        "model_identity": np.array(["{}", "{}"]),
+        "model_ready_at": np.array([1.0, 1.0]),
+        "model_done_at": np.array([2.0, 2.0]),
+    }
+    out = encode_batch(batch, min_score=0.0)
+    assert out["status"].tolist() == ["ok", "error"] and out["num_segments"].tolist() == [3, 0]
+    full = rgb2id(np.asarray(Image.open(__import__("io").BytesIO(out["png"][0]))))
+    rows = json.loads(out["segments_json"][0])
+    assert sorted(np.unique(full[full > 0]).tolist()) == [r["segment_id"] for r in rows]
+    for row in rows:
+        mask = decode_rle(row["rle"])
+        assert np.array_equal(mask, full == row["segment_id"])
+        assert row["area"] == int(mask.sum()) == rle_area(row["rle"])
+        assert row["bbox"] == rle_bbox(row["rle"]) == mask_bbox(mask)
+    assert out["png"][1] == b""
+
+
+def test_decode_batch_records_errors_per_image() -> None:
+    batch = {"image_id": np.array([1, 2, 3]), "file_path": np.array([str(DATA / "photos/truck.jpg"), str(DATA / "edge_cases/zero_bytes.png"), str(DATA / "edge_cases/exif_rotated_6.jpg")])}
+    out = decode_batch(batch, max_side=128, max_pixels=10**8)
+    assert out["status"].tolist() == ["ok", "error", "ok"]
+    assert out["error"][1].startswith("empty: ")
+    assert (out["width"].tolist(), out["height"].tolist()) == ([1800, 0, 64], [1200, 0, 96])
+    assert [np.asarray(im).shape for im in out["image"]] == [(85, 128, 3), (1, 1, 3), (96, 64, 3)]
+
+
+# ----------------------------------------------------------------------------------- RLE
+def test_rle_roundtrip_and_chunking() -> None:
+    rng = np.random.default_rng(0)
+    id_map = rng.integers(0, 6, size=(37, 53)).astype(np.int32)
+    rles = encode_panoptic_map(id_map, range(1, 6), max_chunk_bytes=37 * 53 * 2)  # 2 masks per chunk
+    for seg_id, rle in rles.items():
+        assert isinstance(rle["counts"], str) and rle["size"] == [37, 53]
+        assert np.array_equal(decode_rle(rle), id_map == seg_id)
+        assert rle == encode_mask(id_map == seg_id)
+        assert np.array_equal(decode_rle({"size": rle["size"], "counts": rle["counts"].encode()}), id_map == seg_id)
+    with pytest.raises(ValueError, match="needs 'size' and 'counts'"):
+        decode_rle({"counts": "x"})
+
+
+# -------------------------------------------------------------------------------- tables
+def _image_row(image_id: int, status: str = "ok") -> dict:
+    return {"image_id": image_id, "file_path": f"/x/{image_id}.jpg", "width": 4 if status == "ok" else None, "height": 3 if status == "ok" else None,
+            "status": status, "error": None if status == "ok" else "empty: file is empty (0 bytes)", "num_segments": 1 if status == "ok" else 0,
+            "seconds": 0.1, "panoptic_file": f"panoptic/{image_id}.png" if status == "ok" else None, "run_id": "r"}
+
+
+def _segment_row(image_id: int) -> dict:
+    mask = np.zeros((3, 4), bool)
+    mask[1:, 1:3] = True
+    return {"image_id": image_id, "file_path": f"/x/{image_id}.jpg", "segment_id": 1, "category_id": 5, "category": "cat", "isthing": True,
+            "score": 0.9, "mask_quality": 0.8, "in_vocab_prob": 0.7, "out_vocab_prob": 0.6, "area": 4, "bbox": [1.0, 1.0, 2.0, 2.0],
+            "rle": encode_mask(mask), "run_id": "r"}
+
+
+def test_table_builders_check_columns() -> None:
+    assert images_table([_image_row(1)]).schema.equals(IMAGES_SCHEMA, check_metadata=True)
+    assert segments_table([_segment_row(1)]).schema.equals(SEGMENTS_SCHEMA, check_metadata=True)
+    with pytest.raises(ValueError, match="missing \\['run_id'\\]"):
+        images_table([{k: v for k, v in _image_row(1).items() if k != "run_id"}])
+
+
+def test_store_commit_recover_and_modes(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    store = OutputStore(out, durable=False)
+    store.prepare("new")
+    ok_png = panoptic_png_bytes(np.array([[0, 1], [1, 1]]))
+    store.write_png(1, ok_png)
+    store.commit_part("a-000000", images_table([_image_row(1), _image_row(2, "error")]), segments_table([_segment_row(1)]))
+    with pytest.raises(OutputDirError, match="another autolabel job"):
+        OutputStore(out).prepare("resume")  # the lock is held
+    # Debris of a killed commit: PNG + segments part written, images part never renamed into place.
+    store.write_png(3, ok_png)
+    shutil.copyfile(store.segments_part_path("a-000000"), store.segments_part_path("a-000001"))
+    (store.images_dir / ".tmp-part-a-000001.parquet.abc").write_bytes(b"half")
+    store.release()
+
+    with pytest.raises(OutputDirError, match="is not empty .*--resume.*--overwrite"):
+        OutputStore(out).prepare("new")
+    resumed = OutputStore(out, durable=False)
+    resumed.prepare("resume")
+    assert sorted(os.listdir(resumed.segments_dir)) == ["part-a-000000.parquet"]
+    assert sorted(os.listdir(resumed.panoptic_dir)) == ["1.png"]
+    assert not any(n.startswith(".tmp-") for n in os.listdir(resumed.images_dir))
+    assert resumed.committed_image_ids() == {1, 2} and resumed.committed_image_ids("ok") == {1}
+    assert resumed.drop_error_rows() == 1 and resumed.committed_image_ids() == {1}
+    resumed.release()
+    assert read_images_table(out).num_rows == 1
+    assert read_segments_table(out, columns=["image_id", "score"], filters=[("score", ">", 0.5)]).num_rows == 1
+    assert read_segments_table(out, filters=[("score", ">", 0.95)]).num_rows == 0
+
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="refusing to overwrite .*notes.txt"):
+        OutputStore(out).prepare("overwrite")
+    (out / "notes.txt").unlink()
+    again = OutputStore(out)
+    again.prepare("overwrite")
+    assert again.committed_parts() == [] and os.listdir(again.panoptic_dir) == []
+    again.release()
+
+
+# -------------------------------------------------------------------------- COCO panoptic
+def _write_small_coco(tmp_path: Path, id_map: np.ndarray, segments_info: list[dict]) -> Path:
+    png_dir = tmp_path / "panoptic"
+    png_dir.mkdir(exist_ok=True)
+    (png_dir / "7.png").write_bytes(panoptic_png_bytes(id_map))
+    path = tmp_path / "panoptic.json"
+    write_coco_panoptic_json(
+        path,
+        images=iter([{"id": 7, "file_name": "/x/7.jpg", "width": id_map.shape[1], "height": id_map.shape[0]}]),
+        annotations=iter([{"image_id": 7, "file_name": "7.png", "segments_info": segments_info}]),
+        categories=[{"id": 1, "name": "cat", "isthing": 1, "color": [1, 2, 3]}, {"id": 2, "name": "sky", "isthing": 0, "color": [4, 5, 6]}],
+        info={"description": "test"},
+        durable=False,
+    )
+    return path
+
+
+def test_validate_coco_panoptic_accepts_valid_and_lists_every_problem(tmp_path: Path) -> None:
+    id_map = np.zeros((6, 8), np.int32)
+    id_map[:, :3] = 5
+    id_map[2:4, 5:7] = 300  # an id above 255 exercises the G channel
+    good = [{"id": 5, "category_id": 2, "area": 18, "bbox": [0, 0, 3, 6], "iscrowd": 0, "score": 0.5},
+            {"id": 300, "category_id": 1, "area": 4, "bbox": [5, 2, 2, 2], "iscrowd": 0}]
+    path = _write_small_coco(tmp_path, id_map, good)
+    assert validate_coco_panoptic(path, tmp_path / "panoptic") == {"images": 1, "annotations": 1, "segments": 2, "categories": 2}
+    assert np.array_equal(read_panoptic_png(tmp_path / "panoptic" / "7.png"), id_map)
+
+    bad = [{"id": 5, "category_id": 2, "area": 17, "bbox": [0, 0, 3, 6], "iscrowd": 0},  # wrong area
+           {"id": 9, "category_id": 42, "area": 4, "bbox": [5, 2, 2, 2], "iscrowd": 0}]  # not in PNG, unknown category
+    path = _write_small_coco(tmp_path, id_map, bad)
+    with pytest.raises(CocoPanopticValidationError) as info:
+        validate_coco_panoptic(path, tmp_path / "panoptic")
+    text = str(info.value)
+    assert "area 17 != 18" in text
+    assert "category_id 42 is not a category" in text
+    assert "PNG ids [300] have no segments_info entry" in text
+    assert "segments_info ids [9] do not appear in the PNG" in text
+
+    data = json.loads(path.read_text())
+    data["images"].append({"id": 8, "file_name": "/x/8.jpg", "width": 8, "height": 6})
+    data["annotations"][0]["segments_info"] = good
+    data["categories"][0]["isthing"] = True
+    with pytest.raises(CocoPanopticValidationError) as info:
+        validate_coco_panoptic(data, tmp_path / "panoptic")
+    assert "image 8 has no annotation" in str(info.value)
+    assert "'isthing' must be 0 or 1" in str(info.value)
+    (tmp_path / "panoptic" / "7.png").unlink()
+    with pytest.raises(CocoPanopticValidationError, match="does not exist"):
+        validate_coco_panoptic(path, tmp_path / "panoptic")
+
+
+# ---------------------------------------------------------------------------------- CLI
+def test_cli_flags_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    parser = build_parser()
+    args = parser.parse_args(["--dataset", "d", "--out", "o", "--vocab", "cat,dog", "--batch-size", "8", "--workers", "2",
+                              "--gpus-per-worker", "0.5", "--ray-address", "auto", "--resume", "--min-score", "0.3"])
+    assert (args.vocab, args.batch_size, args.workers, args.gpus_per_worker, args.ray_address, args.resume, args.min_score) == (
+        "cat,dog", 8, 2, 0.5, "auto", True, 0.3)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dataset", "d", "--out", "o", "--resume", "--overwrite"])
+    help_text = parser.format_help()
+    for flag in ("--dataset", "--out", "--vocab", "--config", "--checkpoint", "--batch-size", "--workers", "--gpus-per-worker",
+                 "--ray-address", "--resume", "--overwrite", "--min-score"):
+        assert flag in help_text
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    assert cli_main(["--dataset", str(DATA), "--out", str(out)]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert cli_main(["--dataset", str(tmp_path / "missing"), "--out", str(tmp_path / "o2"), "--config", str(Path(__file__).parents[1] / "configs/possam_tiny.yaml")]) == 2
+    assert "is not a directory, file, glob pattern" in capsys.readouterr().err
+    tiny = str(Path(__file__).parents[1] / "configs/possam_tiny.yaml")
+    assert cli_main(["--dataset", str(DATA), "--out", str(tmp_path / "o3"), "--vocab", "nosuchvocab", "--config", tiny]) == 2
+    assert "bad vocabulary" in capsys.readouterr().err
+    assert cli_main(["--dataset", str(DATA), "--out", str(tmp_path / "o4"), "--retry-errors"]) == 2
+    assert not (tmp_path / "o4").exists()
+
+
+@pytest.mark.fiftyone
+def test_fiftyone_source_reads_filepaths_only() -> None:
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    fo = pytest.importorskip("fiftyone")
+    from possam_label.fiftyone.testing import use_private_database
+
+    try:
+        use_private_database()
+    except (FileNotFoundError, RuntimeError) as err:
+        pytest.skip(f"no runnable mongod for FiftyOne: {err}")
+    name = "autolabel_source_check"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    dataset = fo.Dataset(name)
+    files = [DATA / "photos" / "dog.jpg", DATA / "edge_cases" / "cmyk.jpg", DATA / "coco" / "000000439180.jpg"]
+    dataset.add_samples([fo.Sample(filepath=str(f)) for f in files])
+    fields_before = sorted(dataset.get_field_schema())
+    try:
+        assert sorted(list_inputs(f"fiftyone://{name}")) == sorted(str(f) for f in files)
+        assert sorted(dataset.get_field_schema()) == fields_before and len(dataset) == 3
+        with pytest.raises(AutolabelError, match="does not exist"):
+            list_inputs("fiftyone://no_such_dataset_here")
+    finally:
+        fo.delete_dataset(name)

@@ -1,0 +1,204 @@
+"""The shipped small SAM and small CLIP: files, metadata, held-out quality through the real consumer paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from possam_label.data.synthetic import render_scene, scene_rng, world_classes
+from possam_label.model.weights import WeightsError
+from possam_label.train.small_clip import (
+    SMALL_CLIP_CONFIG,
+    CaptionGenerator,
+    ClipSampling,
+    WorldIndex,
+    build_small_clip,
+    evaluate_dense_classification,
+    make_clip_batch,
+    small_clip_tokenizer,
+)
+from possam_label.train.small_sam import (
+    HELD_OUT_SEED,
+    PromptSampling,
+    build_small_sam,
+    mask_box,
+    prompt_scene,
+    read_checkpoint_metadata,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "possam_label" / "assets" / "small"
+SAM_CKPT = ASSETS / "sam_small.safetensors"
+CLIP_CKPT = ASSETS / "clip_small.safetensors"
+CLIP_JSON = ASSETS / "clip_small.json"
+THING_IDS = {c.id for c in world_classes() if c.isthing}
+
+
+@pytest.fixture(scope="module")
+def sam():
+    torch.set_num_threads(2)
+    return build_small_sam(SAM_CKPT)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return build_small_clip(CLIP_CKPT)
+
+
+def held_out(index: int):
+    return render_scene(scene_rng(HELD_OUT_SEED, index), size=256)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum()))
+
+
+# ------------------------------------------------------------------------------- files
+def test_shipped_files_sizes_and_metadata():
+    sam_mb, clip_mb = SAM_CKPT.stat().st_size / 1e6, CLIP_CKPT.stat().st_size / 1e6
+    assert 4 < sam_mb < 7, sam_mb
+    assert 10 < clip_mb < 15, clip_mb
+    for path in (SAM_CKPT, CLIP_CKPT):
+        meta = read_checkpoint_metadata(path)
+        assert int(meta["steps"]) > 0 and "seed" in meta
+        assert json.loads(meta["train_config"])["steps"] == int(meta["steps"])
+        held = json.loads(meta["held_out_metrics"])
+        assert held["num_scenes"] >= 50
+    assert json.loads(read_checkpoint_metadata(CLIP_CKPT)["model_config"]) == SMALL_CLIP_CONFIG
+    assert json.loads(CLIP_JSON.read_text()) == SMALL_CLIP_CONFIG
+
+
+def test_sam_state_dict_keys_are_segment_anythings(sam):
+    from safetensors import safe_open
+
+    with safe_open(str(SAM_CKPT), framework="pt") as fh:
+        keys = set(fh.keys())
+        assert {fh.get_tensor(k).dtype for k in keys} == {torch.float16}
+    assert keys == set(sam.state_dict().keys())
+    assert {k.split(".")[0] for k in keys} == {"image_encoder", "prompt_encoder", "mask_decoder"}
+
+
+def test_wrong_or_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(WeightsError, match="clip_small.safetensors"):
+        build_small_sam(CLIP_CKPT)
+    with pytest.raises(WeightsError, match="sam_small.safetensors"):
+        build_small_clip(SAM_CKPT)
+    with pytest.raises(WeightsError, match="not found"):
+        build_small_sam(tmp_path / "missing.safetensors")
+
+
+# ------------------------------------------------------------------------------- SAM
+def test_sam_predictor_box_prompts_on_held_out_objects(sam):
+    from segment_anything import SamPredictor
+
+    predictor = SamPredictor(sam)
+    ious = []
+    index = 0
+    while len(ious) < 5:
+        image, id_map, segments = held_out(index)
+        index += 1
+        predictor.set_image(image)
+        for seg in segments:
+            gt = id_map == seg["id"]
+            if seg["category_id"] not in THING_IDS or gt.sum() < 300 or len(ious) >= 5:
+                continue
+            masks, scores, low_res = predictor.predict(box=mask_box(gt), multimask_output=False)
+            assert masks.shape == (1, 256, 256) and scores.shape == (1,) and low_res.shape == (1, 64, 64)
+            ious.append(iou(masks[0], gt))
+    assert np.mean(ious) > 0.7, ious
+
+
+def test_sam_automatic_mask_generator_finds_most_objects(sam):
+    from segment_anything import SamAutomaticMaskGenerator
+
+    generator = SamAutomaticMaskGenerator(sam, points_per_side=8, pred_iou_thresh=0.7, stability_score_thresh=0.8)
+    image, id_map, segments = held_out(1)
+    masks = generator.generate(image)
+    assert masks and all(m["segmentation"].shape == (256, 256) for m in masks)
+    found = []
+    for seg in segments:
+        gt = id_map == seg["id"]
+        if gt.sum() >= 300:
+            found.append(max(iou(m["segmentation"], gt) for m in masks) > 0.5)
+    assert np.mean(found) >= 0.6, found
+
+
+def test_sam_loads_into_possam_backbone():
+    from possam_label.config import SAMConfig
+    from possam_label.model.sam_backbone import SAMBackbone
+
+    backbone = SAMBackbone(
+        img_size=256, patch_size=16, embed_dim=192, depth=4, num_heads=3, global_attn_indexes=[1, 3],
+        window_size=8, out_chans=128, feature="neck", pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
+    )
+    backbone.load_sam_checkpoint(str(SAM_CKPT))
+    assert backbone(torch.zeros(1, 3, 256, 256)).shape == (1, 128, 16, 16)
+    assert SAMConfig  # the config class the lead's small config builds from
+
+
+# ------------------------------------------------------------------------------- CLIP
+def test_clip_text_embeddings(clip):
+    tokenizer = small_clip_tokenizer()
+    tokens = tokenizer(["a photo of a star.", "a blue ring on grass."])
+    assert tokens.shape == (2, 32)
+    with torch.no_grad():
+        text = clip.encode_text(tokens)
+        image = clip.encode_image(torch.zeros(1, 3, 224, 224))
+    assert text.shape == (2, 128) and image.shape == (1, 128)
+
+
+def test_clip_mask_pooled_dense_classification_held_out(clip):
+    result = evaluate_dense_classification(clip, small_clip_tokenizer(), num_scenes=8)
+    assert result["n_things_novel"] > 0 and result["n_stuff_base"] > 0
+    assert result["acc_all"] > 0.7, result
+    assert result["acc_things_novel"] > 0.6, result
+
+
+def test_clip_loads_through_possam_backbone(clip):
+    from possam_label.config import CLIPConfig
+    from possam_label.model.clip_backbone import CLIPBackbone
+
+    cfg = CLIPConfig(model_name="clip_small", pretrained=str(CLIP_CKPT), model_cfg=json.loads(CLIP_JSON.read_text()), image_size=512)
+    backbone = CLIPBackbone.from_config(cfg, default_image_size=256, pretrained=str(CLIP_CKPT))
+    image, _, _ = held_out(0)
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    dense = backbone.dense_features(pixels)
+    assert dense.shape == (1, 320, 16, 16)
+    ours = clip.visual.trunk.forward_features(
+        (torch.nn.functional.interpolate(pixels, size=(512, 512), mode="bilinear", align_corners=False, antialias=True)
+         - torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1)) / torch.tensor(cfg.pixel_std).view(1, 3, 1, 1)
+    )
+    torch.testing.assert_close(dense, ours.detach(), rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------- training data
+def test_training_data_is_deterministic_by_seed():
+    world = WorldIndex()
+    captions = CaptionGenerator(world.synonyms)
+
+    def batch(seed):
+        rng = np.random.default_rng(seed)
+        scenes = [render_scene(rng, size=256) for _ in range(2)]
+        return make_clip_batch(rng, scenes, world, captions, ClipSampling(scenes_per_step=2))
+
+    a, b, c = batch(5), batch(5), batch(6)
+    assert a.captions == b.captions and torch.equal(a.images, b.images)
+    assert a.captions != c.captions
+    assert a.images.shape[1:] == (3, 112, 112) and len(a.captions) == len(a.images)
+    assert a.dense_pixels.shape == (2, 3, 256, 256) and a.dense_weights.shape[1:] == (8, 8)
+    assert len(a.dense_labels) == len(a.dense_window_index) == len(a.dense_weights) > 0
+    assert len(a.class_prompts) == len(world) == 18
+
+    rng = np.random.default_rng(0)
+    image, id_map, segments = render_scene(rng, size=256)
+    item = prompt_scene(rng, image, id_map, segments, PromptSampling(prompts_per_image=6))
+    assert item.masks.shape == (6, 256, 256)
+    box_group, point_group = item.groups
+    assert box_group.boxes.shape == (3, 4) and point_group.point_coords.shape[0] == 3
+    for coords, labels, target in zip(point_group.point_coords, point_group.point_labels, point_group.targets):
+        for (x, y), label in zip(coords.astype(int), labels):
+            assert item.masks[target][y, x] == (label == 1)
