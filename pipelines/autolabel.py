@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="address of an existing Ray cluster ('auto', 'HOST:PORT' or 'ray://HOST:10001'); default: RAY_ADDRESS "
         "if set (as under 'ray job submit'), else start a local Ray",
     )
+    parser.add_argument(
+        "--wait-for-workers", type=float, default=900.0, metavar="SECONDS",
+        help="wait this long for all model workers to start before labeling, and fail clearly if the cluster cannot "
+        "host them (0: start with the first ready worker)",
+    )
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all); ignored with a cluster")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="finish a previous run in --out: keep committed images, do the rest")
@@ -105,7 +110,7 @@ def format_summary(summary: AutolabelSummary) -> str:
         f"  already done  {summary.already_done}",
         f"  processed     {summary.processed}: {summary.ok} ok, {summary.errors} errors, {summary.segments} segments",
         f"  throughput    {summary.images_per_second:.2f} images/s with model loading, {summary.steady_images_per_second:.2f} "
-        f"images/s after it ({summary.startup_seconds:.1f} s to the first result, {summary.seconds:.1f} s in total)",
+        f"images/s after it ({summary.startup_seconds:.1f} s until a model worker was ready, {summary.seconds:.1f} s in total)",
     ]
     if summary.error_reasons:
         lines.append("  error reasons " + ", ".join(f"{k}: {v}" for k, v in sorted(summary.error_reasons.items())))
@@ -144,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_resources=args.worker_resources,
         ray_address=args.ray_address,
         num_cpus=args.num_cpus,
+        wait_for_workers_s=args.wait_for_workers,
         mode="resume" if args.resume else "overwrite" if args.overwrite else "new",
         retry_errors=args.retry_errors,
         min_score=args.min_score,

@@ -183,7 +183,7 @@ def measure_pipeline(
     listing.write_text("\n".join(paths) + "\n")
     out = workdir / f"out_{time.time_ns()}"
     start = time.perf_counter()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, _node_ip_address="127.0.0.1")
     try:
         cpu_before = _process_tree_cpu_seconds()
         summary = run_autolabel(

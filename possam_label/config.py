@@ -27,6 +27,11 @@ SAM_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The shipped small model trained on the synthetic world: the default of every pipeline.
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "possam_small.yaml"
+
+
 class ConfigError(ValueError):
     """A config file or mapping that does not fit the dataclass tree."""
 

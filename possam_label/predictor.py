@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .config import PosSAMConfig, load_config
+from .config import DEFAULT_CONFIG, REPO_ROOT, PosSAMConfig, load_config  # DEFAULT_CONFIG, REPO_ROOT: re-exported
 from .model.clip_backbone import TextClassifier
 from .model.mase import ensemble
 from .model.possam import PosSAM, load_heads
@@ -21,10 +21,6 @@ from .types import PanopticPrediction, SegmentInfo
 from .vocab import Vocabulary, load_vocabulary
 
 logger = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# The shipped small model trained on the synthetic world (the default of every pipeline).
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "possam_small.yaml"
 
 
 def resize_longest_side_shape(height: int, width: int, target: int) -> tuple[int, int]:
@@ -52,7 +48,9 @@ def preprocess(images: Sequence[np.ndarray], size: int, pad_value: Sequence[floa
         if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
             raise ValueError(f"image {i}: expected an (H, W, 3) uint8 RGB array, got {arr.shape} {arr.dtype}")
         h, w = resize_longest_side_shape(arr.shape[0], arr.shape[1], size)
-        t = torch.from_numpy(np.ascontiguousarray(arr)).to(device).permute(2, 0, 1)[None].float()
+        # Arrays from Ray are read-only; torch wants writable memory.
+        arr = np.ascontiguousarray(arr) if arr.flags.writeable else arr.copy()
+        t = torch.from_numpy(arr).to(device).permute(2, 0, 1)[None].float()
         if (h, w) != tuple(arr.shape[:2]):
             t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 255)
         batch[i, :, :h, :w] = t[0]
@@ -196,6 +194,9 @@ class PosSAMPredictor:
             result = ensemble(outputs["pred_logits"][b], out_logits[b], outputs["pred_iou"][b], seen, self.config.mase)
             keep = torch.nonzero(result.keep).flatten()
             h, w = shapes[b]
+            if keep.numel() == 0:  # nothing but void: an empty panoptic map
+                results.append(PanopticPrediction(np.zeros(image.shape[:2], dtype=np.int32), []))
+                continue
             masks = outputs["pred_masks"][b, keep].float()
             masks = F.interpolate(masks[None], size=(size, size), mode="bilinear", align_corners=False)[0, :, :h, :w]
             panoptic, segments = panoptic_inference(

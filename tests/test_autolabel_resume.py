@@ -22,7 +22,7 @@ from possam_label.io.tables import read_images_table, read_segments_table
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "autolabel"
-NUM_IMAGES = 24
+NUM_IMAGES = 16
 
 
 def _make_inputs(directory: Path) -> None:

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -84,6 +83,18 @@ def test_unique_inputs_and_stable_ids(tmp_path: Path) -> None:
     assert 0 < rows[0]["image_id"] < 2**60 and rows[0]["image_id"] != rows[1]["image_id"]
 
 
+def test_resume_compatibility_and_thread_rules() -> None:
+    from possam_label.engine.autolabel import _config_differences, default_torch_threads
+
+    before = {"sam": {"img_size": 128, "depth": 2}, "train": {"lr": 1.0}, "mase": {"alpha": 0.4}}
+    after = {"sam": {"img_size": 128, "depth": 2}, "train": {"lr": 2.0}, "mase": {"alpha": 0.5}, "baseline": {"x": 1}}
+    # Training settings and sections added by a newer code version do not block a resume.
+    assert _config_differences(before, after) == ["mase.alpha"]
+    assert _config_differences(before, before) == []
+    assert default_torch_threads(2, 1) == 1 and default_torch_threads(16, 1) == 15 and default_torch_threads(16, 4) == 3
+    assert default_torch_threads(1, 1) == 1
+
+
 # ------------------------------------------------------------------------------ encoding
 def _three_segment_map() -> tuple[np.ndarray, list[dict]]:
     id_map = np.zeros((32, 48), dtype=np.int32)
@@ -156,6 +167,39 @@ def test_decode_batch_records_errors_per_image() -> None:
     assert out["error"][1].startswith("empty: ")
     assert (out["width"].tolist(), out["height"].tolist()) == ([1800, 0, 64], [1200, 0, 96])
     assert [np.asarray(im).shape for im in out["image"]] == [(85, 128, 3), (1, 1, 3), (96, 64, 3)]
+
+
+def test_model_stage_isolates_a_failing_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One image that makes the model raise fails alone; the rest of its batch is labeled."""
+    from possam_label.engine.autolabel import PanopticModelActor
+    from possam_label.vocab import load_vocabulary
+
+    actor = PanopticModelActor(
+        config_path=str(Path(__file__).parents[1] / "configs" / "possam_tiny.yaml"), config_rel=None, checkpoint=None,
+        checkpoint_rel=None, vocabulary=load_vocabulary("cat,dog,grass [stuff]").to_dict(), device="cpu", batch_size=4, torch_threads=1,
+    )
+    real_predict = actor.predictor.predict
+
+    def predict(images, vocabulary=None, batch_size=8):
+        if any(image.shape[1] == 77 for image in images):
+            raise RuntimeError("poisoned image")
+        return real_predict(images, vocabulary=vocabulary, batch_size=batch_size)
+
+    monkeypatch.setattr(actor.predictor, "predict", predict)
+    base = np.asarray(Image.open(DATA / "photos" / "dog.jpg").convert("RGB").resize((96, 64)))
+    images = [base, np.ascontiguousarray(base[:, :77]), base[::-1].copy(), np.zeros((1, 1, 3), np.uint8)]
+    batch = {
+        "image_id": np.arange(4), "file_path": np.array(["a", "b", "c", "d"]), "status": np.array(["ok", "ok", "ok", "error"]),
+        "error": np.array(["", "", "", "empty: file is empty (0 bytes)"]), "width": np.array([96, 77, 96, 0]),
+        "height": np.array([64, 64, 64, 0]), "image": images, "seconds": np.zeros(4),
+    }
+    out = actor(batch)
+    assert out["status"].tolist() == ["ok", "error", "ok", "error"]
+    assert out["error"][1] == "model_failed: RuntimeError: poisoned image"
+    assert out["error"][3].startswith("empty: ")
+    assert [np.asarray(m).shape for m in out["id_map"]] == [(64, 96), (1, 1), (64, 96), (1, 1)]
+    categories = {s["category"] for j in (0, 2) for s in json.loads(out["segments_json"][j])}
+    assert categories <= {"cat", "dog", "grass"}
 
 
 # ----------------------------------------------------------------------------------- RLE

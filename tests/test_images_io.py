@@ -159,3 +159,25 @@ def test_is_image_path() -> None:
     assert set(IMAGE_EXTENSIONS) == {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
     assert is_image_path("a/b.JPEG") and is_image_path("x.tif")
     assert not is_image_path("notes.txt") and not is_image_path("archive.png.gz")
+
+
+def test_load_image_for_model_matches_full_decode(tmp_path: Path) -> None:
+    from possam_label.io.images import load_image_for_model
+
+    # A large EXIF-rotated JPEG: decoded at reduced DCT scale, rotated, then resized.
+    photo = Image.open(DATA / "photos" / "truck.jpg").convert("RGB").resize((800, 400))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    photo.save(path, quality=92, exif=exif.tobytes())
+    image, width, height = load_image_for_model(path, max_side=100)
+    assert (width, height) == (400, 800)  # full size in display orientation
+    assert image.shape == (100, 50, 3)
+    reference = resize_longest_side(load_image_rgb(path), 100)
+    assert np.abs(image.astype(int) - reference.astype(int)).mean() < 6
+    # Non-JPEG and small images take the plain path; never upscaled.
+    small, width, height = load_image_for_model(EDGE / "gray16.png", max_side=1024)
+    assert small.shape == (48, 80, 3) and (width, height) == (80, 48)
+    with pytest.raises(ImageDecodeError) as info:
+        load_image_for_model(EDGE / "truncated_half.jpg", max_side=32)
+    assert info.value.reason == "truncated"

@@ -250,3 +250,11 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
     h = load_config(ROOT / "configs" / "possam_vit_h.yaml")
     assert (h.decoder.num_queries, h.decoder.num_layers, h.sam.resolved().embed_dim) == (250, 9, 1280)
     assert h.clip.model_name == "convnext_large_d_320" and h.clip.pretrained == "laion2b_s29b_b131k_ft_soup"
+
+
+def test_an_image_where_every_query_is_dropped_gets_an_empty_map(vocab):
+    pred = PosSAMPredictor.from_config(TINY, device="cpu", overrides={"mase": {"drop_iou_threshold": 1.01}})
+    image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    image.setflags(write=False)  # as Ray hands them over
+    result = pred.predict([image], vocab)[0]
+    assert result.panoptic_map.shape == (40, 50) and not result.panoptic_map.any() and result.segments == []

@@ -24,18 +24,17 @@ import math
 import os
 import platform
 import socket
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
 from ..io.coco_panoptic_writer import panoptic_png_bytes, segment_info_entry, write_coco_panoptic_json
-from ..io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, is_image_path, load_image_rgb, resize_longest_side
+from ..io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, is_image_path, load_image_for_model
 from ..io.rle import encode_panoptic_map
 from ..io.tables import (
     STATUS_ERROR,
@@ -59,6 +58,7 @@ PLACEHOLDER_MAP = np.zeros((1, 1), dtype=np.int32)
 # different from the model actor's keeps Ray from fusing decoding into the model actor (fusion
 # needs equal remote args), so decoding of the next batch overlaps inference of this one.
 CPU_STAGE_CPUS = 0.5
+MAX_INPUT_BLOCKS = 10_000
 
 
 class AutolabelError(RuntimeError):
@@ -170,9 +170,8 @@ def decode_batch(batch: dict[str, Any], max_side: Optional[int], max_pixels: int
     for image_id, file_path in zip(_column(batch, "image_id"), _column(batch, "file_path")):
         start = time.perf_counter()
         try:
-            rgb = load_image_rgb(file_path, max_pixels=max_pixels)
-            height, width = rgb.shape[:2]
-            image, status, error = resize_longest_side(rgb, max_side), STATUS_OK, ""
+            image, width, height = load_image_for_model(file_path, max_side=max_side, max_pixels=max_pixels)
+            status, error = STATUS_OK, ""
         except ImageDecodeError as exc:
             image, status, error, width, height = PLACEHOLDER_IMAGE, STATUS_ERROR, f"{exc.reason}: {exc.detail}", 0, 0
         except Exception as exc:  # never let one file stop the run
@@ -236,6 +235,7 @@ class PanopticModelActor:
         batch_size: int,
         torch_threads: Optional[int],
     ) -> None:
+        import ray
         import torch
 
         from ..predictor import PosSAMPredictor
@@ -253,13 +253,11 @@ class PanopticModelActor:
         self.vocabulary = Vocabulary.from_dict(vocabulary)
         self.batch_size = batch_size
         self.ready_at = time.time()  # wall clock: comparable across processes (and NTP-synced nodes)
-        import ray
-
         self.identity = json.dumps(
             {
                 "weights": self.predictor.weights_identity(),
                 "host": socket.gethostname(),
-                "node_id": ray.get_runtime_context().get_node_id(),
+                "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
                 "pid": os.getpid(),
                 "device": str(device),
                 "torch_threads": torch.get_num_threads(),
@@ -273,6 +271,10 @@ class PanopticModelActor:
         try:
             return list(self.predictor.predict(images, vocabulary=self.vocabulary, batch_size=self.batch_size))
         except Exception as batch_exc:
+            if self.predictor.device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()  # an out-of-memory batch may fit image by image
             if len(images) == 1:
                 return [batch_exc]
             logger.warning("batch of %d failed (%s); retrying image by image", len(images), batch_exc)
@@ -302,7 +304,8 @@ class PanopticModelActor:
                 continue
             id_maps[i] = np.ascontiguousarray(prediction.panoptic_map, dtype=np.int32)
             segments[i] = json.dumps([s.to_dict() for s in prediction.segments])
-        seconds = [float(s) + (per_image if i in ok else 0.0) for i, s in enumerate(_column(batch, "seconds"))]
+        ok_rows = set(ok)
+        seconds = [float(s) + (per_image if i in ok_rows else 0.0) for i, s in enumerate(_column(batch, "seconds"))]
         return _numpy_batch(
             {
                 "image_id": _column(batch, "image_id"),
@@ -452,6 +455,10 @@ class AutolabelOptions:
         ray_address: existing cluster ("auto", "host:port", "ray://..."); None with no
             ``RAY_ADDRESS`` in the environment starts a local Ray with ``num_cpus``.
         num_cpus: CPUs of the local Ray (None: all).
+        wait_for_workers_s: wait this long for every model actor to be up before labeling starts
+            (work then spreads over all of them from the first batch), and fail with a clear error
+            when the cluster cannot host ``workers`` actors in that time; 0 starts on the first
+            ready actor and waits for the rest silently.
         mode: "new" | "resume" | "overwrite".
         retry_errors: with ``mode="resume"``, label again the images whose committed row is an error.
         min_score: segments with a lower MASE score are dropped (their pixels become void).
@@ -478,6 +485,7 @@ class AutolabelOptions:
     worker_resources: Optional[dict[str, float]] = None
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
+    wait_for_workers_s: float = 900.0
     mode: str = "new"
     retry_errors: bool = False
     min_score: float = 0.0
@@ -597,7 +605,8 @@ def _init_ray(options: AutolabelOptions) -> bool:
         ray.init(address=address, **kwargs)
     else:
         logger.info("starting a local Ray with %s CPUs", options.num_cpus or os.cpu_count())
-        ray.init(num_cpus=options.num_cpus, include_dashboard=False, **kwargs)
+        # Loopback only: a local Ray otherwise binds the machine's network address.
+        ray.init(num_cpus=options.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
     return True
 
 
@@ -898,9 +907,16 @@ def _run_pipeline(
     atomic_write_json(store.run_json, run_record, durable=options.durable)
     logger.info("labeling %d images with %d %s worker(s), batch size %d", len(pending), workers, device, options.batch_size)
 
+    # Process-wide Ray Data settings, restored at the end (the caller may use Ray Data too).
     context = ray.data.DataContext.get_current()
+    saved_context = {"enable_progress_bars": context.enable_progress_bars}
     context.enable_progress_bars = False  # our own bar below counts committed images
-    num_blocks = max(1, min(len(pending), math.ceil(len(pending) / options.batch_size)))
+    if options.wait_for_workers_s > 0 and hasattr(context, "wait_for_min_actors_s"):
+        saved_context["wait_for_min_actors_s"] = context.wait_for_min_actors_s
+        context.wait_for_min_actors_s = int(math.ceil(options.wait_for_workers_s))
+    # One input block per batch keeps decoding parallel; past MAX_INPUT_BLOCKS blocks carry
+    # several batches each (a decode task streams them out one batch at a time).
+    num_blocks = max(1, min(MAX_INPUT_BLOCKS, math.ceil(len(pending) / options.batch_size)))
     ds = ray.data.from_items(pending, override_num_blocks=num_blocks)
     ds = ds.map_batches(decode_batch, batch_size=options.batch_size, batch_format="numpy", fn_kwargs={"max_side": max_side, "max_pixels": options.max_pixels}, num_cpus=CPU_STAGE_CPUS)
     actor_args: dict[str, Any] = {"num_cpus": 1}
@@ -1020,6 +1036,8 @@ def _run_pipeline(
     finally:
         if progress is not None:
             progress.close()
+        for name, value in saved_context.items():
+            setattr(context, name, value)
     return stats
 
 

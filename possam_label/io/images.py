@@ -23,6 +23,7 @@ Normalisation rules (applied in this order):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 import warnings
@@ -174,7 +175,31 @@ def load_image_rgb(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS)
     Raises:
         ImageDecodeError: with a reason tag; never any other exception for a bad file.
     """
-    path = Path(path)
+    return _decode(Path(path), max_pixels, draft_side=None)[0]
+
+
+def load_image_for_model(
+    path: Union[str, Path], max_side: Optional[int], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, int, int]:
+    """Decode an image downscaled so its longest side is at most ``max_side``, plus its full size.
+
+    JPEGs are decoded directly at a reduced scale (libjpeg's DCT scaling by 1/2, 1/4 or 1/8,
+    never below the target size) before the final bilinear resize, which is several times faster
+    than decoding every pixel of a large photo that the model sees at, say, 1024 pixels.
+
+    Returns:
+        (h, w, 3) uint8 array with max(h, w) <= max_side (no upscaling), and the full-resolution
+        width and height in display orientation (what :func:`load_image_rgb` would return).
+    """
+    rgb, (width, height) = _decode(Path(path), max_pixels, draft_side=max_side)
+    return resize_longest_side(rgb, max_side), width, height
+
+
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _decode(path: Path, max_pixels: int, draft_side: Optional[int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """(rgb, (full width, full height)) in display orientation; ``rgb`` may be reduced by JPEG draft."""
     _check_file(path)
     img = _open(path, max_pixels)
     try:
@@ -186,6 +211,12 @@ def load_image_rgb(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS)
                     raise ImageDecodeError(
                         path, "decode_failed", "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; refusing to decode"
                     )
+                stored_w, stored_h = img.size
+                orientation = img.getexif().get(0x0112, 1)
+                full = (stored_h, stored_w) if orientation in _TRANSPOSING_ORIENTATIONS else (stored_w, stored_h)
+                if draft_side is not None and max(stored_w, stored_h) > draft_side and img.format == "JPEG":
+                    scale = draft_side / max(stored_w, stored_h)
+                    img.draft(img.mode, (math.ceil(stored_w * scale), math.ceil(stored_h * scale)))
                 img.load()
                 oriented = ImageOps.exif_transpose(img)
                 rgb = to_rgb_array(oriented)
@@ -201,7 +232,7 @@ def load_image_rgb(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS)
         img.close()
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageDecodeError(path, "decode_failed", f"decoded to an unexpected shape {rgb.shape}")
-    return rgb
+    return rgb, full
 
 
 def resize_longest_side(image: np.ndarray, max_side: Optional[int]) -> np.ndarray:

@@ -32,7 +32,7 @@ import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.compute as pc
