@@ -134,6 +134,41 @@ def build_small_sam(checkpoint: Optional[str | Path] = None) -> Sam:
     return sam
 
 
+def init_decoder_for_training(sam: Sam, qk_gain: float = 2.0, token_std: float = 0.02, neck_scale: float = 0.1) -> None:
+    """Initialisation that lets the from-scratch decoder learn where the prompt is.
+
+    With PyTorch's default initialisation the decoder's attention is nearly uniform over image
+    positions and prompt tokens, so the predicted mask does not depend on the prompt's position
+    and training sits on a constant-mask plateau (measured: no progress on a pure "point -> disc"
+    task in 100 steps). Two changes, architecture untouched:
+
+    * in every cross-attention of the two-way transformer the key projection starts equal to the
+      query projection (orthogonal, gain ``qk_gain``), so attention logits start as a similarity of
+      the positional encodings of prompt points and image positions;
+    * the learned prompt and output tokens start small (std ``token_std`` instead of 1), so they do
+      not drown the positional encodings they are added to.
+    Measured on the point -> disc task: IoU 0.5 after 80 steps (with decoder lr 3e-3) instead of 0.
+    """
+    from segment_anything.modeling.transformer import Attention
+
+    for name, module in sam.mask_decoder.transformer.named_modules():
+        if isinstance(module, Attention) and ("cross_attn" in name or name.endswith("final_attn_token_to_image")):
+            nn.init.orthogonal_(module.q_proj.weight, gain=qk_gain)
+            module.k_proj.weight.data.copy_(module.q_proj.weight.data)
+    prompt_encoder = sam.prompt_encoder
+    embeddings = list(prompt_encoder.point_embeddings) + [
+        prompt_encoder.not_a_point_embed,
+        prompt_encoder.no_mask_embed,
+        sam.mask_decoder.iou_token,
+        sam.mask_decoder.mask_tokens,
+    ]
+    for embedding in embeddings:
+        nn.init.normal_(embedding.weight, std=token_std)
+    # The neck ends in a LayerNorm whose unit-scale output would also drown the positional
+    # encodings in the decoder's attention; start it small.
+    nn.init.constant_(sam.image_encoder.neck[-1].weight, neck_scale)
+
+
 # --------------------------------------------------------------------------------------------
 # Checkpoint files and loss plots (shared with small_clip)
 # --------------------------------------------------------------------------------------------
@@ -552,6 +587,8 @@ class SamTrainConfig:
     batch_size: int = 8
     seed: int = 0
     lr: float = 1e-3
+    # The from-scratch decoder needs a higher rate to leave the constant-mask plateau quickly.
+    decoder_lr: float = 3e-3
     weight_decay: float = 0.05
     warmup_steps: int = 50
     grad_clip: float = 1.0
@@ -603,12 +640,20 @@ def train_small_sam(
     torch.manual_seed(config.seed)
     device = torch.device("cpu")
     sam = build_small_sam().to(device)
+    init_decoder_for_training(sam)
     sam.train()
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in sam.named_parameters():
-        (no_decay if _no_weight_decay(name, p) else decay).append(p)
+        groups.setdefault((name.startswith("image_encoder."), _no_weight_decay(name, p)), []).append(p)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {
+                "params": params,
+                "weight_decay": 0.0 if no_decay else config.weight_decay,
+                "base_lr": config.lr if is_encoder else config.decoder_lr,
+            }
+            for (is_encoder, no_decay), params in groups.items()
+        ],
         lr=config.lr,
         betas=(0.9, 0.999),
     )
@@ -630,7 +675,7 @@ def train_small_sam(
     for step in bar:
         lr = cosine_lr(step, config.steps, config.lr, config.warmup_steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["base_lr"] / config.lr
         batch = next(batches)
         out_losses = forward_prompted_batch(sam, batch, config.loss, device)
         optimizer.zero_grad(set_to_none=True)

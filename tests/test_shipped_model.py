@@ -1,0 +1,46 @@
+"""The shipped small PosSAM (trained on the synthetic world) on held-out synthetic scenes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from possam_label.config import DEFAULT_CONFIG
+from possam_label.data.synthetic import generate_dataset
+from possam_label.eval.model_eval import evaluate_predictor
+from possam_label.predictor import PosSAMPredictor
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLITS = yaml.safe_load((ROOT / "possam_label" / "assets" / "synthetic_world" / "splits.yaml").read_text())
+# Lower bounds from the measured PQ of the shipped weights on these 40 scenes (seed 4242, never
+# used in training), with a margin; the issue's targets (60 base / 30 novel) are not reached yet.
+MIN_PQ_BASE = {MIN_PQ_BASE}
+MIN_PQ_NOVEL = {MIN_PQ_NOVEL}
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    return generate_dataset(tmp_path_factory.mktemp("held_out"), num_images=40, seed=4242)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return PosSAMPredictor.from_config(DEFAULT_CONFIG, device="cpu")
+
+
+def test_default_model_loads_the_shipped_weights(predictor):
+    identity = predictor.weights_identity()
+    assert all(identity[k] for k in ("sam", "clip", "heads")), identity
+    assert len(predictor.vocabulary) == 18 and len(predictor.train_vocabulary) == 13
+    assert set(predictor.train_vocabulary.names) == set(SPLITS["base"])
+
+
+@pytest.mark.slow
+def test_shipped_model_pq_on_held_out_scenes(predictor, held_out):
+    results = evaluate_predictor(predictor, held_out, batch_size=8, groups=SPLITS, progress=False)
+    base, novel = results["groups"]["base"], results["groups"]["novel"]
+    assert base["n"] >= 10 and novel["n"] >= 3
+    assert base["pq"] >= MIN_PQ_BASE, results["groups"]
+    assert novel["pq"] >= MIN_PQ_NOVEL, results["groups"]
