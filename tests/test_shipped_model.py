@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SPLITS = yaml.safe_load((ROOT / "possam_label" / "assets" / "synthetic_world" / "splits.yaml").read_text())
 # Lower bounds from the measured PQ of the shipped weights on these 40 scenes (seed 4242, never
 # used in training), with a margin; the targets (60 base / 30 novel) are not reached yet.
-MIN_PQ_BASE = {MIN_PQ_BASE}
-MIN_PQ_NOVEL = {MIN_PQ_NOVEL}
+MIN_PQ_BASE = 0.15  # measured 0.220 (MASE)
+MIN_PQ_NOVEL = 0.03  # measured 0.063 (MASE; in-vocabulary only: 0.000)
 
 
 @pytest.fixture(scope="module")

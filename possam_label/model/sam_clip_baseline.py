@@ -579,27 +579,66 @@ class SamClipPredictor:
         return torch.cat(embeddings)
 
     # ---- both stages + merge --------------------------------------------------------------
+    def _dense_features(self, work_images: Sequence[np.ndarray]) -> torch.Tensor:
+        """(B, C, g, g) dense CLIP features of the SAM-style padded images (one pass per batch)."""
+        pixels, _ = preprocess(work_images, self.img_size, self.config.sam.pixel_mean, self.device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self._autocast):
+            return self.clip.dense_features(pixels).float()
+
+    def _class_probs(
+        self, work_image: np.ndarray, dense: Optional[torch.Tensor], masks: list[np.ndarray], boxes: list[list[float]], text: TextClassifier
+    ) -> torch.Tensor:
+        """(N, K) class probabilities of N masks of one working image with ``baseline.classify``."""
+        if self.config.baseline.classify == "mask_pooled":
+            assert dense is not None
+            embeddings = self._mask_pooled_embeddings(dense, masks)
+        else:
+            embeddings = self._crop_embeddings(work_image, masks, boxes)
+        return text.class_logits(embeddings, self.clip.logit_scale.float()).softmax(dim=-1)
+
+    @torch.inference_mode()
+    def classify_masks(
+        self, image: np.ndarray, masks: Sequence[np.ndarray], vocabulary: Union[Vocabulary, str, None] = None
+    ) -> torch.Tensor:
+        """Stage 2 alone: CLIP class probabilities of given masks (e.g. ground truth) of one image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            masks: N (H, W) bool masks, non-empty.
+            vocabulary: as in :meth:`predict`.
+        Returns:
+            (N, K) probabilities over the vocabulary's classes (CPU float32).
+        """
+        vocab = self._vocabulary(vocabulary)
+        work = self._working_image(0, image)
+        height, width = work.shape[:2]
+        work_masks = []
+        for i, mask in enumerate(masks):
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != np.asarray(image).shape[:2] or not mask.any():
+                raise ValueError(f"mask {i}: expected a non-empty bool mask of the image's shape {np.asarray(image).shape[:2]}, got {mask.shape}")
+            work_masks.append(_resize_ids(mask.astype(np.int32), height, width).astype(bool))
+        boxes = []
+        for mask in work_masks:
+            rows, cols = np.nonzero(mask)
+            boxes.append([float(cols.min()), float(rows.min()), float(cols.max() - cols.min()), float(rows.max() - rows.min())])
+        dense = self._dense_features([work])[0] if self.config.baseline.classify == "mask_pooled" else None
+        return self._class_probs(work, dense, work_masks, boxes, self.text_classifier(vocab)).float().cpu()
+
     def _predict_batch(self, images: Sequence[np.ndarray], vocab: Vocabulary, text: TextClassifier) -> list[PanopticPrediction]:
         base = self.config.baseline
         work = [self._working_image(i, image) for i, image in enumerate(images)]
         generated = self.generate_masks(work)
         dense: Optional[torch.Tensor] = None
         if base.classify == "mask_pooled" and any(g.masks for g in generated):
-            pixels, _ = preprocess(work, self.img_size, self.config.sam.pixel_mean, self.device)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self._autocast):
-                dense = self.clip.dense_features(pixels).float()
+            dense = self._dense_features(work)
         results = []
         for b, (image, work_image, gen) in enumerate(zip(images, work, generated)):
             height, width = np.asarray(image).shape[:2]
             if not gen.masks:
                 results.append(PanopticPrediction(np.zeros((height, width), np.int32), []))
                 continue
-            if base.classify == "mask_pooled":
-                assert dense is not None
-                embeddings = self._mask_pooled_embeddings(dense[b], gen.masks)
-            else:
-                embeddings = self._crop_embeddings(work_image, gen.masks, gen.boxes)
-            probs = text.class_logits(embeddings, self.clip.logit_scale.float()).softmax(dim=-1)
+            probs = self._class_probs(work_image, None if dense is None else dense[b], gen.masks, gen.boxes, text)
             class_prob, labels = probs.max(dim=-1)
             class_prob_np = class_prob.cpu().numpy()
             scores = class_prob_np * gen.predicted_iou
