@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from possam_label.train.small_sam import PromptSampling, SamTrainConfig, train_small_sam
+from possam_label.train.small_sam import GeometryWarmup, PromptSampling, SamTrainConfig, train_small_sam
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the scene stream and the initialisation (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate (default: %(default)s)")
-    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="linear warmup steps before cosine decay (default: %(default)s)")
+    parser.add_argument("--decoder-lr", type=float, default=defaults.decoder_lr, help="peak learning rate of the prompt encoder and mask decoder (default: %(default)s)")
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="linear LR warmup steps before cosine decay (default: %(default)s)")
+    parser.add_argument(
+        "--decoder-warmup-max-steps", type=int, default=GeometryWarmup().max_steps,
+        help="phase 1: at most this many decoder-only steps on the geometry task (click -> disc, box -> filled box), "
+        "stopping early once its mIoU reaches %.1f; 0 skips the phase (default: %%(default)s)" % GeometryWarmup().target_miou,
+    )
     parser.add_argument("--log-every", type=int, default=defaults.log_every, help="steps between loss log lines (default: %(default)s)")
     parser.add_argument(
         "--num-workers", type=int, default=defaults.num_workers, choices=(0, 1),
@@ -53,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.decoder_warmup_max_steps < 0:
+        print("error: --decoder-warmup-max-steps must be >= 0", file=sys.stderr)
+        return 2
     for name in ("steps", "batch_size", "prompts_per_image", "log_every", "num_threads", "eval_scenes"):
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
@@ -62,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         lr=args.lr,
+        decoder_lr=args.decoder_lr,
         warmup_steps=args.warmup_steps,
+        warmup=GeometryWarmup(max_steps=args.decoder_warmup_max_steps),
         log_every=args.log_every,
         num_workers=args.num_workers,
         num_threads=args.num_threads,
@@ -74,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except (NotADirectoryError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"final loss {result.final_loss:.4f} after {args.steps} steps in {result.wall_s:.0f} s")
+    print(f"final loss {result.final_loss:.4f} after {args.steps} steps (plus the decoder warm-up) in {result.wall_s:.0f} s")
     print(f"held-out: {result.metrics}")
     print(f"wrote {result.checkpoint}, {result.loss_plot}, {result.log}")
     return 0

@@ -116,7 +116,11 @@ class PosSAMPredictor:
         """
         cfg = config if isinstance(config, PosSAMConfig) else load_config(config, overrides)
         dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = PosSAM.from_config(cfg, load_backbones=load_backbones)
+        # Parts without weight files are initialised from a fixed seed, so random-weight
+        # configs (tests, speed runs) build the same model in every process.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            model = PosSAM.from_config(cfg, load_backbones=load_backbones)
         heads = checkpoint if checkpoint is not None else cfg.resolve_path(cfg.checkpoint)
         train_vocabulary = load_vocabulary(_resolve_vocab(cfg, cfg.train_vocabulary))
         if heads is not None:

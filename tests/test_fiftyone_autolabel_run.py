@@ -61,7 +61,7 @@ def test_delegated_run_autolabel_loads_a_real_run(db, tmp_path: Path) -> None:
         ctx={
             "dataset": name,
             "view": view,
-            "params": {"out_dir": str(out_dir), "config": str(REPO / "configs" / "possam_tiny.yaml"), "num_cpus": 2, "batch_size": 1},
+            "params": {"out_dir": str(out_dir), "config": str(REPO / "configs" / "possam_small.yaml"), "num_cpus": 2, "batch_size": 1},
         },
     )
     assert queued.delegated  # never runs inside the App's request

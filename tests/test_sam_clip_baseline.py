@@ -285,7 +285,7 @@ def test_small_clip_mask_pooled_names_ground_truth_segments() -> None:
     assert predictor.config.baseline.classify == "mask_pooled"
     vocab = load_vocabulary(str(WORLD_VOCAB))
     correct: dict[bool, list[bool]] = {True: [], False: []}
-    for image, id_map, segments in _held_out_scenes(6):
+    for image, id_map, segments in _held_out_scenes(5):
         probs = predictor.classify_masks(image, [id_map == s["id"] for s in segments], vocab)
         for seg, p in zip(segments, probs):
             k = vocab.index_of_category_id(seg["category_id"])
@@ -295,3 +295,21 @@ def test_small_clip_mask_pooled_names_ground_truth_segments() -> None:
     # Measured on 20 held-out scenes with the shipped CLIP: stuff 0.98, things 0.03 (chance 1/12), all 0.33.
     assert len(stuff) >= 6 and sum(stuff) >= 0.8 * len(stuff), summary
     assert sum(stuff) + sum(things) >= 0.25 * (len(stuff) + len(things)), summary
+
+
+def test_small_model_end_to_end_on_a_held_out_scene() -> None:
+    """The shipped config loads (full small SAM through build_sam, small CLIP) and labels a scene.
+
+    Object recall is not asserted: the shipped small SAM's point prompts do not segment the
+    world's objects yet (its own held-out point mIoU is 0.0004 on things, 0.43 on stuff), so SAM's
+    automatic mask generator keeps no mask at the default thresholds; with the filters off, the
+    masks it makes still have to come out as a valid panoptic labelling.
+    """
+    _require_small_model()
+    overrides = {"baseline": {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}}
+    predictor = SamClipPredictor.from_config(SMALL, device="cpu", overrides=overrides)
+    assert predictor.weights_identity()["sam"] is not None and predictor.weights_identity()["clip"] is not None
+    ((image, _, _),) = _held_out_scenes(1)
+    (pred,) = predictor.predict([image])
+    _check_prediction(pred, image, str(WORLD_VOCAB))
+    assert pred.segments
