@@ -49,7 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
         "'cat,dog,grass [stuff]' (default: the config's vocabulary)",
     )
     parser.add_argument("--config", default=None, help="PosSAM YAML config (default: the shipped default config)")
-    parser.add_argument("--checkpoint", default=None, help="PosSAM head weights (.safetensors) overriding the config's")
+    parser.add_argument(
+        "--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set baseline.points_per_side=16 --set mase.mode=fc_clip "
+        "(repeatable; values are YAML data)",
+    )
+    parser.add_argument(
+        "--model", choices=("possam", "sam-clip"), default="possam",
+        help="possam: PosSAM (one pass of each encoder per image, trained heads); sam-clip: the training-free "
+        "two-stage baseline (SAM automatic mask generator, then CLIP on every mask, settings in the config's "
+        "baseline section), for labeling without PosSAM head weights",
+    )
+    parser.add_argument(
+        "--checkpoint", default=None,
+        help="PosSAM head weights (.safetensors) overriding the config's; with --model sam-clip, a full SAM checkpoint",
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="images per model call and per decode/encode task")
     parser.add_argument(
         "--workers", type=int, default=None,
@@ -136,11 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
         print("error: --gpus-per-worker must be >= 0", file=sys.stderr)
         return 2
+    from possam_label.config import ConfigError, parse_assignments
+
+    try:
+        overrides = parse_assignments(args.assignments)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     options = AutolabelOptions(
         dataset=args.dataset,
         out_dir=args.out,
         config=args.config,
         checkpoint=args.checkpoint,
+        model=args.model,
+        config_overrides=overrides or None,
         vocabulary=args.vocab,
         batch_size=args.batch_size,
         workers=args.workers,

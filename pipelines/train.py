@@ -28,12 +28,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-iters", type=int, default=None, help="override train.max_iters")
     parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size (global, split over workers)")
     parser.add_argument("--cache-features", action="store_true", help="encode the training set once with the frozen backbones and train on cached features (no augmentation; sets train.cache_features)")
+    parser.add_argument(
+        "--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.lr=1e-3 --set train.lr_steps=[800,950] (repeatable; values are YAML data)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from possam_label.config import ConfigError, merge, parse_assignments
     from possam_label.engine.train import run_training
 
-    overrides: dict = {"train": {}}
+    try:
+        overrides: dict = merge({"train": {}}, parse_assignments(args.assignments))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if args.max_iters is not None:
         overrides["train"]["max_iters"] = args.max_iters
     if args.cache_features:

@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train the small CLIP on synthetic scenes rendered on the fly, over all classes (base and novel): "
             "InfoNCE between captions (colours, sizes, backgrounds) and object crops, stuff patches and small "
-            "whole scenes, plus a dense term that classifies ground-truth segments from mask-pooled dense "
-            "features at PosSAM's input scale. Ends with the held-out zero-shot evaluation of that dense path "
+            "whole scenes, a classification term of crops and patches against class prompts, and a dense term "
+            "that classifies ground-truth segments from mask-pooled dense features at PosSAM's input scale. Ends with the held-out zero-shot evaluation of that dense path "
             "and writes an fp16 safetensors checkpoint and the open_clip model config."
         ),
     )
@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate (default: %(default)s)")
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="linear warmup steps before cosine decay (default: %(default)s)")
     parser.add_argument("--dense-weight", type=float, default=defaults.dense_weight, help="weight of the dense mask-pooling term (default: %(default)s)")
+    parser.add_argument("--class-weight", type=float, default=defaults.class_weight, help="weight of the crop classification term (default: %(default)s)")
+    parser.add_argument("--thing-weight", type=float, default=defaults.thing_weight, help="weight of thing segments relative to stuff in the dense term (default: %(default)s)")
+    parser.add_argument("--text-class-weight", type=float, default=defaults.text_class_weight, help="weight of the text-side class term (class prompts against class means) (default: %(default)s)")
+    parser.add_argument("--init", default=None, metavar="SAFETENSORS", help="start from these small-CLIP weights instead of a random initialisation")
+    parser.add_argument("--init-visual-only", action="store_true", help="with --init: take only the image tower from it, the text tower starts random")
     parser.add_argument("--log-every", type=int, default=defaults.log_every, help="steps between loss log lines (default: %(default)s)")
     parser.add_argument(
         "--num-workers", type=int, default=defaults.num_workers, choices=(0, 1),
@@ -67,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         warmup_steps=args.warmup_steps,
         dense_weight=args.dense_weight,
+        class_weight=args.class_weight,
+        thing_weight=args.thing_weight,
+        text_class_weight=args.text_class_weight,
+        init_checkpoint=args.init,
+        init_visual_only=args.init_visual_only,
         log_every=args.log_every,
         num_workers=args.num_workers,
         num_threads=args.num_threads,

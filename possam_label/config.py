@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import yaml
 
@@ -395,6 +395,39 @@ def load_config(path: Union[str, Path], overrides: Optional[dict[str, Any]] = No
         raise ConfigError(f"{path}: {exc}") from exc
     cfg.base_dir = str(path.resolve().parent)
     return cfg
+
+
+def parse_assignments(assignments: Sequence[str]) -> dict[str, Any]:
+    """``["train.lr=1e-3", "mase.mode=fc_clip"]`` -> nested overrides for :func:`load_config`.
+
+    Values are read as YAML scalars or flow collections (``[200, 300]``), i.e. data only.
+
+    Raises:
+        ConfigError: an assignment without ``=`` or with an empty key.
+    """
+    out: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"bad override {item!r}: expected section.key=value")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"bad override {item!r}: {exc}") from exc
+        if isinstance(parsed, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; numbers are meant.
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"bad override {item!r}: {part} is set to a value and a section")
+        node[parts[-1]] = parsed
+    return out
 
 
 def config_from_json(text: str) -> PosSAMConfig:

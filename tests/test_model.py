@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from possam_label.config import ConfigError, MASEConfig, load_config
+from possam_label.config import ConfigError, MASEConfig, load_config, parse_assignments
 from possam_label.model.mase import ensemble
 from possam_label.model.possam import PosSAM, load_heads, save_heads
 from possam_label.model.postprocess import panoptic_inference
@@ -231,6 +231,23 @@ def test_head_checkpoint_roundtrip_and_mismatch(tmp_path, tiny_cfg, vocab):
     other = load_config(TINY, {"decoder": {"num_queries": 8}})
     with pytest.raises(WeightsError, match=r"does not match the model config: decoder\.num_queries"):
         load_heads(PosSAM.from_config(other), path, other)
+
+
+def test_command_line_assignments_are_data():
+    overrides = parse_assignments(["train.lr=1e-3", "train.lr_steps=[800, 950]", "mase.mode=fc_clip", "decoder.num_queries=12"])
+    assert overrides == {"train": {"lr": 1e-3, "lr_steps": [800, 950]}, "mase": {"mode": "fc_clip"}, "decoder": {"num_queries": 12}}
+    cfg = load_config(TINY, overrides)
+    assert (cfg.train.lr, cfg.train.lr_steps, cfg.mase.mode, cfg.decoder.num_queries) == (1e-3, [800, 950], "fc_clip", 12)
+    # A value that looks like code stays a string, and the config's type check refuses it.
+    with pytest.raises(ConfigError, match=r"train\.lr: expected a number"):
+        load_config(TINY, parse_assignments(["train.lr=__import__('os').getcwd()"]))
+    for bad in ("train.lr", "=3", "train..lr=1", "train=1"):
+        if bad == "train=1":
+            with pytest.raises(ConfigError):
+                load_config(TINY, parse_assignments([bad]))
+            continue
+        with pytest.raises(ConfigError, match="bad override"):
+            parse_assignments([bad])
 
 
 def test_config_rejects_unknown_keys_and_bad_types(tmp_path):

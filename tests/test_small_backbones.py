@@ -199,7 +199,9 @@ def test_training_data_is_deterministic_by_seed():
     assert a.images.shape[1:] == (3, 112, 112) and len(a.captions) == len(a.images)
     assert a.dense_pixels.shape == (2, 3, 256, 256) and a.dense_weights.shape[1:] == (8, 8)
     assert len(a.dense_labels) == len(a.dense_window_index) == len(a.dense_weights) > 0
-    assert len(a.class_prompts) == len(world) == 18
+    assert len(world) == 18 and sorted(set(a.class_prompt_index.tolist())) == list(range(18))
+    assert len(a.class_prompts) == len(a.class_prompt_index) == sum(len(s) for s in world.synonyms)
+    assert len(a.image_labels) == len(a.image_isthing) == len(a.images)
 
     rng = np.random.default_rng(0)
     image, id_map, segments = render_scene(rng, size=256)

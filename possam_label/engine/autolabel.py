@@ -212,12 +212,15 @@ def _localize(path_abs: Optional[str], path_rel: Optional[str]) -> Optional[str]
 
 
 class PanopticModelActor:
-    """Ray actor stage: PosSAM loaded once per actor, applied to decoded batches.
+    """Ray actor stage: the model (PosSAM, or the two-stage SAM+CLIP baseline) loaded once per
+    actor, applied to decoded batches.
 
     Args:
+        model: "possam" or "sam-clip" (:data:`MODEL_KINDS`).
         config_path, config_rel: the YAML config (absolute on the driver; cwd-relative variant
             for workers whose copy of the code lives elsewhere).
         checkpoint, checkpoint_rel: head weights override (None: the config's).
+        config_overrides: nested mapping merged over the YAML (``--set`` on the CLI).
         vocabulary: ``Vocabulary.to_dict()`` of the labeling vocabulary.
         device: "cpu", "cuda", ...
         batch_size: images per forward pass.
@@ -226,10 +229,12 @@ class PanopticModelActor:
 
     def __init__(
         self,
+        model: str,
         config_path: str,
         config_rel: Optional[str],
         checkpoint: Optional[str],
         checkpoint_rel: Optional[str],
+        config_overrides: Optional[dict[str, Any]],
         vocabulary: dict[str, Any],
         device: str,
         batch_size: int,
@@ -238,7 +243,6 @@ class PanopticModelActor:
         import ray
         import torch
 
-        from ..predictor import PosSAMPredictor
         from ..vocab import Vocabulary
 
         if torch_threads:
@@ -247,8 +251,9 @@ class PanopticModelActor:
         # so every actor of a run builds the same model.
         torch.manual_seed(0)
         start = time.perf_counter()
-        self.predictor = PosSAMPredictor.from_config(
-            _localize(config_path, config_rel), checkpoint=_localize(checkpoint, checkpoint_rel), device=device
+        self.predictor = predictor_class(model).from_config(
+            _localize(config_path, config_rel), checkpoint=_localize(checkpoint, checkpoint_rel), device=device,
+            overrides=config_overrides or None,
         )
         self.vocabulary = Vocabulary.from_dict(vocabulary)
         self.batch_size = batch_size
@@ -264,7 +269,7 @@ class PanopticModelActor:
             },
             sort_keys=True,
         )
-        logger.info("PosSAM actor ready on %s (%s) in %.1fs", socket.gethostname(), device, time.perf_counter() - start)
+        logger.info(model + " actor ready on %s (%s) in %.1fs", socket.gethostname(), device, time.perf_counter() - start)
 
     def _predict_isolated(self, images: list[np.ndarray]) -> list[Any]:
         """Predict a batch; if the batch fails, image by image so only the culprit fails."""
@@ -322,6 +327,23 @@ class PanopticModelActor:
                 "model_done_at": [time.time()] * len(status),
             }
         )
+
+
+MODEL_KINDS = ("possam", "sam-clip")
+
+
+def predictor_class(model: str) -> Any:
+    """The predictor class of a model kind: ``PosSAMPredictor`` or the two-stage ``SamClipPredictor``
+    (same ``from_config`` / ``predict`` / ``weights_identity`` interface)."""
+    if model == "possam":
+        from ..predictor import PosSAMPredictor
+
+        return PosSAMPredictor
+    if model == "sam-clip":
+        from ..model.sam_clip_baseline import SamClipPredictor
+
+        return SamClipPredictor
+    raise ValueError(f"model must be one of {', '.join(MODEL_KINDS)}, got {model!r}")
 
 
 def upsample_ids(id_map: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -443,7 +465,12 @@ class AutolabelOptions:
         dataset: source (see :func:`list_inputs`).
         out_dir: output directory; nothing is written outside it.
         config: PosSAM YAML config (None: ``possam_label.predictor.DEFAULT_CONFIG``).
-        checkpoint: head weights overriding the config's.
+        config_overrides: nested mapping merged over the config (e.g. ``{"baseline": {"points_per_side": 8}}``).
+        model: "possam" (default) or "sam-clip": the training-free two-stage baseline
+            (SAM automatic mask generator, then CLIP on every mask; ``config.baseline`` settings),
+            for labeling without PosSAM head weights.
+        checkpoint: PosSAM head weights overriding the config's; with ``model="sam-clip"``, a full
+            SAM checkpoint overriding ``config.sam.checkpoint``.
         vocabulary: "coco", "ade20k", a file or "cat,dog,..." (None: the config's vocabulary).
         batch_size: images per model call (and per decode/encode task).
         workers: model actors (None: one per GPU, or 1 without GPUs).
@@ -476,7 +503,9 @@ class AutolabelOptions:
     dataset: str
     out_dir: str
     config: Optional[str] = None
+    config_overrides: Optional[dict[str, Any]] = None
     checkpoint: Optional[str] = None
+    model: str = "possam"
     vocabulary: Optional[str] = None
     batch_size: int = 4
     workers: Optional[int] = None
@@ -680,6 +709,8 @@ def run_autolabel(options: AutolabelOptions) -> AutolabelSummary:
         raise ValueError("batch_size must be >= 1")
     if options.rows_per_part < 1:
         raise ValueError("rows_per_part must be >= 1")
+    if options.model not in MODEL_KINDS:
+        raise ValueError(f"model must be one of {', '.join(MODEL_KINDS)}, got {options.model!r}")
     if options.mode not in ("new", "resume", "overwrite"):
         raise ValueError(f"mode must be new, resume or overwrite, got {options.mode!r}")
     if options.retry_errors and options.mode != "resume":
@@ -694,7 +725,7 @@ def run_autolabel(options: AutolabelOptions) -> AutolabelSummary:
 
     config_path = os.path.abspath(options.config) if options.config else _default_config()
     try:
-        cfg = load_config(config_path)
+        cfg = load_config(config_path, options.config_overrides)
     except (ValueError, OSError) as exc:  # ConfigError is a ValueError
         raise AutolabelError(f"bad config: {exc}") from exc
     checkpoint = os.path.abspath(options.checkpoint) if options.checkpoint else None
@@ -712,9 +743,10 @@ def run_autolabel(options: AutolabelOptions) -> AutolabelSummary:
         logger.warning("%d duplicate paths in %s were dropped (each image is labeled once)", duplicates, options.dataset)
 
     model_record = {
+        "kind": options.model,
         "config_path": config_path,
         "config": cfg.to_dict(),
-        "checkpoint": checkpoint or cfg.resolve_path(cfg.checkpoint),
+        "checkpoint": checkpoint or (cfg.resolve_path(cfg.checkpoint) if options.model == "possam" else None),
         "vocabulary_identity": vocabulary.identity(),
     }
     store.prepare(options.mode)
@@ -827,17 +859,18 @@ def _read_previous_run(store: OutputStore) -> Optional[dict[str, Any]]:
         raise AutolabelError(f"cannot read {store.run_json}: {exc}") from exc
 
 
-# Config sections that do not change PosSAM's labels (training recipe, the baseline's settings).
-_NON_INFERENCE_CONFIG_SECTIONS = ("train", "baseline")
+# Config sections that do not change a model kind's labels (training recipe; the baseline's
+# settings for PosSAM).
+_NON_INFERENCE_CONFIG_SECTIONS = {"possam": ("train", "baseline"), "sam-clip": ("train",)}
 
 
-def _config_differences(before: Any, after: Any, prefix: str = "") -> list[str]:
+def _config_differences(before: Any, after: Any, prefix: str = "", skip: Sequence[str] = ()) -> list[str]:
     """Dotted keys whose values differ; keys present on one side only are not differences
-    (a newer code version may add sections with defaults)."""
+    (a newer code version may add sections with defaults); top-level sections in ``skip`` are ignored."""
     if isinstance(before, dict) and isinstance(after, dict):
         out: list[str] = []
         for key in sorted(set(before) & set(after)):
-            if not prefix and key in _NON_INFERENCE_CONFIG_SECTIONS:
+            if not prefix and key in skip:
                 continue
             out.extend(_config_differences(before[key], after[key], f"{prefix}{key}."))
         return out
@@ -847,7 +880,10 @@ def _config_differences(before: Any, after: Any, prefix: str = "") -> list[str]:
 def _check_resume_compatible(previous: dict[str, Any], model: dict[str, Any], settings: dict[str, Any], store: OutputStore) -> None:
     before = previous.get("model", {})
     problems = []
-    changed = _config_differences(before.get("config", {}), model["config"])
+    # Runs written before model kinds existed were PosSAM runs.
+    if before.get("kind", "possam") != model["kind"]:
+        problems.append(f"the model differs ({before.get('kind', 'possam')} vs {model['kind']})")
+    changed = _config_differences(before.get("config", {}), model["config"], skip=_NON_INFERENCE_CONFIG_SECTIONS[model["kind"]])
     if changed:
         problems.append(f"the model config differs in {', '.join(changed[:8])}")
     if before.get("checkpoint") != model["checkpoint"]:
@@ -929,10 +965,12 @@ def _run_pipeline(
         batch_size=options.batch_size,
         batch_format="numpy",
         fn_constructor_kwargs={
+            "model": options.model,
             "config_path": config_path,
             "config_rel": _relative_to_cwd(config_path),
             "checkpoint": checkpoint,
             "checkpoint_rel": _relative_to_cwd(checkpoint),
+            "config_overrides": options.config_overrides,
             "vocabulary": vocabulary.to_dict(),
             "device": device,
             "batch_size": options.batch_size,

@@ -615,11 +615,11 @@ class GeometryWarmup:
             not about boundaries).
     """
 
-    max_steps: int = 1500
+    max_steps: int = 800
     min_steps: int = 100
-    target_miou: float = 0.6
+    target_miou: float = 0.4
     window: int = 20
-    prompts: int = 16
+    prompts: int = 32
     lr: float = 3e-3
     embedding_std: float = 0.1
     loss_size: int = 64
@@ -652,15 +652,17 @@ def warm_up_decoder(
     sam: Sam, warmup: GeometryWarmup, seed: int, weights: "SamLossWeights", log_every: int, progress: bool
 ) -> list[dict[str, float]]:
     """Phase 1 (see :class:`GeometryWarmup`): trains ``sam.prompt_encoder`` and ``sam.mask_decoder``
-    in place; all 4 outputs learn the geometric target. Returns the logged history rows (the last
-    row's 'step' is the number of warm-up steps run)."""
+    in place. Only output 0 learns the target: with the loss on all 4 outputs (4 random read-outs
+    pulling the shared transformer different ways) the decoder had not localised after 760 steps,
+    with output 0 alone it did after 80-180 steps (3 seeds). Returns the logged history rows (the
+    last row's 'step' is the number of warm-up steps run)."""
     from tqdm import tqdm
 
     if warmup.max_steps <= 0:
         return []
     rng = np.random.default_rng([seed, 0, SAM_TRAIN_STREAM_TAG, 1])
     params = list(sam.prompt_encoder.parameters()) + list(sam.mask_decoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=warmup.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=warmup.lr, weight_decay=0.01)
     side = sam.prompt_encoder.image_embedding_size
     channels = sam.prompt_encoder.embed_dim
     img_size = sam.image_encoder.img_size
@@ -670,8 +672,6 @@ def warm_up_decoder(
     recent: list[float] = []
     bar = tqdm(range(warmup.max_steps), desc="small SAM decoder warm-up", disable=not progress, dynamic_ncols=True)
     for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = warmup.lr * min(1.0, (step + 1) / 20)
         clicks, boxes, discs, filled = geometry_batch(rng, warmup.prompts, img_size, warmup.loss_size)
         embedding = torch.randn((1, channels, *side), generator=gen) * warmup.embedding_std
         dense_pe = sam.prompt_encoder.get_dense_pe()
@@ -685,9 +685,8 @@ def warm_up_decoder(
             logits = low_res
             if logits.shape[-2:] != target.shape[-2:]:
                 logits = F.interpolate(low_res, size=target.shape[-2:], mode="bilinear", align_corners=False)
-            t = target.expand_as(logits)
-            per_output = weights.focal * sigmoid_focal_loss(logits, t, alpha=weights.focal_alpha) + weights.dice * dice_loss(logits, t)
-            losses.append(per_output.mean())
+            single = logits[:, :1]
+            losses.append((weights.focal * sigmoid_focal_loss(single, target, alpha=weights.focal_alpha) + weights.dice * dice_loss(single, target)).mean())
             ious.append(mask_iou(logits[:, :1].detach(), target).mean())
         loss = sum(losses)
         optimizer.zero_grad(set_to_none=True)
@@ -719,7 +718,7 @@ def warm_up_decoder(
 class SamTrainConfig:
     """Small-SAM training run. Defaults reproduce the shipped checkpoint."""
 
-    steps: int = 700
+    steps: int = 600
     batch_size: int = 8
     seed: int = 0
     lr: float = 1e-3
