@@ -67,6 +67,9 @@ def _resize_ids(id_map: np.ndarray, height: int, width: int) -> np.ndarray:
     return id_map[rows[:, None], cols[None, :]]
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
 class PosSAMPredictor:
     """Loads PosSAM once and labels batches of images.
 
@@ -77,6 +80,10 @@ class PosSAMPredictor:
         train_vocabulary: the classes the heads were trained on (seen classes for FC-CLIP's ensemble).
         device: where to run.
         weight_files: {"sam": path, "clip": path, "heads": path} for identity hashes.
+        precision: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" (bf16 autocast on any
+            device, CPU included) or "fp32".
+        compile: wrap the two encoders and the heads in ``torch.compile`` (first batches of each
+            new input shape are slow while it compiles).
     """
 
     def __init__(
@@ -87,8 +94,18 @@ class PosSAMPredictor:
         train_vocabulary: Vocabulary,
         device: torch.device,
         weight_files: Optional[dict[str, Optional[str]]] = None,
+        precision: str = "auto",
+        compile: bool = False,
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.model = model.to(device).eval()
+        self.precision = precision
+        self.autocast_dtype: Optional[torch.dtype] = (
+            torch.bfloat16 if precision == "bf16" or (precision == "auto" and device.type == "cuda") else None
+        )
+        self._encode = torch.compile(self.model.encode) if compile else self.model.encode
+        self._forward_heads = torch.compile(self.model.forward_heads) if compile else self.model.forward_heads
         self.config = config
         self.vocabulary = vocabulary
         self.train_vocabulary = train_vocabulary
@@ -104,6 +121,8 @@ class PosSAMPredictor:
         device: Optional[Union[str, torch.device]] = None,
         overrides: Optional[dict[str, Any]] = None,
         load_backbones: bool = True,
+        precision: str = "auto",
+        compile: bool = False,
     ) -> "PosSAMPredictor":
         """Build from a YAML config.
 
@@ -113,6 +132,7 @@ class PosSAMPredictor:
             device: "cpu", "cuda", ... ; default CUDA when available.
             overrides: nested mapping merged over the YAML (e.g. ``{"mase": {"mode": "fc_clip"}}``).
             load_backbones: False keeps random backbone weights (tests and speed benchmarks).
+            precision, compile: see the class.
         """
         cfg = config if isinstance(config, PosSAMConfig) else load_config(config, overrides)
         dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -135,7 +155,7 @@ class PosSAMPredictor:
             "clip": cfg.resolve_path(cfg.clip.pretrained) if load_backbones and cfg.clip.pretrained and Path(cfg.resolve_path(cfg.clip.pretrained)).is_file() else None,
             "heads": heads,
         }
-        return cls(model, cfg, vocabulary, train_vocabulary, dev, files)
+        return cls(model, cfg, vocabulary, train_vocabulary, dev, files, precision=precision, compile=compile)
 
     def weights_identity(self) -> dict[str, Optional[str]]:
         """sha256 of each weight file (None for parts with random or hub weights)."""
@@ -181,12 +201,14 @@ class PosSAMPredictor:
 
     def forward_raw(self, pixels: torch.Tensor, text: TextClassifier) -> tuple[dict[str, Any], torch.Tensor]:
         """Network outputs of the final stage and the frozen-CLIP logits for padded inputs."""
-        autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with autocast:
-            sam_features, clip_features = self.model.encode(pixels)
-            outputs = self.model.forward_heads(sam_features, clip_features, text, all_stages=False)
+        dtype = self.autocast_dtype
+        with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            sam_features, clip_features = self._encode(pixels)
+            outputs = self._forward_heads(sam_features, clip_features, text, all_stages=False)
             out_logits = self.model.out_vocab_logits(outputs["pred_masks"], clip_features, text)
-        return outputs, out_logits
+        # Post-processing (softmax ensembles, thresholds, argmax) runs in float32.
+        outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
+        return outputs, out_logits.float()
 
     def _predict_batch(self, images: Sequence[np.ndarray], vocab: Vocabulary, text: TextClassifier, seen: torch.Tensor, isthing: torch.Tensor) -> list[PanopticPrediction]:
         size = self.model.sam.img_size

@@ -169,7 +169,7 @@ def test_sam_clip_baseline_through_the_pipeline(tmp_path: Path) -> None:
     listing = tmp_path / "inputs.txt"
     listing.write_text("".join(f"{demo / n}\n" for n in ("909_000000.png", "909_000001.png")))
     out = tmp_path / "out"
-    overrides = {"baseline": {"points_per_side": 8, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.5}}
+    overrides = {"baseline": {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}}
     summary = run_autolabel(
         AutolabelOptions(
             dataset=str(listing), out_dir=str(out), model="sam-clip", config_overrides=overrides,
