@@ -37,6 +37,22 @@ def test_default_model_loads_the_shipped_weights(predictor):
     assert set(predictor.train_vocabulary.names) == set(SPLITS["base"])
 
 
+def test_shipped_heads_were_trained_on_the_shipped_backbones():
+    """The heads' metadata records the sha256 of the SAM and CLIP they were trained on: retraining a
+    backbone without retraining the heads fails here."""
+    import hashlib
+    import json
+
+    from safetensors import safe_open
+
+    assets = ROOT / "possam_label" / "assets" / "small"
+    with safe_open(str(assets / "possam_small_heads.safetensors"), "pt") as f:
+        recorded = json.loads(f.metadata()["backbones_sha256"])
+    for name in ("sam", "clip"):
+        digest = hashlib.sha256((assets / f"{name}_small.safetensors").read_bytes()).hexdigest()
+        assert recorded[name] == digest, f"{name}_small.safetensors is not the backbone the shipped heads were trained on"
+
+
 @pytest.mark.slow
 def test_shipped_model_pq_on_held_out_scenes(predictor, held_out):
     results = evaluate_predictor(predictor, held_out, batch_size=8, groups=SPLITS, progress=False)
