@@ -75,7 +75,7 @@ def test_bf16_autocast_agrees_with_fp32(shipped_fp32: PosSAMPredictor) -> None:
     """bf16 autocast (the CUDA default; exercised here on CPU) against fp32 on the shipped model."""
     bf16 = PosSAMPredictor.from_config(SMALL, device="cpu", precision="bf16")
     assert bf16.autocast_dtype == torch.bfloat16 and shipped_fp32.autocast_dtype is None
-    images = _demo_images(2)
+    images = _demo_images(4)
     pixels, _ = preprocess(images, 256, shipped_fp32.config.sam.pixel_mean, torch.device("cpu"))
     text = shipped_fp32.text_classifier(shipped_fp32.vocabulary)
     with torch.inference_mode():
@@ -90,8 +90,8 @@ def test_bf16_autocast_agrees_with_fp32(shipped_fp32: PosSAMPredictor) -> None:
     out_ref, out_low = ref_out.softmax(-1), low_out.softmax(-1)
     assert (out_ref - out_low).abs().max() < BF16_PROB_TOL
     # Final panoptic labels: the category of almost every pixel is the same.
-    a = shipped_fp32.predict(images, batch_size=2)
-    b = bf16.predict(images, batch_size=2)
+    a = shipped_fp32.predict(images, batch_size=4)
+    b = bf16.predict(images, batch_size=4)
     for pa, pb in zip(a, b):
         cat_a = _category_map(pa)
         cat_b = _category_map(pb)
@@ -103,12 +103,14 @@ def _category_map(prediction) -> np.ndarray:
     return np.vectorize(lut.get)(prediction.panoptic_map)
 
 
-# Measured on the shipped small model and the demo images (see the closing note of the speed
-# issue); tolerances leave a margin over the measured differences.
-BF16_PROB_TOL = 0.15
-BF16_IOU_TOL = 0.1
-BF16_MASK_AGREEMENT = 0.97
-BF16_PIXEL_AGREEMENT = 0.9
+# Measured on the shipped small model and the 4 demo images (CPU bf16 autocast): largest class
+# probability difference 0.087 (in-vocabulary) and 0.054 (frozen CLIP), mask-quality difference
+# 0.072, binarised masks 99.94 % equal, final category maps >= 99.95 % equal. Tolerances leave
+# room for other CPUs' bf16 kernels.
+BF16_PROB_TOL = 0.2
+BF16_IOU_TOL = 0.15
+BF16_MASK_AGREEMENT = 0.99
+BF16_PIXEL_AGREEMENT = 0.99
 
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile on CPU needs a C compiler")

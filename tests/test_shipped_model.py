@@ -15,9 +15,11 @@ from possam_label.predictor import PosSAMPredictor
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = yaml.safe_load((ROOT / "possam_label" / "assets" / "synthetic_world" / "splits.yaml").read_text())
 # Lower bounds from the measured PQ of the shipped weights on these 40 scenes (seed 4242, never
-# used in training), with a margin; the targets (60 base / 30 novel) are not reached yet.
-MIN_PQ_BASE = 0.15  # measured 0.220 (MASE)
-MIN_PQ_NOVEL = 0.03  # measured 0.063 (MASE; in-vocabulary only: 0.000)
+# used in training), with a margin; the targets (60 base / 30 novel) are not reached yet
+# (stuff PQ 83, things PQ 3: see the README).
+MIN_PQ_BASE = 0.30  # measured 0.365 (MASE)
+MIN_PQ_NOVEL = 0.08  # measured 0.120 (MASE; in-vocabulary only: 0.005)
+MIN_MASE_GAIN_NOVEL = 0.05  # measured 0.115
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +62,7 @@ def test_shipped_model_pq_on_held_out_scenes(predictor, held_out):
     assert base["n"] >= 10 and novel["n"] >= 3
     assert base["pq"] >= MIN_PQ_BASE, results["groups"]
     assert novel["pq"] >= MIN_PQ_NOVEL, results["groups"]
+    # MASE's frozen-CLIP branch names the novel classes the heads never saw.
+    in_vocab = PosSAMPredictor.from_config(DEFAULT_CONFIG, device="cpu", overrides={"mase": {"mode": "in_vocab"}})
+    in_vocab_novel = evaluate_predictor(in_vocab, held_out, batch_size=8, groups=SPLITS, progress=False)["groups"]["novel"]
+    assert novel["pq"] >= in_vocab_novel["pq"] + MIN_MASE_GAIN_NOVEL, (results["groups"], in_vocab_novel)
