@@ -111,22 +111,27 @@ def prepare_inputs(dataset: str, num_images: int, workdir: Path) -> list[str]:
     return paths
 
 
-def benchmark_config(config: str, random_weights: bool, workdir: Path) -> str:
+def benchmark_config(config: str, random_weights: bool, workdir: Path, overrides: Optional[dict[str, Any]] = None) -> str:
     """The config to benchmark; with ``random_weights`` a copy without weight files (same speed,
-    usable before the weights exist)."""
-    if not random_weights:
+    usable before the weights exist); ``overrides`` (``--set``) are merged into the copy."""
+    if not random_weights and not overrides:
         return config
+    from possam_label.config import merge
+
     with open(config, "r", encoding="utf-8") as fh:
         data = yaml.safe_load(fh) or {}
-    data.setdefault("sam", {})["checkpoint"] = None
-    data.setdefault("clip", {})["pretrained"] = None
-    data["checkpoint"] = None
+    data = merge(data, overrides or {})
+    if random_weights:
+        data.setdefault("sam", {})["checkpoint"] = None
+        data.setdefault("clip", {})["pretrained"] = None
+        data["checkpoint"] = None
     # The copy lives elsewhere: make file references relative to the original config absolute.
     base = Path(config).resolve().parent
-    for key in ("vocabulary", "train_vocabulary"):
-        value = data.get(key)
+    for section, key in ((None, "vocabulary"), (None, "train_vocabulary"), (None, "checkpoint"), ("sam", "checkpoint"), ("clip", "pretrained")):
+        holder = data if section is None else data.get(section) or {}
+        value = holder.get(key)
         if isinstance(value, str) and "," not in value and (base / value).exists():
-            data[key] = str((base / value).resolve())
+            holder[key] = str((base / value).resolve())
     path = workdir / f"{Path(config).stem}_random.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return str(path)
@@ -406,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="PosSAM model-only precision: auto = bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--compile", dest="compile_model", action="store_true", help="torch.compile PosSAM's encoders and heads in the model-only paths")
+    parser.add_argument(
+        "--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one config value for every path, e.g. --set baseline.pred_iou_thresh=0.5 (repeatable; YAML data)",
+    )
     parser.add_argument("--flops", action="store_true", help="count FLOPs per image (PosSAM, and the baseline if measured) and report the compute bound")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak TFLOP/s for the bound (default: known GPUs' bf16 dense peak; none on CPU)")
@@ -430,7 +439,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.config = str(DEFAULT_CONFIG)
     with tempfile.TemporaryDirectory(prefix="possam_bench_", dir=args.workdir) as tmp:
         workdir = Path(tmp)
-        config = benchmark_config(args.config, args.random_weights, workdir)
+        from possam_label.config import parse_assignments
+
+        config = benchmark_config(args.config, args.random_weights, workdir, parse_assignments(args.assignments))
         inputs = prepare_inputs(args.dataset, args.num_images, workdir)
         threads = args.torch_threads or default_torch_threads(args.num_cpus or os.cpu_count() or 1, 1)
         runs: dict[str, list[dict[str, Any]]] = {p: [] for p in paths_to_run}
@@ -458,6 +469,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "machine": machine_description(),
         "config": args.config,
         "random_weights": args.random_weights,
+        "overrides": args.assignments,
         "batch_size": args.batch_size,
         "torch_threads": threads,
         "num_images": args.num_images,

@@ -33,6 +33,9 @@ def test_benchmark_side_by_side_with_memory_and_flops(tmp_path: Path) -> None:
         [
             "--config", str(TINY), "--random-weights", "--dataset", str(DEMO), "--num-images", "2", "--batch-size", "2",
             "--paths", "model_only_presized,sam_clip", "--flops", "--peak-tflops", "1.0", "--json", str(out),
+            # The baseline keeps every mask of the random tiny SAM, so its CLIP stage runs too.
+            "--set", "baseline.pred_iou_thresh=0.0", "--set", "baseline.stability_score_thresh=0.0",
+            "--set", "baseline.points_per_side=8", "--set", "postprocess.overlap_threshold=0.01",
         ]
     )
     assert rc == 0
@@ -44,6 +47,8 @@ def test_benchmark_side_by_side_with_memory_and_flops(tmp_path: Path) -> None:
     (baseline_run,) = result["runs"]["sam_clip"]
     assert possam_run["model"] == "possam" and baseline_run["model"] == "sam-clip"
     assert possam_run["images"] == baseline_run["images"] == 2
+    assert baseline_run["segments"] > 0
+    assert result["overrides"][0] == "baseline.pred_iou_thresh=0.0"
     # Each model-only path ran in its own process: a real, plausible resident-set peak.
     assert all(100 < mb < 20_000 for mb in result["peak_memory_mb"].values())
     flops = result["flops"]
