@@ -84,13 +84,17 @@ def test_unique_inputs_and_stable_ids(tmp_path: Path) -> None:
 
 
 def test_resume_compatibility_and_thread_rules() -> None:
-    from possam_label.engine.autolabel import _config_differences, default_torch_threads
+    from possam_label.engine.autolabel import _NON_INFERENCE_CONFIG_SECTIONS, _config_differences, default_torch_threads
 
     before = {"sam": {"img_size": 128, "depth": 2}, "train": {"lr": 1.0}, "mase": {"alpha": 0.4}}
     after = {"sam": {"img_size": 128, "depth": 2}, "train": {"lr": 2.0}, "mase": {"alpha": 0.5}, "baseline": {"x": 1}}
     # Training settings and sections added by a newer code version do not block a resume.
-    assert _config_differences(before, after) == ["mase.alpha"]
+    assert _config_differences(before, after, skip=_NON_INFERENCE_CONFIG_SECTIONS["possam"]) == ["mase.alpha"]
     assert _config_differences(before, before) == []
+    # The baseline's settings matter to a sam-clip run, not to a PosSAM run.
+    changed_baseline = {**after, "baseline": {"x": 2}}
+    assert _config_differences(after, changed_baseline, skip=_NON_INFERENCE_CONFIG_SECTIONS["possam"]) == []
+    assert _config_differences(after, changed_baseline, skip=_NON_INFERENCE_CONFIG_SECTIONS["sam-clip"]) == ["baseline.x"]
     assert default_torch_threads(2, 1) == 1 and default_torch_threads(16, 1) == 15 and default_torch_threads(16, 4) == 3
     assert default_torch_threads(1, 1) == 1
 
@@ -175,7 +179,7 @@ def test_model_stage_isolates_a_failing_image(monkeypatch: pytest.MonkeyPatch) -
     from possam_label.vocab import load_vocabulary
 
     actor = PanopticModelActor(
-        config_path=str(Path(__file__).parents[1] / "configs" / "possam_tiny.yaml"), config_rel=None, checkpoint=None,
+        model="possam", config_overrides=None, config_path=str(Path(__file__).parents[1] / "configs" / "possam_tiny.yaml"), config_rel=None, checkpoint=None,
         checkpoint_rel=None, vocabulary=load_vocabulary("cat,dog,grass [stuff]").to_dict(), device="cpu", batch_size=4, torch_threads=1,
     )
     real_predict = actor.predictor.predict
