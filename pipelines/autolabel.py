@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 
+from pipelines._cli import add_set_argument
 from possam_label.engine.autolabel import AutolabelError, AutolabelOptions, AutolabelSummary, run_autolabel
 from possam_label.io.images import DEFAULT_MAX_PIXELS
 from possam_label.io.tables import OutputDirError
@@ -49,11 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'cat,dog,grass [stuff]' (default: the config's vocabulary)",
     )
     parser.add_argument("--config", default=None, help="PosSAM YAML config (default: the shipped default config)")
-    parser.add_argument(
-        "--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override one config value, e.g. --set baseline.points_per_side=16 --set mase.mode=fc_clip "
-        "(repeatable; values are YAML data)",
-    )
+    add_set_argument(parser, "--set baseline.points_per_side=16 --set mase.mode=fc_clip")
     parser.add_argument(
         "--model", choices=("possam", "sam-clip"), default="possam",
         help="possam: PosSAM (one pass of each encoder per image, trained heads); sam-clip: the training-free "
@@ -150,13 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
         print("error: --gpus-per-worker must be >= 0", file=sys.stderr)
         return 2
-    from possam_label.config import ConfigError, parse_assignments
+    from possam_label.config import parse_assignments
 
-    try:
-        overrides = parse_assignments(args.assignments)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    overrides = parse_assignments(args.assignments)
     options = AutolabelOptions(
         dataset=args.dataset,
         out_dir=args.out,

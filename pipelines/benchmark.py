@@ -42,6 +42,8 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from pipelines._cli import add_set_argument
+
 logger = logging.getLogger("pipelines.benchmark")
 
 
@@ -411,10 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="PosSAM model-only precision: auto = bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--compile", dest="compile_model", action="store_true", help="torch.compile PosSAM's encoders and heads in the model-only paths")
-    parser.add_argument(
-        "--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override one config value for every path, e.g. --set baseline.pred_iou_thresh=0.5 (repeatable; YAML data)",
-    )
+    add_set_argument(parser, "--set baseline.pred_iou_thresh=0.5 (applies to every path)")
     parser.add_argument("--flops", action="store_true", help="count FLOPs per image (PosSAM, and the baseline if measured) and report the compute bound")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak TFLOP/s for the bound (default: known GPUs' bf16 dense peak; none on CPU)")

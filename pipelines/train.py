@@ -13,6 +13,8 @@ import json
 import logging
 import sys
 
+from pipelines._cli import add_set_argument
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,21 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-iters", type=int, default=None, help="override train.max_iters")
     parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size (global, split over workers)")
     parser.add_argument("--cache-features", action="store_true", help="encode the training set once with the frozen backbones and train on cached features (no augmentation; sets train.cache_features)")
-    parser.add_argument(
-        "--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override one config value, e.g. --set train.lr=1e-3 --set train.lr_steps=[800,950] (repeatable; values are YAML data)",
-    )
+    add_set_argument(parser, "--set train.lr=1e-3 --set train.lr_steps=[800,950]")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from possam_label.config import ConfigError, merge, parse_assignments
+    from possam_label.config import merge, parse_assignments
     from possam_label.engine.train import run_training
 
-    try:
-        overrides: dict = merge({"train": {}}, parse_assignments(args.assignments))
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    overrides: dict = merge({"train": {}}, parse_assignments(args.assignments))
     if args.max_iters is not None:
         overrides["train"]["max_iters"] = args.max_iters
     if args.cache_features:
