@@ -81,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         "if set (as under 'ray job submit'), else start a local Ray",
     )
     parser.add_argument(
-        "--wait-for-workers", type=float, default=900.0, metavar="SECONDS",
+        "--wait-for-workers", type=float, default=None, metavar="SECONDS",
         help="wait this long for all model workers to start before labeling, and fail clearly if the cluster cannot "
-        "host them (0: start with the first ready worker)",
+        "host them (0: start with the first ready worker; default: 0 when the cluster has the resources for all "
+        "workers now, so images are decoded while the model loads, else 900)",
     )
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all); ignored with a cluster")
     mode = parser.add_mutually_exclusive_group()

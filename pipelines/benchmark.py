@@ -307,6 +307,11 @@ def measure_pipeline(
         "images_per_second_with_model_load": summary.images_per_second,
         "startup_seconds": summary.startup_seconds,
         "max_result_lag_seconds": summary.max_result_lag_seconds,
+        # Model time inside the pipeline: per image (compare with 1 / model_only's rate: higher
+        # means the model was slowed by the other stages) and as a share of the steady wall time
+        # (below 1 means the model waited for input or for the consumer).
+        "model_seconds_per_image": summary.model_seconds / max(1, summary.ok),
+        "model_busy_fraction": summary.model_seconds / max(1, run["execution"]["workers"]) * summary.steady_images_per_second / max(1, summary.processed),
         "wall_seconds_with_ray_start": wall,
         # Includes the model actor's start-up (imports, model build), which model_only excludes.
         "cpu_seconds_per_image": cpu_seconds / max(1, summary.processed),
@@ -508,6 +513,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     result["cpu_seconds_per_image"] = {name: statistics.median(r["cpu_seconds_per_image"] for r in rs) for name, rs in runs.items()}
     for name, rate in result["images_per_second"].items():
         print(f"  {name:<20} {rate:8.2f} images/s  {result['cpu_seconds_per_image'][name]:6.3f} CPU s/image  (median of {len(runs[name])})")
+        if name == "pipeline":
+            busy = statistics.median(r["model_busy_fraction"] for r in runs[name])
+            inside = statistics.median(r["model_seconds_per_image"] for r in runs[name])
+            print(f"  {'':<20} model busy {busy:.1%} of the steady time, {inside:.3f} s/image inside the pipeline")
     for name, mb in result["peak_memory_mb"].items():
         print(f"  peak memory {name:<20} {mb:9.0f} MB")
     for key in ("pipeline_over_model_only", "pipeline_over_model_only_presized"):

@@ -99,6 +99,17 @@ def test_resume_compatibility_and_thread_rules() -> None:
     assert default_torch_threads(1, 1) == 1
 
 
+def test_actors_fit_decides_the_wait_for_workers() -> None:
+    from possam_label.engine.autolabel import _actors_fit
+
+    # One CPU actor plus a half-CPU decode/encode task.
+    assert _actors_fit({"CPU": 2.0}, 1, 0.0, None) and not _actors_fit({"CPU": 1.0}, 1, 0.0, None)
+    assert _actors_fit({"CPU": 8.0, "GPU": 2.0}, 4, 0.5, None) and not _actors_fit({"CPU": 8.0, "GPU": 1.0}, 4, 0.5, None)
+    assert not _actors_fit({"CPU": 8.0}, 1, 1.0, None)  # GPUs asked for, none in the cluster
+    assert _actors_fit({"CPU": 4.0, "labeler": 2.0}, 2, 0.0, {"labeler": 1})
+    assert not _actors_fit({"CPU": 4.0}, 1, 0.0, {"labeler": 1})
+
+
 # ------------------------------------------------------------------------------ encoding
 def _three_segment_map() -> tuple[np.ndarray, list[dict]]:
     id_map = np.zeros((32, 48), dtype=np.int32)
@@ -150,6 +161,7 @@ def test_encode_batch_outputs_agree_with_each_other() -> None:
         "model_identity": np.array(["{}", "{}"]),
         "model_ready_at": np.array([1.0, 1.0]),
         "model_done_at": np.array([2.0, 2.0]),
+        "model_seconds": np.array([0.25, 0.0]),
     }
     out = encode_batch(batch, min_score=0.0)
     assert out["status"].tolist() == ["ok", "error"] and out["num_segments"].tolist() == [3, 0]

@@ -32,7 +32,7 @@ def test_benchmark_side_by_side_with_memory_and_flops(tmp_path: Path) -> None:
     rc = benchmark.main(
         [
             "--config", str(TINY), "--random-weights", "--dataset", str(DEMO), "--num-images", "2", "--batch-size", "2",
-            "--paths", "model_only_presized,sam_clip", "--flops", "--peak-tflops", "1.0", "--json", str(out),
+            "--paths", "model_only_presized,sam_clip,pipeline", "--flops", "--peak-tflops", "1.0", "--json", str(out),
             # The baseline keeps every mask of the random tiny SAM, so its CLIP stage runs too.
             "--set", "baseline.pred_iou_thresh=0.0", "--set", "baseline.stability_score_thresh=0.0",
             "--set", "baseline.points_per_side=8", "--set", "postprocess.overlap_threshold=0.01",
@@ -41,13 +41,19 @@ def test_benchmark_side_by_side_with_memory_and_flops(tmp_path: Path) -> None:
     assert rc == 0
     result = json.loads(out.read_text())
     rates = result["images_per_second"]
-    assert set(rates) == {"model_only_presized", "sam_clip"} and all(r > 0 for r in rates.values())
+    assert set(rates) == {"model_only_presized", "sam_clip", "pipeline"} and all(r > 0 for r in rates.values())
     assert result["model_only_presized_over_sam_clip"] == pytest.approx(rates["model_only_presized"] / rates["sam_clip"])
     (possam_run,) = result["runs"]["model_only_presized"]
     (baseline_run,) = result["runs"]["sam_clip"]
     assert possam_run["model"] == "possam" and baseline_run["model"] == "sam-clip"
     assert possam_run["images"] == baseline_run["images"] == 2
     assert baseline_run["segments"] > 0
+    (pipeline_run,) = result["runs"]["pipeline"]
+    assert pipeline_run["images"] == pipeline_run["ok"] == 2
+    # The model's own time inside the pipeline, and its share of the steady wall time.
+    assert 0 < pipeline_run["model_seconds_per_image"] and 0 < pipeline_run["model_busy_fraction"] <= 1.05
+    # A local Ray can host the one model actor: no blocking wait, images decode while it loads.
+    assert pipeline_run["execution"]["wait_for_workers_s"] == 0.0
     assert result["overrides"][0] == "baseline.pred_iou_thresh=0.0"
     # Each model-only path ran in its own process: a real, plausible resident-set peak.
     assert all(100 < mb < 20_000 for mb in result["peak_memory_mb"].values())

@@ -58,6 +58,7 @@ PLACEHOLDER_MAP = np.zeros((1, 1), dtype=np.int32)
 # different from the model actor's keeps Ray from fusing decoding into the model actor (fusion
 # needs equal remote args), so decoding of the next batch overlaps inference of this one.
 CPU_STAGE_CPUS = 0.5
+DEFAULT_WAIT_FOR_WORKERS_S = 900.0
 MAX_INPUT_BLOCKS = 10_000
 
 
@@ -325,6 +326,7 @@ class PanopticModelActor:
                 "model_identity": [self.identity] * len(status),
                 "model_ready_at": [self.ready_at] * len(status),
                 "model_done_at": [time.time()] * len(status),
+                "model_seconds": [per_image if i in ok_rows else 0.0 for i in range(len(status))],
             }
         )
 
@@ -452,6 +454,7 @@ def encode_batch(batch: dict[str, Any], min_score: float) -> dict[str, Any]:
             "model_identity": _column(batch, "model_identity"),
             "model_ready_at": _column(batch, "model_ready_at"),
             "model_done_at": _column(batch, "model_done_at"),
+            "model_seconds": _column(batch, "model_seconds"),
         }
     )
 
@@ -485,7 +488,9 @@ class AutolabelOptions:
         wait_for_workers_s: wait this long for every model actor to be up before labeling starts
             (work then spreads over all of them from the first batch), and fail with a clear error
             when the cluster cannot host ``workers`` actors in that time; 0 starts on the first
-            ready actor and waits for the rest silently.
+            ready actor and waits for the rest silently. None (default): 0 when the cluster's
+            resources can host all the actors now (images are then decoded while the model
+            loads), else :data:`DEFAULT_WAIT_FOR_WORKERS_S` (autoscaling or busy clusters).
         mode: "new" | "resume" | "overwrite".
         retry_errors: with ``mode="resume"``, label again the images whose committed row is an error.
         min_score: segments with a lower MASE score are dropped (their pixels become void).
@@ -514,7 +519,7 @@ class AutolabelOptions:
     worker_resources: Optional[dict[str, float]] = None
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
-    wait_for_workers_s: float = 900.0
+    wait_for_workers_s: Optional[float] = None
     mode: str = "new"
     retry_errors: bool = False
     min_score: float = 0.0
@@ -556,6 +561,9 @@ class AutolabelSummary:
     steady_images_per_second: float = 0.0
     startup_seconds: float = 0.0
     max_result_lag_seconds: float = 0.0  # longest delay from a model output to its arrival at the driver
+    # Summed over model actors: seconds inside the model's predict. Against the steady wall time
+    # this tells a starved model (idle between batches) from a slowed one (CPU contention).
+    model_seconds: float = 0.0
     error_reasons: dict[str, int] = field(default_factory=dict)
     complete: bool = True
 
@@ -661,6 +669,7 @@ class _PipelineStats:
     first_result_at: Optional[float] = None
     last_commit_at: Optional[float] = None
     max_result_lag: float = 0.0  # longest model-output -> driver delay seen
+    model_seconds: float = 0.0  # summed over actors: time inside the model's predict
 
     def images_per_second(self) -> float:
         if not self.processed or self.last_commit_at is None:
@@ -821,6 +830,7 @@ def run_autolabel(options: AutolabelOptions) -> AutolabelSummary:
             steady_images_per_second=stats.steady_images_per_second(),
             startup_seconds=stats.startup_seconds(),
             max_result_lag_seconds=stats.max_result_lag,
+            model_seconds=stats.model_seconds,
             error_reasons=dict(reasons),
             complete=complete,
         )
@@ -903,6 +913,17 @@ def _weights_of(identity: str) -> dict[str, Any]:
     return json.loads(identity)["weights"]
 
 
+def _actors_fit(resources: dict[str, float], workers: int, gpus_per_worker: float, worker_resources: Optional[dict[str, float]]) -> bool:
+    """Whether the cluster's total resources (``ray.cluster_resources()``) can host ``workers``
+    model actors (1 CPU each, plus their GPUs and custom resources) beside one CPU task."""
+    needed: dict[str, float] = {"CPU": workers * 1.0 + CPU_STAGE_CPUS}
+    if gpus_per_worker > 0:
+        needed["GPU"] = workers * gpus_per_worker
+    for name, amount in (worker_resources or {}).items():
+        needed[name] = needed.get(name, 0.0) + workers * float(amount)
+    return all(float(resources.get(name, 0.0)) >= amount for name, amount in needed.items())
+
+
 def _run_pipeline(
     options: AutolabelOptions,
     store: OutputStore,
@@ -947,9 +968,15 @@ def _run_pipeline(
     context = ray.data.DataContext.get_current()
     saved_context = {"enable_progress_bars": context.enable_progress_bars}
     context.enable_progress_bars = False  # our own bar below counts committed images
-    if options.wait_for_workers_s > 0 and hasattr(context, "wait_for_min_actors_s"):
+    wait_s = options.wait_for_workers_s
+    if wait_s is None:
+        # Ray Data's blocking wait for the actors also holds back the decode stage, so it is
+        # only worth it when the actors may not fit yet.
+        wait_s = 0.0 if _actors_fit(resources, workers, gpus_per_worker, options.worker_resources) else DEFAULT_WAIT_FOR_WORKERS_S
+    run_record["execution"]["wait_for_workers_s"] = wait_s
+    if wait_s > 0 and hasattr(context, "wait_for_min_actors_s"):
         saved_context["wait_for_min_actors_s"] = context.wait_for_min_actors_s
-        context.wait_for_min_actors_s = int(math.ceil(options.wait_for_workers_s))
+        context.wait_for_min_actors_s = int(math.ceil(wait_s))
     # One input block per batch keeps decoding parallel; past MAX_INPUT_BLOCKS blocks carry
     # several batches each (a decode task streams them out one batch at a time).
     num_blocks = max(1, min(MAX_INPUT_BLOCKS, math.ceil(len(pending) / options.batch_size)))
@@ -1023,6 +1050,7 @@ def _run_pipeline(
                     logger.warning("dropping a repeated result for %s (Ray retried its task)", row["file_path"])
                     continue
                 seen.add(image_id)
+                stats.model_seconds += float(row["model_seconds"])
                 identity = str(row["model_identity"])
                 if identity and identity not in identities:
                     identities.add(identity)
