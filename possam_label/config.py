@@ -147,6 +147,10 @@ class LDPConfig:
     use_query_embedding: bool = True
     logit_scale_init: float = 1.0 / 0.07
     logit_scale_max: float = 100.0
+    # Add an embedding of each mask's outline (cropped, resized, small CNN) to the pooled one:
+    # the geometry mask pooling discards. Off in the paper's design.
+    shape_encoder: bool = False
+    shape_crop_size: int = 24
 
 
 @dataclass
@@ -221,6 +225,9 @@ class TrainConfig:
     # Encode every training image once with the frozen backbones and train the heads on the
     # cached features (no augmentation then). Makes CPU training of small models affordable.
     cache_features: bool = False
+    # Start a new run from these head weights (fine-tuning, or a module newly switched on):
+    # tensors whose name and shape match are loaded, the rest keep their initialisation.
+    init_heads: Optional[str] = None
     checkpoint_every: int = 5000
     log_every: int = 20
     num_workers: int = 2  # data-loader processes per trainer worker
@@ -263,7 +270,11 @@ class PosSAMConfig:
             "pixel_decoder": dataclasses.asdict(self.pixel_decoder),
             "decoder": dataclasses.asdict(self.decoder),
             "iou_head": dataclasses.asdict(self.iou_head),
-            "ldp": {k: v for k, v in dataclasses.asdict(self.ldp).items() if k != "logit_scale_init"},
+            "ldp": {
+                k: v for k, v in dataclasses.asdict(self.ldp).items()
+                # Shape-encoder keys only when it is on: checkpoints made before it existed still match.
+                if k != "logit_scale_init" and (self.ldp.shape_encoder or not k.startswith("shape_"))
+            },
         }
 
     def resolve_path(self, value: Optional[str]) -> Optional[str]:

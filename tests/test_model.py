@@ -233,6 +233,59 @@ def test_head_checkpoint_roundtrip_and_mismatch(tmp_path, tiny_cfg, vocab):
         load_heads(PosSAM.from_config(other), path, other)
 
 
+def test_mask_shape_encoder_sees_outlines_not_positions():
+    from possam_label.model.mask_shape import MaskShapeEncoder
+
+    torch.manual_seed(0)
+    encoder = MaskShapeEncoder(hidden_dim=32, crop_size=16)
+    logits = torch.full((1, 4, 64, 64), -10.0)
+    logits[0, 0, 5:15, 5:25] = 10.0  # a 10x20 rectangle ...
+    logits[0, 1, 40:50, 30:50] = 10.0  # ... the same rectangle elsewhere
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    logits[0, 2][((yy - 30) / 5) ** 2 + ((xx - 30) / 10) ** 2 <= 1] = 10.0  # an ellipse with the same box
+    # query 3: empty mask (its box is the whole map)
+    boxes = MaskShapeEncoder.boxes(logits[0] > 0)
+    assert boxes[0].tolist() == [5, 5, 25, 15] and boxes[1].tolist() == [30, 40, 50, 50]
+    assert boxes[3].tolist() == [0, 0, 64, 64]
+    out = encoder(logits)
+    assert out.shape == (1, 4, 32) and torch.isfinite(out).all()
+    assert torch.allclose(out[0, 0], out[0, 1], atol=1e-5)  # translation does not matter
+    assert (out[0, 0] - out[0, 2]).abs().max() > 1e-3  # the outline does
+    # The masks get no gradient through it; its own weights do.
+    logits.requires_grad_(True)
+    encoder(logits).sum().backward()
+    assert logits.grad is None or not logits.grad.any()
+    assert all(p.grad is not None for p in encoder.parameters())
+
+
+def test_shape_encoder_switch_and_warm_start(tmp_path, tiny_cfg, vocab):
+    from possam_label.train.trainer import init_heads_from
+
+    torch.manual_seed(4)
+    plain = PosSAM.from_config(tiny_cfg)
+    path = tmp_path / "plain.safetensors"
+    save_heads(plain, path, tiny_cfg, vocab)
+    # Off (the default) keeps the identity of checkpoints made before the switch existed.
+    assert "shape_encoder" not in tiny_cfg.model_identity()["ldp"] and plain.ldp.shape_encoder is None
+    shaped_cfg = load_config(TINY, {"ldp": {"shape_encoder": True}})
+    shaped = PosSAM.from_config(shaped_cfg)
+    assert shaped_cfg.model_identity()["ldp"]["shape_encoder"] is True
+    with pytest.raises(WeightsError, match="ldp.shape_encoder"):
+        load_heads(shaped, path, shaped_cfg)
+    # train.init_heads loads what matches and reports what keeps its initialisation.
+    fresh = {k: v.clone() for k, v in shaped.heads_state_dict().items()}
+    new = init_heads_from(shaped, path)
+    assert new and all(k.startswith("ldp.shape_encoder.") for k in new)
+    state = shaped.heads_state_dict()
+    for key, value in plain.heads_state_dict().items():
+        assert torch.equal(state[key], value), key
+    assert all(torch.equal(state[k], fresh[k]) for k in new)
+    text = shaped.clip.text_classifier(vocab)
+    with torch.no_grad():
+        out = shaped.forward_heads(*shaped.encode(torch.rand(1, 3, 128, 128) * 255), text)
+    assert out["pred_logits"].shape[-1] == len(vocab) + 1
+
+
 def test_command_line_assignments_are_data():
     overrides = parse_assignments(["train.lr=1e-3", "train.lr_steps=[800, 950]", "mase.mode=fc_clip", "decoder.num_queries=12"])
     assert overrides == {"train": {"lr": 1e-3, "lr_steps": [800, 950]}, "mase": {"mode": "fc_clip"}, "decoder": {"num_queries": 12}}

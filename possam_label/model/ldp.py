@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ from torch import nn
 
 from .clip_backbone import TextClassifier
 from .common import MLP, masked_average_pool
+from .mask_shape import MaskShapeEncoder
 
 FUSIONS = ("pixel_add", "pixel_gated", "pool_then_fuse")
 
@@ -32,6 +34,8 @@ class LocalDiscriminativePooling(nn.Module):
         use_query_embedding: add the query output before the MLP.
         logit_scale_init: initial temperature (exp of the learnt log scale).
         logit_scale_max: clamp of the temperature.
+        shape_encoder: adds an embedding of each mask's outline to g (``ldp.shape_encoder``;
+            None: the pooled features only, as in the paper).
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class LocalDiscriminativePooling(nn.Module):
         use_query_embedding: bool,
         logit_scale_init: float,
         logit_scale_max: float,
+        shape_encoder: Optional[MaskShapeEncoder] = None,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -61,6 +66,7 @@ class LocalDiscriminativePooling(nn.Module):
         self.void_embedding = nn.Embedding(1, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
         self.logit_scale_max = logit_scale_max
+        self.shape_encoder = shape_encoder
 
     def fuse(self, mask_features: torch.Tensor, clip_features: torch.Tensor) -> torch.Tensor:
         """Per-pixel fusion, computed once per image for all decoder stages.
@@ -106,6 +112,8 @@ class LocalDiscriminativePooling(nn.Module):
         g = self.pool_proj(self.pool_norm(pooled))
         if self.use_query_embedding:
             g = g + queries
+        if self.shape_encoder is not None:
+            g = g + self.shape_encoder(mask_logits)
         return self.embed(g)
 
     def scale(self) -> torch.Tensor:

@@ -16,6 +16,7 @@ from .clip_backbone import CLIPBackbone, TextClassifier
 from .common import masked_average_pool
 from .heads import MaskHead, MaskQualityHead
 from .ldp import LocalDiscriminativePooling
+from .mask_shape import MaskShapeEncoder
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .pyramid import SimpleFeaturePyramid
 from .sam_backbone import SAMBackbone
@@ -112,6 +113,7 @@ class PosSAM(nn.Module):
             use_query_embedding=cfg.ldp.use_query_embedding,
             logit_scale_init=cfg.ldp.logit_scale_init,
             logit_scale_max=cfg.ldp.logit_scale_max,
+            shape_encoder=MaskShapeEncoder(dc.hidden_dim, cfg.ldp.shape_crop_size) if cfg.ldp.shape_encoder else None,
         )
         return cls(sam, clip, pyramid, pixel_decoder, decoder, quality, ldp)
 

@@ -18,6 +18,7 @@ from torch import nn
 from ..config import PosSAMConfig, TrainConfig
 from ..model.clip_backbone import TextClassifier
 from ..model.possam import PosSAM, load_heads, save_heads
+from ..model.weights import WeightsError
 from .criterion import SetCriterion, total_loss
 from .matcher import HungarianMatcher
 
@@ -215,6 +216,28 @@ def save_training_checkpoint(
     for path in old:
         shutil.rmtree(path, ignore_errors=True)
     return final
+
+
+def init_heads_from(model: PosSAM, path: str | Path) -> list[str]:
+    """Load the head tensors of ``path`` whose name and shape match ``model``'s (``train.init_heads``).
+
+    Unlike :func:`load_heads` the architectures may differ. Returns the names of the model's head
+    tensors that were not in the file (they keep their initialisation).
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".safetensors":
+        raise WeightsError(f"train.init_heads: {path} is not a .safetensors file")
+    reference = model.heads_state_dict()
+    loaded = load_file(str(path))
+    matching = {k: v.to(reference[k].dtype) for k, v in loaded.items() if k in reference and v.shape == reference[k].shape}
+    if not matching:
+        raise WeightsError(f"train.init_heads: {path} has no tensor matching this model's heads")
+    model.load_state_dict(matching, strict=False)
+    new = sorted(set(reference) - set(matching))
+    logger.info("initialised %d head tensors from %s; %d keep their initialisation", len(matching), path, len(new))
+    return new
 
 
 def latest_checkpoint(out_dir: str | Path) -> Optional[Path]:
