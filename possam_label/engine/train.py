@@ -156,7 +156,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if resume is not None:
         start = load_training_checkpoint(resume, model, optimizer, cfg)
     elif cfg.train.init_heads:
-        init_heads_from(model, cfg.resolve_path(cfg.train.init_heads))
+        init_heads_from(model, cfg.train.init_heads)  # made absolute by run_training
     heads = ray.train.torch.prepare_model(HeadsForward(model), move_to_device=False) if world > 1 else HeadsForward(model)
 
     data = TrainData(**loop_config["data"])

@@ -37,7 +37,8 @@ class MaskShapeEncoder(nn.Module):
 
     @staticmethod
     def boxes(masks: torch.Tensor) -> torch.Tensor:
-        """Tight boxes of binary masks.
+        """Tight boxes of binary masks, all at once (torchvision's ``masks_to_boxes`` loops over the
+        masks in Python and fails on empty ones; every stage of every training step calls this).
 
         Args:
             masks: (N, H, W) bool.
@@ -70,16 +71,12 @@ class MaskShapeEncoder(nn.Module):
         # Always float32: under bf16 autocast the crops' small convolutions drift by several
         # percent, and the class depends on this embedding alone for shapes.
         with torch.autocast(device_type=mask_logits.device.type, enabled=False):
-            return self._embed(mask_logits.detach().float(), b, q, h, w)
-
-    def _embed(self, mask_logits: torch.Tensor, b: int, q: int, h: int, w: int) -> torch.Tensor:
-        probs = mask_logits.sigmoid().reshape(b * q, 1, h, w)
-        boxes = self.boxes(probs[:, 0] > 0.5)
-        indexed = torch.cat([torch.arange(b * q, device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1)
-        crops = roi_align(probs, indexed, output_size=self.crop_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-        feats = self.convs(crops).mean(dim=(2, 3))
-        box_w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1.0)
-        box_h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1.0)
-        geometry = torch.stack([torch.log(box_w / box_h), torch.log(box_w * box_h / (h * w))], dim=1)
-        return self.proj(torch.cat([feats, geometry], dim=1)).view(b, q, -1)
-
+            probs = mask_logits.detach().float().sigmoid().reshape(b * q, 1, h, w)
+            boxes = self.boxes(probs[:, 0] > 0.5)
+            indexed = torch.cat([torch.arange(b * q, device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1)
+            crops = roi_align(probs, indexed, output_size=self.crop_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+            feats = self.convs(crops).mean(dim=(2, 3))
+            box_w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1.0)
+            box_h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1.0)
+            geometry = torch.stack([torch.log(box_w / box_h), torch.log(box_w * box_h / (h * w))], dim=1)
+            return self.proj(torch.cat([feats, geometry], dim=1)).view(b, q, -1)
