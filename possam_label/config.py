@@ -113,6 +113,11 @@ class PixelDecoderConfig:
     ffn_dim: int = 1024
     dropout: float = 0.0
     num_groups: int = 32
+    # Add stride-4 features computed from the pixels by a small trainable CNN to the mask
+    # features (model/detail_stem.py): the stride-4 backbone stage Mask2Former's pixel decoder
+    # uses, which a plain ViT lacks. Off in the paper's design (SAM at 1024 px has the detail).
+    detail_stem: bool = False
+    detail_stem_channels: int = 32
 
 
 @dataclass
@@ -270,11 +275,19 @@ class PosSAMConfig:
             "pixel_decoder": dataclasses.asdict(self.pixel_decoder),
             "decoder": dataclasses.asdict(self.decoder),
             "iou_head": dataclasses.asdict(self.iou_head),
-            "ldp": {
-                k: v for k, v in dataclasses.asdict(self.ldp).items()
-                # Shape-encoder keys only when it is on: checkpoints made before it existed still match.
-                if k != "logit_scale_init" and (self.ldp.shape_encoder or not k.startswith("shape_"))
-            },
+            "ldp": {k: v for k, v in dataclasses.asdict(self.ldp).items() if k != "logit_scale_init"},
+        }
+
+    @staticmethod
+    def identity_defaults() -> dict[str, Any]:
+        """Default values of the identity's head sections: a checkpoint whose identity lacks a key
+        (made before the setting existed) matches a config that holds the key's default."""
+        return {
+            "pyramid": dataclasses.asdict(PyramidConfig()),
+            "pixel_decoder": dataclasses.asdict(PixelDecoderConfig()),
+            "decoder": dataclasses.asdict(DecoderConfig()),
+            "iou_head": dataclasses.asdict(IoUHeadConfig()),
+            "ldp": dataclasses.asdict(LDPConfig()),
         }
 
     def resolve_path(self, value: Optional[str]) -> Optional[str]:

@@ -265,12 +265,11 @@ def test_shape_encoder_switch_and_warm_start(tmp_path, tiny_cfg, vocab):
     plain = PosSAM.from_config(tiny_cfg)
     path = tmp_path / "plain.safetensors"
     save_heads(plain, path, tiny_cfg, vocab)
-    # Off (the default) keeps the identity of checkpoints made before the switch existed.
-    assert "shape_encoder" not in tiny_cfg.model_identity()["ldp"] and plain.ldp.shape_encoder is None
+    assert plain.ldp.shape_encoder is None
     shaped_cfg = load_config(TINY, {"ldp": {"shape_encoder": True}})
     shaped = PosSAM.from_config(shaped_cfg)
     assert shaped_cfg.model_identity()["ldp"]["shape_encoder"] is True
-    with pytest.raises(WeightsError, match="ldp.shape_encoder"):
+    with pytest.raises(WeightsError, match="ldp.shape_encoder: checkpoint False vs config True"):
         load_heads(shaped, path, shaped_cfg)
     # train.init_heads loads what matches and reports what keeps its initialisation.
     fresh = {k: v.clone() for k, v in shaped.heads_state_dict().items()}
@@ -284,6 +283,74 @@ def test_shape_encoder_switch_and_warm_start(tmp_path, tiny_cfg, vocab):
     with torch.no_grad():
         out = shaped.forward_heads(*shaped.encode(torch.rand(1, 3, 128, 128) * 255), text)
     assert out["pred_logits"].shape[-1] == len(vocab) + 1
+
+
+def test_checkpoints_older_than_a_setting_match_its_default(tmp_path, tiny_cfg, vocab):
+    """A checkpoint whose recorded identity lacks a key (saved before the setting existed) loads
+    when the config holds the key's default, and is refused otherwise."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from possam_label.model.possam import read_heads_metadata
+
+    torch.manual_seed(6)
+    model = PosSAM.from_config(tiny_cfg)
+    path = tmp_path / "heads.safetensors"
+    save_heads(model, path, tiny_cfg, vocab)
+    metadata = read_heads_metadata(path)
+    identity = json.loads(metadata["model_identity"])
+    del identity["ldp"]["shape_encoder"], identity["ldp"]["shape_crop_size"], identity["pixel_decoder"]["detail_stem"]
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(path)), str(old), metadata=dict(metadata, model_identity=json.dumps(identity)))
+    load_heads(PosSAM.from_config(tiny_cfg), old, tiny_cfg)
+    stem_cfg = load_config(TINY, {"pixel_decoder": {"detail_stem": True}})
+    with pytest.raises(WeightsError, match=r"pixel_decoder\.detail_stem: checkpoint \(absent\) vs config True"):
+        load_heads(PosSAM.from_config(stem_cfg), old, stem_cfg)
+    # A key only the checkpoint has is never excused.
+    identity["decoder"]["future_setting"] = 1
+    newer = tmp_path / "newer.safetensors"
+    save_file(load_file(str(path)), str(newer), metadata=dict(metadata, model_identity=json.dumps(identity)))
+    with pytest.raises(WeightsError, match=r"decoder\.future_setting: checkpoint 1 vs config \(absent\)"):
+        load_heads(PosSAM.from_config(tiny_cfg), newer, tiny_cfg)
+
+
+def test_detail_stem_starts_as_the_identity_and_learns(tmp_path, tiny_cfg, vocab):
+    from possam_label.train.trainer import init_heads_from
+
+    torch.manual_seed(7)
+    plain = PosSAM.from_config(tiny_cfg).eval()
+    path = tmp_path / "plain.safetensors"
+    save_heads(plain, path, tiny_cfg, vocab)
+    stem_cfg = load_config(TINY, {"pixel_decoder": {"detail_stem": True}})
+    torch.manual_seed(7)  # the same random backbones
+    stem = PosSAM.from_config(stem_cfg).eval()
+    new = init_heads_from(stem, path)
+    assert new and all(k.startswith("detail_stem.") for k in new)
+    text = plain.clip.text_classifier(vocab)
+    pixels = torch.rand(2, 3, 128, 128) * 255
+    with torch.no_grad():
+        before, after = plain(pixels, text), stem(pixels, text)
+    # Its output layer starts at zero: switched on, the warm-started model is the old one.
+    assert torch.equal(before["pred_masks"], after["pred_masks"]) and torch.equal(before["pred_logits"], after["pred_logits"])
+    with pytest.raises(ValueError, match="needs the input pixels"):
+        stem.forward_heads(*stem.encode(pixels), text)
+    # Gradients reach it through the masks, and a step makes the masks depend on the pixels.
+    stem.train()
+    out = stem(pixels, text)
+    out["pred_masks"].square().mean().backward()
+    assert stem.detail_stem.proj.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        stem.detail_stem.proj.weight -= 0.1 * stem.detail_stem.proj.weight.grad.sign()
+        moved = stem(pixels, text)["pred_masks"]
+    assert not torch.allclose(moved, before["pred_masks"])
+    # Saved and loaded like any head tensor.
+    saved = tmp_path / "stem.safetensors"
+    save_heads(stem, saved, stem_cfg, vocab)
+    torch.manual_seed(7)
+    again = PosSAM.from_config(stem_cfg)
+    load_heads(again, saved, stem_cfg)
+    assert torch.equal(again.detail_stem.proj.weight, stem.detail_stem.proj.weight)
 
 
 def test_command_line_assignments_are_data():

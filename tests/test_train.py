@@ -92,6 +92,27 @@ def test_training_overfits_one_batch_and_checkpoints_resume_exactly(world, tmp_p
     assert again == pytest.approx(next_loss, rel=1e-5)
 
 
+def test_cached_features_carry_the_pixels_a_detail_stem_trains_on(world):
+    from possam_label.engine.train import CachedFeatures
+
+    cfg = load_config(TINY, {"pixel_decoder": {"detail_stem": True}, "train": {"lr": 1e-3, "warmup_iters": 0}})
+    torch.manual_seed(0)
+    model = PosSAM.from_config(cfg)
+    dataset = build_dataset(cfg, TrainData.from_dir(world), None, seed=0)
+    cache = CachedFeatures(model, dataset, [0, 1, 2], 2, torch.device("cpu"), progress=False)
+    batch = next(cache.batches(torch.Generator().manual_seed(0)))
+    assert batch["pixels"].dtype == torch.uint8 and batch["pixels"].shape == (2, 3, 128, 128)
+    model.train()
+    optimizer = build_optimizer(model, cfg.train)
+    before = model.detail_stem.proj.weight.detach().clone()
+    losses = train_step(model, HeadsForward(model), build_criterion(cfg.train, len(dataset.vocabulary)), optimizer, batch, model.clip.text_classifier(dataset.vocabulary), cfg, torch.device("cpu"))
+    assert torch.isfinite(torch.tensor(losses["loss"]))
+    assert not torch.equal(model.detail_stem.proj.weight, before)
+    # Without the stem nothing extra is kept.
+    plain = PosSAM.from_config(load_config(TINY))
+    assert CachedFeatures(plain, dataset, [0, 1], 2, torch.device("cpu"), progress=False).pixels is None
+
+
 def test_training_data_targets_only_use_the_training_vocabulary(world):
     from possam_label.vocab import Vocabulary
 

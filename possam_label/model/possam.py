@@ -14,6 +14,7 @@ from torch import nn
 from ..config import PosSAMConfig
 from .clip_backbone import CLIPBackbone, TextClassifier
 from .common import masked_average_pool
+from .detail_stem import ImageDetailStem
 from .heads import MaskHead, MaskQualityHead
 from .ldp import LocalDiscriminativePooling
 from .mask_shape import MaskShapeEncoder
@@ -40,6 +41,8 @@ class PosSAM(nn.Module):
         transformer_decoder: masked-attention decoder (holds the mask head).
         mask_quality_head: IoU head.
         ldp: Local Discriminative Pooling + void class.
+        detail_stem: stride-4 pixel features added to the mask features (``pixel_decoder.detail_stem``;
+            None: the mask features come from SAM alone, as in the paper).
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class PosSAM(nn.Module):
         transformer_decoder: MultiScaleMaskedTransformerDecoder,
         mask_quality_head: MaskQualityHead,
         ldp: LocalDiscriminativePooling,
+        detail_stem: Optional[ImageDetailStem] = None,
     ) -> None:
         super().__init__()
         self.sam = sam
@@ -60,6 +64,7 @@ class PosSAM(nn.Module):
         self.transformer_decoder = transformer_decoder
         self.mask_quality_head = mask_quality_head
         self.ldp = ldp
+        self.detail_stem = detail_stem
 
     @classmethod
     def from_config(cls, cfg: PosSAMConfig, load_backbones: bool = True) -> "PosSAM":
@@ -115,7 +120,10 @@ class PosSAM(nn.Module):
             logit_scale_max=cfg.ldp.logit_scale_max,
             shape_encoder=MaskShapeEncoder(dc.hidden_dim, cfg.ldp.shape_crop_size) if cfg.ldp.shape_encoder else None,
         )
-        return cls(sam, clip, pyramid, pixel_decoder, decoder, quality, ldp)
+        detail_stem = None
+        if pd.detail_stem:
+            detail_stem = ImageDetailStem(pd.mask_dim, pd.detail_stem_channels, pd.num_groups, sam_cfg.pixel_mean, sam_cfg.pixel_std)
+        return cls(sam, clip, pyramid, pixel_decoder, decoder, quality, ldp, detail_stem)
 
     # ---- frozen encoders -------------------------------------------------------------------
     @torch.no_grad()
@@ -130,10 +138,18 @@ class PosSAM(nn.Module):
         return self.sam(pixels), self.clip.dense_features(pixels)
 
     # ---- trainable part ----------------------------------------------------------------------
-    def forward_heads(self, sam_features: torch.Tensor, clip_features: torch.Tensor, text: TextClassifier, all_stages: bool = True) -> dict[str, Any]:
+    def forward_heads(
+        self,
+        sam_features: torch.Tensor,
+        clip_features: torch.Tensor,
+        text: TextClassifier,
+        all_stages: bool = True,
+        pixels: Optional[torch.Tensor] = None,
+    ) -> dict[str, Any]:
         """Decoder, heads and LDP on encoder features.
 
         ``all_stages=False`` (inference) classifies only the final stage; aux_outputs is then empty.
+        ``pixels`` (B, 3, S, S), the encoders' input, is needed when the model has a detail stem.
 
         Returns:
             {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, S/4, S/4), "pred_iou": (B, Q),
@@ -143,6 +159,10 @@ class PosSAM(nn.Module):
         # Mask2Former runs the deformable encoder in fp32.
         with torch.autocast(device_type=sam_features.device.type, enabled=False):
             mask_features, multi_scale = self.pixel_decoder({k: v.float() for k, v in levels.items()})
+        if self.detail_stem is not None:
+            if pixels is None:
+                raise ValueError("this model has a detail stem (pixel_decoder.detail_stem): forward_heads needs the input pixels")
+            mask_features = mask_features + self.detail_stem(pixels).to(mask_features.dtype)
         stages = self.transformer_decoder(multi_scale, mask_features)
         fused = self.ldp.fuse(mask_features, clip_features)
         outputs = []
@@ -163,7 +183,7 @@ class PosSAM(nn.Module):
     def forward(self, pixels: torch.Tensor, text: TextClassifier) -> dict[str, Any]:
         """Full forward (training and inference): see :meth:`encode` and :meth:`forward_heads`."""
         sam_features, clip_features = self.encode(pixels)
-        return self.forward_heads(sam_features, clip_features, text)
+        return self.forward_heads(sam_features, clip_features, text, pixels=pixels)
 
     @torch.no_grad()
     def out_vocab_logits(self, mask_logits: torch.Tensor, clip_features: torch.Tensor, text: TextClassifier) -> torch.Tensor:
@@ -220,13 +240,24 @@ def read_heads_metadata(path: str | Path) -> dict[str, str]:
         return dict(fh.metadata() or {})
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
+_ABSENT = object()
+
+
+def _diff(saved: Any, current: Any, defaults: Any, prefix: str = "") -> list[str]:
+    """Differences between a checkpoint's identity and the config's; a key the checkpoint lacks
+    matches when the config holds its default (the setting did not exist when it was saved)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
         out = []
-        for key in sorted(set(a) | set(b)):
-            out += _diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+        for key in sorted(set(saved) | set(current)):
+            out += _diff(saved.get(key, _ABSENT), current.get(key, _ABSENT), defaults.get(key, _ABSENT), f"{prefix}.{key}" if prefix else key)
         return out
-    return [] if a == b else [f"{prefix}: checkpoint {a!r} vs config {b!r}"]
+    if saved is _ABSENT and defaults is not _ABSENT and current == defaults:
+        return []
+    if saved == current:
+        return []
+    show = lambda v: "(absent)" if v is _ABSENT else repr(v)  # noqa: E731
+    return [f"{prefix}: checkpoint {show(saved)} vs config {show(current)}"]
 
 
 def load_heads(model: PosSAM, path: str | Path, cfg: PosSAMConfig) -> dict[str, str]:
@@ -247,7 +278,7 @@ def load_heads(model: PosSAM, path: str | Path, cfg: PosSAMConfig) -> dict[str, 
         raise WeightsError(f"{path}: not a PosSAM head checkpoint (metadata format {metadata.get('format')!r})")
     saved = json.loads(metadata["model_identity"])
     current = json.loads(json.dumps(cfg.model_identity(), sort_keys=True))
-    differences = _diff(saved, current)
+    differences = _diff(saved, current, json.loads(json.dumps(cfg.identity_defaults(), sort_keys=True)))
     if differences:
         raise WeightsError(f"{path}: checkpoint does not match the model config: " + "; ".join(differences))
     state = load_file(str(path))

@@ -108,7 +108,8 @@ def train_step(
         heads: what computes ``forward_heads`` (the model itself or its DDP wrapper).
         batch: {"images": (B, 3, S, S) uint8/float, "valid": (B, S, S) bool or None,
             "targets": [{"labels": (N,), "masks": (N, S, S)}]}; or, instead of images,
-            "features": (sam (B, C, S/16, S/16), clip (B, C', s, s)) from the frozen encoders.
+            "features": (sam (B, C, S/16, S/16), clip (B, C', s, s)) from the frozen encoders and,
+            for a model with a detail stem, "pixels": (B, 3, S, S) uint8 with the padding filled.
     Returns:
         Scalar losses as floats, with "loss" the total.
     """
@@ -117,10 +118,11 @@ def train_step(
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
         if "features" in batch:  # frozen-encoder features cached beforehand
             sam_features, clip_features = (f.to(device) for f in batch["features"])
+            images = batch["pixels"].to(device).float() if batch.get("pixels") is not None else None
         else:
             images = fill_padding(batch["images"].to(device), batch.get("valid"), cfg.sam.pixel_mean)
             sam_features, clip_features = model.encode(images)
-        outputs = heads(sam_features, clip_features, text)
+        outputs = heads(sam_features, clip_features, text, pixels=images)
     outputs = _to_float(outputs)
     losses = criterion(outputs, targets)
     loss = total_loss(losses)
@@ -153,8 +155,8 @@ class HeadsForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, sam_features: torch.Tensor, clip_features: torch.Tensor, text: TextClassifier) -> dict[str, Any]:
-        return self.model.forward_heads(sam_features, clip_features, text)
+    def forward(self, sam_features: torch.Tensor, clip_features: torch.Tensor, text: TextClassifier, pixels: Optional[torch.Tensor] = None) -> dict[str, Any]:
+        return self.model.forward_heads(sam_features, clip_features, text, pixels=pixels)
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
