@@ -14,6 +14,8 @@ import logging
 import sys
 import time
 
+from pipelines._cli import add_set_argument
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.evaluate_model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,11 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--out", default=None, help="write all results as JSON here")
+    add_set_argument(parser, "--set pixel_decoder.detail_stem=true (to match a checkpoint trained with it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     import yaml
 
+    from possam_label.config import parse_assignments
     from possam_label.eval.model_eval import evaluate_predictor
     from possam_label.predictor import PosSAMPredictor
 
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.splits:
         with open(args.splits) as fh:
             groups = yaml.safe_load(fh)
-    predictor = PosSAMPredictor.from_config(args.config, checkpoint=args.checkpoint, device=args.device)
+    predictor = PosSAMPredictor.from_config(args.config, checkpoint=args.checkpoint, device=args.device, overrides=parse_assignments(args.assignments))
     report = {}
     for mode in args.modes:
         predictor.config.mase.mode = mode

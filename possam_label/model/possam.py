@@ -156,13 +156,14 @@ class PosSAM(nn.Module):
              "pred_embeddings": (B, Q, D), "aux_outputs": [dicts of the earlier stages]}.
         """
         levels = self.pyramid(sam_features)
-        # Mask2Former runs the deformable encoder in fp32.
+        if self.detail_stem is not None and pixels is None:
+            raise ValueError("this model has a detail stem (pixel_decoder.detail_stem): forward_heads needs the input pixels")
+        # Mask2Former runs the deformable encoder in fp32; the detail stem too, as its stride-4
+        # output decides where mask logits cross zero (in bf16 the outlines moved).
         with torch.autocast(device_type=sam_features.device.type, enabled=False):
             mask_features, multi_scale = self.pixel_decoder({k: v.float() for k, v in levels.items()})
-        if self.detail_stem is not None:
-            if pixels is None:
-                raise ValueError("this model has a detail stem (pixel_decoder.detail_stem): forward_heads needs the input pixels")
-            mask_features = mask_features + self.detail_stem(pixels).to(mask_features.dtype)
+            if self.detail_stem is not None:
+                mask_features = mask_features + self.detail_stem(pixels.float())
         stages = self.transformer_decoder(multi_scale, mask_features)
         fused = self.ldp.fuse(mask_features, clip_features)
         outputs = []
