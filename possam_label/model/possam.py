@@ -158,8 +158,8 @@ class PosSAM(nn.Module):
         levels = self.pyramid(sam_features)
         if self.detail_stem is not None and pixels is None:
             raise ValueError("this model has a detail stem (pixel_decoder.detail_stem): forward_heads needs the input pixels")
-        # Mask2Former runs the deformable encoder in fp32; the detail stem too, as its stride-4
-        # output decides where mask logits cross zero (in bf16 the outlines moved).
+        # Mask2Former runs the deformable encoder in fp32; the detail stem too (a few cheap
+        # convolutions whose stride-4 output sets where the mask logits cross zero).
         with torch.autocast(device_type=sam_features.device.type, enabled=False):
             mask_features, multi_scale = self.pixel_decoder({k: v.float() for k, v in levels.items()})
             if self.detail_stem is not None:
