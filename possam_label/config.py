@@ -156,6 +156,9 @@ class LDPConfig:
     # the geometry mask pooling discards. Off in the paper's design.
     shape_encoder: bool = False
     shape_crop_size: int = 24
+    # The shape encoder also reads the image in a square box around each mask at the input's
+    # full resolution (model/mask_shape.py): outlines sharper than the stride-4 mask logits.
+    shape_pixels: bool = False
 
 
 @dataclass
@@ -223,6 +226,11 @@ class TrainConfig:
     num_points: int = 12544
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
+    # Mask2Former's deep supervision: losses on every decoder stage (False: the final stage only).
+    deep_supervision: bool = True
+    # Head modules kept fixed, by PosSAM attribute name (pyramid, pixel_decoder, detail_stem,
+    # transformer_decoder, mask_quality_head, ldp): retrain one part on top of trained heads.
+    frozen_modules: list[str] = field(default_factory=list)
     iou_loss: str = "mse"  # mse | smooth_l1
     iou_supervise_unmatched: bool = True
     lsj_min_scale: float = 0.1
@@ -282,13 +290,8 @@ class PosSAMConfig:
     def identity_defaults() -> dict[str, Any]:
         """Default values of the identity's head sections: a checkpoint whose identity lacks a key
         (made before the setting existed) matches a config that holds the key's default."""
-        return {
-            "pyramid": dataclasses.asdict(PyramidConfig()),
-            "pixel_decoder": dataclasses.asdict(PixelDecoderConfig()),
-            "decoder": dataclasses.asdict(DecoderConfig()),
-            "iou_head": dataclasses.asdict(IoUHeadConfig()),
-            "ldp": dataclasses.asdict(LDPConfig()),
-        }
+        identity = PosSAMConfig().model_identity()
+        return {section: values for section, values in identity.items() if section not in ("sam", "clip")}
 
     def resolve_path(self, value: Optional[str]) -> Optional[str]:
         """Resolve a path written in the config relative to the config file's directory."""

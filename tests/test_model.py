@@ -258,6 +258,56 @@ def test_mask_shape_encoder_sees_outlines_not_positions():
     assert all(p.grad is not None for p in encoder.parameters())
 
 
+def test_shape_encoder_reads_the_image_inside_each_mask_box():
+    from possam_label.model.mask_shape import MaskShapeEncoder
+
+    torch.manual_seed(0)
+    encoder = MaskShapeEncoder(hidden_dim=32, crop_size=16, use_pixels=True)
+    assert [m.in_channels for m in encoder.convs if isinstance(m, torch.nn.Conv2d)][0] == 4
+    logits = torch.full((1, 2, 16, 16), -10.0)  # stride 4 of a 64 px image
+    logits[0, 0, 4:8, 4:8] = 10.0  # box 16..32 px, square crop 14.4..33.6 px
+    logits[0, 1, 11:15, 11:15] = 10.0  # box 44..60 px
+    pixels = torch.randn(1, 3, 64, 64)
+    out = encoder(logits, pixels)
+    assert out.shape == (1, 2, 32) and torch.isfinite(out).all()
+    inside = pixels.clone()
+    inside[:, :, 20:28, 20:28] += 2.0  # inside query 0's box only
+    changed = encoder(logits, inside)
+    assert (changed[0, 0] - out[0, 0]).abs().max() > 1e-4
+    assert torch.allclose(changed[0, 1], out[0, 1])
+    outside = pixels.clone()
+    outside[:, :, 50:58, 50:58] += 2.0  # inside query 1's box only
+    changed = encoder(logits, outside)
+    assert torch.allclose(changed[0, 0], out[0, 0]) and (changed[0, 1] - out[0, 1]).abs().max() > 1e-4
+    # No gradient into the masks or the image; the encoder's own weights learn.
+    logits.requires_grad_(True)
+    pixels.requires_grad_(True)
+    encoder(logits, pixels).sum().backward()
+    assert logits.grad is None and pixels.grad is None
+    assert all(p.grad is not None for p in encoder.parameters())
+    with pytest.raises(ValueError, match="shape_pixels"):
+        encoder(logits)
+
+
+def test_heads_with_an_image_reading_shape_encoder_need_the_pixels(vocab):
+    cfg = load_config(TINY, {"ldp": {"shape_encoder": True, "shape_pixels": True}})
+    torch.manual_seed(0)
+    model = PosSAM.from_config(cfg).eval()
+    assert model.needs_pixels and model.detail_stem is None
+    pixels = torch.rand(1, 3, 128, 128) * 255
+    text = model.clip.text_classifier(vocab)
+    with torch.no_grad():
+        sam_features, clip_features = model.encode(pixels)
+        with pytest.raises(ValueError, match="needs them"):
+            model.forward_heads(sam_features, clip_features, text, all_stages=False)
+        out = model.forward_heads(sam_features, clip_features, text, all_stages=False, pixels=pixels)
+        brighter = model.forward_heads(sam_features, clip_features, text, all_stages=False, pixels=(pixels + 40).clamp(max=255))
+    assert out["pred_logits"].shape == (1, cfg.decoder.num_queries, len(vocab) + 1)
+    # Masks do not depend on the pixels (no detail stem); the class embeddings do.
+    assert torch.equal(out["pred_masks"], brighter["pred_masks"])
+    assert not torch.allclose(out["pred_embeddings"], brighter["pred_embeddings"])
+
+
 def test_shape_encoder_switch_and_warm_start(tmp_path, tiny_cfg, vocab):
     from possam_label.train.trainer import init_heads_from
 
@@ -300,7 +350,7 @@ def test_checkpoints_older_than_a_setting_match_its_default(tmp_path, tiny_cfg, 
     save_heads(model, path, tiny_cfg, vocab)
     metadata = read_heads_metadata(path)
     identity = json.loads(metadata["model_identity"])
-    del identity["ldp"]["shape_encoder"], identity["ldp"]["shape_crop_size"], identity["pixel_decoder"]["detail_stem"]
+    del identity["ldp"]["shape_encoder"], identity["ldp"]["shape_crop_size"], identity["ldp"]["shape_pixels"], identity["pixel_decoder"]["detail_stem"]
     old = tmp_path / "old.safetensors"
     save_file(load_file(str(path)), str(old), metadata=dict(metadata, model_identity=json.dumps(identity)))
     load_heads(PosSAM.from_config(tiny_cfg), old, tiny_cfg)
@@ -333,7 +383,7 @@ def test_detail_stem_starts_as_the_identity_and_learns(tmp_path, tiny_cfg, vocab
         before, after = plain(pixels, text), stem(pixels, text)
     # Its output layer starts at zero: switched on, the warm-started model is the old one.
     assert torch.equal(before["pred_masks"], after["pred_masks"]) and torch.equal(before["pred_logits"], after["pred_logits"])
-    with pytest.raises(ValueError, match="needs the input pixels"):
+    with pytest.raises(ValueError, match="reads the input pixels"):
         stem.forward_heads(*stem.encode(pixels), text)
     # Gradients reach it through the masks, and a step makes the masks depend on the pixels.
     stem.train()

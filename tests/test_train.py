@@ -22,6 +22,8 @@ from possam_label.train.trainer import (
     HeadsForward,
     build_criterion,
     build_optimizer,
+    fill_padding,
+    freeze_modules,
     latest_checkpoint,
     load_training_checkpoint,
     lr_factor,
@@ -92,25 +94,59 @@ def test_training_overfits_one_batch_and_checkpoints_resume_exactly(world, tmp_p
     assert again == pytest.approx(next_loss, rel=1e-5)
 
 
-def test_cached_features_carry_the_pixels_a_detail_stem_trains_on(world):
+@pytest.mark.parametrize(
+    "reader, weight",
+    [({"pixel_decoder": {"detail_stem": True}}, "detail_stem.proj.weight"), ({"ldp": {"shape_encoder": True, "shape_pixels": True}}, "ldp.shape_encoder.convs.0.weight")],
+    ids=["detail_stem", "shape_pixels"],
+)
+def test_cached_features_carry_the_pixels_the_heads_read(world, reader, weight):
     from possam_label.engine.train import CachedFeatures
 
-    cfg = load_config(TINY, {"pixel_decoder": {"detail_stem": True}, "train": {"lr": 1e-3, "warmup_iters": 0}})
+    cfg = load_config(TINY, {**reader, "train": {"lr": 1e-3, "warmup_iters": 0}})
     torch.manual_seed(0)
     model = PosSAM.from_config(cfg)
     dataset = build_dataset(cfg, TrainData.from_dir(world), None, seed=0)
     cache = CachedFeatures(model, dataset, [0, 1, 2], 2, torch.device("cpu"), progress=False)
     batch = next(cache.batches(torch.Generator().manual_seed(0)))
-    assert batch["pixels"].dtype == torch.uint8 and batch["pixels"].shape == (2, 3, 128, 128)
+    assert batch["pixels"].dtype == torch.float32 and batch["pixels"].shape == (2, 3, 128, 128)
+    # The same inputs the uncached path encodes: padding filled with SAM's exact mean.
+    replay = build_dataset(cfg, TrainData.from_dir(world), None, seed=0)  # same jitter stream, same order
+    samples = [replay[i] for i in (0, 1, 2)]
+    assert any(not s["valid"].all() for s in samples)
+    expected = [fill_padding(s["image"][None], s["valid"][None], cfg.sam.pixel_mean)[0] for s in samples]
+    for pixels in batch["pixels"]:
+        assert sum(torch.equal(pixels, e) for e in expected) == 1
     model.train()
     optimizer = build_optimizer(model, cfg.train)
-    before = model.detail_stem.proj.weight.detach().clone()
+    before = model.get_parameter(weight).detach().clone()
     losses = train_step(model, HeadsForward(model), build_criterion(cfg.train, len(dataset.vocabulary)), optimizer, batch, model.clip.text_classifier(dataset.vocabulary), cfg, torch.device("cpu"))
     assert torch.isfinite(torch.tensor(losses["loss"]))
-    assert not torch.equal(model.detail_stem.proj.weight, before)
-    # Without the stem nothing extra is kept.
+    assert not torch.equal(model.get_parameter(weight), before)
+    # Heads that read no pixels keep none.
     plain = PosSAM.from_config(load_config(TINY))
     assert CachedFeatures(plain, dataset, [0, 1], 2, torch.device("cpu"), progress=False).pixels is None
+
+
+def test_frozen_modules_keep_their_weights_and_final_stage_only_training(world):
+    cfg, model, dataset, vocab = _setup(world)
+    cfg.train.frozen_modules = ["pyramid", "pixel_decoder", "transformer_decoder", "mask_quality_head"]
+    cfg.train.deep_supervision = False
+    model.train()
+    frozen = freeze_modules(model, cfg.train.frozen_modules)
+    assert frozen and all(not model.get_parameter(n).requires_grad for n in frozen)
+    assert not model.transformer_decoder.training and model.ldp.training
+    before = {k: v.clone() for k, v in model.heads_state_dict().items()}
+    optimizer = build_optimizer(model, cfg.train)
+    batch = _collate([dataset[0], dataset[1]])
+    losses = train_step(model, HeadsForward(model, cfg.train.deep_supervision), build_criterion(cfg.train, len(vocab)), optimizer, batch, model.clip.text_classifier(vocab), cfg, torch.device("cpu"))
+    assert not any(k.endswith("_0") for k in losses)  # no auxiliary stages
+    after = model.heads_state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("ldp.") for k in changed)
+    with pytest.raises(ValueError, match="not head modules"):
+        freeze_modules(model, ["sam"])
+    with pytest.raises(ValueError, match="nothing to train"):
+        freeze_modules(model, ["pyramid", "pixel_decoder", "transformer_decoder", "mask_quality_head", "ldp"])
 
 
 def test_training_data_targets_only_use_the_training_vocabulary(world):

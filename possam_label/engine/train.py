@@ -82,10 +82,12 @@ class CachedFeatures:
         self.sam: list = []
         self.clip: list = []
         self.targets: list = []
-        # The padded inputs too when the detail stem trains on them (uint8: 192 KiB per 256 px image).
-        self.pixels: Optional[list] = [] if getattr(model, "detail_stem", None) is not None else None
+        # The inputs too when the heads read them (detail stem, shape encoder on pixels): uint8
+        # images (192 KiB at 256 px) and valid masks; the padding is filled at batch time.
+        self.pixels: Optional[list] = [] if model.needs_pixels else None
+        self.valid: list = []
         self.batch_size = batch_size
-        pad = model.sam.pixel_mean.view(-1).tolist()
+        self.pad = pad = model.sam.pixel_mean.view(-1).tolist()
         for start in tqdm(range(0, len(indices), batch_size), desc="encode training set", disable=not progress):
             samples = [dataset[i] for i in indices[start : start + batch_size]]
             batch = _collate(samples)
@@ -96,10 +98,21 @@ class CachedFeatures:
             self.clip.extend(clip_features.half().cpu())
             self.targets.extend({"labels": t["labels"], "masks": t["masks"]} for t in batch["targets"])
             if self.pixels is not None:
-                self.pixels.extend(images.round().clamp(0, 255).to(torch.uint8).cpu())
+                self.pixels.extend(batch["images"])
+                self.valid.extend(batch["valid"] if batch["valid"] is not None else [None] * len(samples))
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def _pixels(self, idx: list[int]) -> Any:
+        """(B, 3, S, S) float32 inputs of the cached images, padding filled as at encoding."""
+        import torch
+
+        from ..train.trainer import fill_padding
+
+        images = torch.stack([self.pixels[i] for i in idx])
+        valid = None if self.valid[idx[0]] is None else torch.stack([self.valid[i] for i in idx])
+        return fill_padding(images, valid, self.pad)
 
     def batches(self, generator: Any):
         """An endless stream of random batches."""
@@ -112,7 +125,7 @@ class CachedFeatures:
                 yield {
                     "features": (torch.stack([self.sam[i] for i in idx]).float(), torch.stack([self.clip[i] for i in idx]).float()),
                     "targets": [self.targets[i] for i in idx],
-                    "pixels": torch.stack([self.pixels[i] for i in idx]) if self.pixels is not None else None,
+                    "pixels": self._pixels(idx) if self.pixels is not None else None,
                 }
 
 
@@ -133,7 +146,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from torch.utils.data import DataLoader
 
     from ..model.possam import PosSAM
-    from ..train.trainer import HeadsForward, build_criterion, build_optimizer, init_heads_from, latest_checkpoint, load_training_checkpoint
+    from ..train.trainer import HeadsForward, build_criterion, build_optimizer, freeze_modules, init_heads_from, latest_checkpoint, load_training_checkpoint
     from ..vocab import Vocabulary
 
     cfg = config_from_json(loop_config["config"])
@@ -153,6 +166,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     model = PosSAM.from_config(cfg).to(device)
     model.train()
+    freeze_modules(model, cfg.train.frozen_modules)
     text = model.clip.text_classifier(vocabulary)
     criterion = build_criterion(cfg.train, len(vocabulary))
     optimizer = build_optimizer(model, cfg.train)
@@ -162,7 +176,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         start = load_training_checkpoint(resume, model, optimizer, cfg)
     elif cfg.train.init_heads:
         init_heads_from(model, cfg.train.init_heads)  # made absolute by run_training
-    heads = ray.train.torch.prepare_model(HeadsForward(model), move_to_device=False) if world > 1 else HeadsForward(model)
+    heads = HeadsForward(model, cfg.train.deep_supervision)
+    if world > 1:
+        heads = ray.train.torch.prepare_model(heads, move_to_device=False)
 
     data = TrainData(**loop_config["data"])
     per_worker = max(1, cfg.train.batch_size // world)

@@ -11,8 +11,6 @@ warm-started run (``train.init_heads``) starts from exactly the previous model.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import nn
 
@@ -24,10 +22,9 @@ class ImageDetailStem(nn.Module):
         out_channels: channels of the mask features it is added to (``pixel_decoder.mask_dim``).
         channels: width of the first convolution; the later ones use twice this.
         num_groups: GroupNorm groups.
-        pixel_mean, pixel_std: per-channel normalisation on the [0, 255] scale (SAM's).
     """
 
-    def __init__(self, out_channels: int, channels: int, num_groups: int, pixel_mean: Sequence[float], pixel_std: Sequence[float]) -> None:
+    def __init__(self, out_channels: int, channels: int, num_groups: int) -> None:
         super().__init__()
         wide = 2 * channels
         self.convs = nn.Sequential(
@@ -44,10 +41,8 @@ class ImageDetailStem(nn.Module):
         self.proj = nn.Conv2d(wide, out_channels, 1)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
-        self.register_buffer("pixel_mean", torch.tensor(list(pixel_mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(list(pixel_std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) padded pixels on the [0, 255] scale (padding = the mean) -> (B, out, S/4, S/4)."""
-        x = (pixels.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
-        return self.proj(self.convs(x.to(self.proj.weight.dtype)))
+    def forward(self, normalized: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) padded pixels normalised as the SAM encoder's input (``SAMBackbone.normalize``:
+        padding at zero) -> (B, out, S/4, S/4)."""
+        return self.proj(self.convs(normalized.to(self.proj.weight.dtype)))

@@ -91,6 +91,7 @@ class LocalDiscriminativePooling(nn.Module):
         mask_features: torch.Tensor,
         mask_logits: torch.Tensor,
         queries: torch.Tensor,
+        pixels: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Class embeddings of the queries.
 
@@ -99,6 +100,7 @@ class LocalDiscriminativePooling(nn.Module):
             mask_features: (B, mask_dim, H/4, W/4).
             mask_logits: (B, Q, H/4, W/4) (binarised without gradient).
             queries: (B, Q, hidden) normalised query outputs.
+            pixels: (B, 3, S, S) normalised input pixels, for a shape encoder that reads them.
         Returns:
             (B, Q, embed_dim) embeddings G_ldp.
         """
@@ -113,7 +115,7 @@ class LocalDiscriminativePooling(nn.Module):
         if self.use_query_embedding:
             g = g + queries
         if self.shape_encoder is not None:
-            g = g + self.shape_encoder(mask_logits)
+            g = g + self.shape_encoder(mask_logits, pixels)
         return self.embed(g)
 
     def scale(self) -> torch.Tensor:

@@ -5,33 +5,55 @@ geometry. When the frozen CLIP cannot tell classes apart by appearance (this pro
 trained on its synthetic world, where thing classes differ only by shape), the outline is the
 evidence left. The encoder crops each mask's box, resizes it to a fixed square and runs a small CNN;
 box aspect ratio and relative area are added because the square resize removes them.
+
+The mask logits sit on a stride-4 grid: at this project's 256 px input a small shape spans a few
+cells there and its corners are gone. With ``use_pixels`` the encoder also crops the input image in
+a square box around the mask at full resolution, where the outline is still sharp, and the mask
+channel says which object in the crop is meant.
 """
 
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 from torchvision.ops import roi_align
 
 
+# (out_channels, stride) of each convolution. Masks alone: three stride-2 convolutions. With the
+# image crop: a deeper stack that keeps full resolution for the first layer, because the outline
+# in the pixels is only a few pixels wide at the small model's 256 px input.
+MASK_ONLY_LAYERS: tuple[tuple[int, int], ...] = ((16, 2), (32, 2), (64, 2))
+WITH_PIXELS_LAYERS: tuple[tuple[int, int], ...] = ((16, 1), (32, 2), (32, 1), (64, 2), (64, 1))
+# The image crop is the mask's box made square and enlarged by this factor (context around the outline).
+PIXEL_BOX_MARGIN = 1.2
+
+
 class MaskShapeEncoder(nn.Module):
-    """Per-query shape embedding from mask logits.
+    """Per-query shape embedding from mask logits, optionally with the image inside each mask's box.
 
     Args:
         hidden_dim: output width (the decoder's query width).
         crop_size: side of the square each mask's box is resampled to.
-        channels: output channels of the stride-2 convolutions.
+        layers: (out_channels, stride) of each 3x3 convolution; default ``MASK_ONLY_LAYERS``, or
+            ``WITH_PIXELS_LAYERS`` when ``use_pixels``.
+        use_pixels: also read the normalised input pixels in a square box around each mask, at
+            the input's full resolution (``ldp.shape_pixels``): 3 more input channels.
     """
 
-    def __init__(self, hidden_dim: int, crop_size: int = 24, channels: tuple[int, ...] = (16, 32, 64)) -> None:
+    def __init__(self, hidden_dim: int, crop_size: int = 24, layers: Optional[Sequence[tuple[int, int]]] = None, use_pixels: bool = False) -> None:
         super().__init__()
         self.crop_size = crop_size
-        layers: list[nn.Module] = []
-        in_channels = 1
-        for out_channels in channels:
-            layers += [nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1), nn.GroupNorm(min(8, out_channels), out_channels), nn.GELU()]
+        self.use_pixels = use_pixels
+        if layers is None:
+            layers = WITH_PIXELS_LAYERS if use_pixels else MASK_ONLY_LAYERS
+        modules: list[nn.Module] = []
+        in_channels = 4 if use_pixels else 1
+        for out_channels, stride in layers:
+            modules += [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1), nn.GroupNorm(min(8, out_channels), out_channels), nn.GELU()]
             in_channels = out_channels
-        self.convs = nn.Sequential(*layers)
+        self.convs = nn.Sequential(*modules)
         # +2: log aspect ratio and log relative area of the box.
         self.proj = nn.Linear(in_channels + 2, hidden_dim)
 
@@ -59,24 +81,47 @@ class MaskShapeEncoder(nn.Module):
         out = torch.stack([x0, y0, x1, y1], dim=1)
         return torch.where(empty[:, None], full, out).float()
 
-    def forward(self, mask_logits: torch.Tensor) -> torch.Tensor:
-        """Shape embeddings of the queries' masks (no gradient into the masks).
+    def forward(self, mask_logits: torch.Tensor, pixels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Shape embeddings of the queries' masks (no gradient into the masks or the pixels).
 
         Args:
             mask_logits: (B, Q, H, W) mask logits.
+            pixels: (B, 3, S, S) normalised input pixels (``SAMBackbone.normalize``) whose grid the
+                mask logits cover at stride S / W; needed when the encoder ``use_pixels``.
         Returns:
             (B, Q, hidden_dim).
         """
         b, q, h, w = mask_logits.shape
+        if self.use_pixels and pixels is None:
+            raise ValueError("this shape encoder reads the image (ldp.shape_pixels): pass the normalised pixels")
         # Always float32: under bf16 autocast the crops' small convolutions drift by several
         # percent, and the class depends on this embedding alone for shapes.
         with torch.autocast(device_type=mask_logits.device.type, enabled=False):
             probs = mask_logits.detach().float().sigmoid().reshape(b * q, 1, h, w)
             boxes = self.boxes(probs[:, 0] > 0.5)
-            indexed = torch.cat([torch.arange(b * q, device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1)
-            crops = roi_align(probs, indexed, output_size=self.crop_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+            if self.use_pixels:
+                crops = self._crops_with_pixels(probs, boxes, pixels.detach().float(), q)
+            else:
+                indexed = torch.cat([torch.arange(b * q, device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1)
+                crops = roi_align(probs, indexed, output_size=self.crop_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
             feats = self.convs(crops).mean(dim=(2, 3))
             box_w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1.0)
             box_h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1.0)
             geometry = torch.stack([torch.log(box_w / box_h), torch.log(box_w * box_h / (h * w))], dim=1)
             return self.proj(torch.cat([feats, geometry], dim=1)).view(b, q, -1)
+
+    def _crops_with_pixels(self, probs: torch.Tensor, boxes: torch.Tensor, pixels: torch.Tensor, queries: int) -> torch.Tensor:
+        """(B*Q, 4, crop, crop): the pixels and the mask probability in each mask's square box.
+
+        The box (mask-logit grid) is made square, enlarged by ``PIXEL_BOX_MARGIN`` and sampled in
+        input-pixel coordinates: the outline comes from the full-resolution image, the mask
+        (bilinearly resampled) says which object in the crop is meant.
+        """
+        stride = pixels.shape[-1] / probs.shape[-1]
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2 * stride
+        half = (boxes[:, 2:] - boxes[:, :2]).amax(dim=1, keepdim=True).clamp(min=2.0) * stride * PIXEL_BOX_MARGIN / 2
+        square = torch.cat([centre - half, centre + half], dim=1)
+        index = torch.arange(probs.shape[0], device=boxes.device, dtype=boxes.dtype)[:, None]
+        image_crops = roi_align(pixels, torch.cat([torch.div(index, queries, rounding_mode="floor"), square], dim=1), output_size=self.crop_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        mask_crops = roi_align(probs, torch.cat([index, square], dim=1), output_size=self.crop_size, spatial_scale=1.0 / stride, sampling_ratio=2, aligned=True)
+        return torch.cat([image_crops, mask_crops], dim=1)

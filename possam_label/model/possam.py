@@ -118,11 +118,11 @@ class PosSAM(nn.Module):
             use_query_embedding=cfg.ldp.use_query_embedding,
             logit_scale_init=cfg.ldp.logit_scale_init,
             logit_scale_max=cfg.ldp.logit_scale_max,
-            shape_encoder=MaskShapeEncoder(dc.hidden_dim, cfg.ldp.shape_crop_size) if cfg.ldp.shape_encoder else None,
+            shape_encoder=MaskShapeEncoder(dc.hidden_dim, cfg.ldp.shape_crop_size, use_pixels=cfg.ldp.shape_pixels) if cfg.ldp.shape_encoder else None,
         )
         detail_stem = None
         if pd.detail_stem:
-            detail_stem = ImageDetailStem(pd.mask_dim, pd.detail_stem_channels, pd.num_groups, sam_cfg.pixel_mean, sam_cfg.pixel_std)
+            detail_stem = ImageDetailStem(pd.mask_dim, pd.detail_stem_channels, pd.num_groups)
         return cls(sam, clip, pyramid, pixel_decoder, decoder, quality, ldp, detail_stem)
 
     # ---- frozen encoders -------------------------------------------------------------------
@@ -138,6 +138,12 @@ class PosSAM(nn.Module):
         return self.sam(pixels), self.clip.dense_features(pixels)
 
     # ---- trainable part ----------------------------------------------------------------------
+    @property
+    def needs_pixels(self) -> bool:
+        """Whether the heads read the input pixels (detail stem, or a shape encoder that crops the image)."""
+        shape_encoder = self.ldp.shape_encoder
+        return self.detail_stem is not None or (shape_encoder is not None and shape_encoder.use_pixels)
+
     def forward_heads(
         self,
         sam_features: torch.Tensor,
@@ -149,26 +155,29 @@ class PosSAM(nn.Module):
         """Decoder, heads and LDP on encoder features.
 
         ``all_stages=False`` (inference) classifies only the final stage; aux_outputs is then empty.
-        ``pixels`` (B, 3, S, S), the encoders' input, is needed when the model has a detail stem.
+        ``pixels`` (B, 3, S, S), the encoders' input, is needed when the model :attr:`needs_pixels`.
 
         Returns:
             {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, S/4, S/4), "pred_iou": (B, Q),
              "pred_embeddings": (B, Q, D), "aux_outputs": [dicts of the earlier stages]}.
         """
         levels = self.pyramid(sam_features)
-        if self.detail_stem is not None and pixels is None:
-            raise ValueError("this model has a detail stem (pixel_decoder.detail_stem): forward_heads needs the input pixels")
+        if self.needs_pixels and pixels is None:
+            raise ValueError(
+                "this model reads the input pixels (pixel_decoder.detail_stem or ldp.shape_pixels): forward_heads needs them"
+            )
+        normalized = self.sam.normalize(pixels.float()) if self.needs_pixels else None
         # Mask2Former runs the deformable encoder in fp32; the detail stem too (a few cheap
         # convolutions whose stride-4 output sets where the mask logits cross zero).
         with torch.autocast(device_type=sam_features.device.type, enabled=False):
             mask_features, multi_scale = self.pixel_decoder({k: v.float() for k, v in levels.items()})
             if self.detail_stem is not None:
-                mask_features = mask_features + self.detail_stem(pixels.float())
+                mask_features = mask_features + self.detail_stem(normalized)
         stages = self.transformer_decoder(multi_scale, mask_features)
         fused = self.ldp.fuse(mask_features, clip_features)
         outputs = []
         for queries, mask_logits in stages if all_stages else stages[-1:]:
-            embeddings = self.ldp(fused, mask_features, mask_logits, queries)
+            embeddings = self.ldp(fused, mask_features, mask_logits, queries, normalized)
             outputs.append(
                 {
                     "pred_logits": self.ldp.classify(embeddings, text),

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import PosSAMConfig, TrainConfig
 from ..model.clip_backbone import TextClassifier
-from ..model.possam import PosSAM, load_heads, save_heads
+from ..model.possam import FROZEN_PREFIXES, PosSAM, load_heads, save_heads
 from ..model.weights import WeightsError
 from .criterion import SetCriterion, total_loss
 from .matcher import HungarianMatcher
@@ -109,7 +109,7 @@ def train_step(
         batch: {"images": (B, 3, S, S) uint8/float, "valid": (B, S, S) bool or None,
             "targets": [{"labels": (N,), "masks": (N, S, S)}]}; or, instead of images,
             "features": (sam (B, C, S/16, S/16), clip (B, C', s, s)) from the frozen encoders and,
-            for a model with a detail stem, "pixels": (B, 3, S, S) uint8 with the padding filled.
+            for a model with a detail stem, "pixels": (B, 3, S, S) [0, 255] with the padding filled.
     Returns:
         Scalar losses as floats, with "loss" the total.
     """
@@ -149,14 +149,39 @@ def _to_float(outputs: Any) -> Any:
 
 
 class HeadsForward(nn.Module):
-    """Wraps ``PosSAM.forward_heads`` so DDP sees only the trainable computation."""
+    """Wraps ``PosSAM.forward_heads`` so DDP sees only the trainable computation.
 
-    def __init__(self, model: PosSAM) -> None:
+    ``deep_supervision=False`` returns the final stage only (``train.deep_supervision``).
+    """
+
+    def __init__(self, model: PosSAM, deep_supervision: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.deep_supervision = deep_supervision
 
     def forward(self, sam_features: torch.Tensor, clip_features: torch.Tensor, text: TextClassifier, pixels: Optional[torch.Tensor] = None) -> dict[str, Any]:
-        return self.model.forward_heads(sam_features, clip_features, text, pixels=pixels)
+        return self.model.forward_heads(sam_features, clip_features, text, all_stages=self.deep_supervision, pixels=pixels)
+
+
+def freeze_modules(model: PosSAM, names: Sequence[str]) -> list[str]:
+    """Keep the named head modules fixed (``train.frozen_modules``): no gradient, eval mode.
+
+    Call after ``model.train()``. Returns the names of the parameters frozen.
+    """
+    heads = {name for name, _ in model.named_children() if not f"{name}.".startswith(FROZEN_PREFIXES)}
+    unknown = sorted(set(names) - heads)
+    if unknown:
+        raise ValueError(f"train.frozen_modules: {unknown} are not head modules of this model (have: {sorted(heads)})")
+    frozen = []
+    for name in names:
+        module = getattr(model, name)
+        module.eval()
+        for param_name, param in module.named_parameters():
+            param.requires_grad_(False)
+            frozen.append(f"{name}.{param_name}")
+    if names and not any(p.requires_grad for p in model.trainable_parameters()):
+        raise ValueError(f"train.frozen_modules: {list(names)} leaves nothing to train")
+    return frozen
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
