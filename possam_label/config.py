@@ -156,9 +156,11 @@ class LDPConfig:
     # the geometry mask pooling discards. Off in the paper's design.
     shape_encoder: bool = False
     shape_crop_size: int = 24
-    # The shape encoder also reads the image in a square box around each mask at the input's
-    # full resolution (model/mask_shape.py): outlines sharper than the stride-4 mask logits.
-    shape_pixels: bool = False
+    # Add an embedding of the image in a square box around each mask, at the input's full
+    # resolution, with the mask as a fourth channel (model/mask_shape.py): outlines sharper than
+    # the stride-4 mask logits. Its output starts at zero (warm starts keep the trained heads).
+    crop_encoder: bool = False
+    crop_encoder_size: int = 32
 
 
 @dataclass

@@ -258,12 +258,14 @@ def test_mask_shape_encoder_sees_outlines_not_positions():
     assert all(p.grad is not None for p in encoder.parameters())
 
 
-def test_shape_encoder_reads_the_image_inside_each_mask_box():
+def test_crop_encoder_reads_the_image_inside_each_mask_box():
     from possam_label.model.mask_shape import MaskShapeEncoder
 
     torch.manual_seed(0)
     encoder = MaskShapeEncoder(hidden_dim=32, crop_size=16, use_pixels=True)
     assert [m.in_channels for m in encoder.convs if isinstance(m, torch.nn.Conv2d)][0] == 4
+    assert not encoder(torch.randn(1, 2, 16, 16), torch.randn(1, 3, 64, 64)).any()  # starts at zero
+    torch.nn.init.normal_(encoder.proj.weight)
     logits = torch.full((1, 2, 16, 16), -10.0)  # stride 4 of a 64 px image
     logits[0, 0, 4:8, 4:8] = 10.0  # box 16..32 px, square crop 14.4..33.6 px
     logits[0, 1, 11:15, 11:15] = 10.0  # box 44..60 px
@@ -285,14 +287,15 @@ def test_shape_encoder_reads_the_image_inside_each_mask_box():
     encoder(logits, pixels).sum().backward()
     assert logits.grad is None and pixels.grad is None
     assert all(p.grad is not None for p in encoder.parameters())
-    with pytest.raises(ValueError, match="shape_pixels"):
+    with pytest.raises(ValueError, match="crop_encoder"):
         encoder(logits)
 
 
-def test_heads_with_an_image_reading_shape_encoder_need_the_pixels(vocab):
-    cfg = load_config(TINY, {"ldp": {"shape_encoder": True, "shape_pixels": True}})
+def test_heads_with_a_crop_encoder_need_the_pixels_and_warm_start_unchanged(tmp_path, tiny_cfg, vocab):
+    cfg = load_config(TINY, {"ldp": {"shape_encoder": True, "crop_encoder": True}})
     torch.manual_seed(0)
     model = PosSAM.from_config(cfg).eval()
+    torch.nn.init.normal_(model.ldp.crop_encoder.proj.weight, std=0.1)  # as if trained (it starts at zero)
     assert model.needs_pixels and model.detail_stem is None
     pixels = torch.rand(1, 3, 128, 128) * 255
     text = model.clip.text_classifier(vocab)
@@ -306,6 +309,21 @@ def test_heads_with_an_image_reading_shape_encoder_need_the_pixels(vocab):
     # Masks do not depend on the pixels (no detail stem); the class embeddings do.
     assert torch.equal(out["pred_masks"], brighter["pred_masks"])
     assert not torch.allclose(out["pred_embeddings"], brighter["pred_embeddings"])
+    # Switched on in a warm start from heads without it, the model is the old one.
+    from possam_label.train.trainer import init_heads_from
+
+    torch.manual_seed(1)
+    plain = PosSAM.from_config(tiny_cfg).eval()
+    path = tmp_path / "plain.safetensors"
+    save_heads(plain, path, tiny_cfg, vocab)
+    torch.manual_seed(1)  # the same random backbones
+    cropped = PosSAM.from_config(load_config(TINY, {"ldp": {"crop_encoder": True}})).eval()
+    new = init_heads_from(cropped, path)
+    assert new and all(k.startswith("ldp.crop_encoder.") for k in new)
+    with torch.no_grad():
+        before = plain(pixels, text)
+        after = cropped(pixels, text)
+    assert torch.equal(before["pred_masks"], after["pred_masks"]) and torch.equal(before["pred_logits"], after["pred_logits"])
 
 
 def test_shape_encoder_switch_and_warm_start(tmp_path, tiny_cfg, vocab):
@@ -350,7 +368,7 @@ def test_checkpoints_older_than_a_setting_match_its_default(tmp_path, tiny_cfg, 
     save_heads(model, path, tiny_cfg, vocab)
     metadata = read_heads_metadata(path)
     identity = json.loads(metadata["model_identity"])
-    del identity["ldp"]["shape_encoder"], identity["ldp"]["shape_crop_size"], identity["ldp"]["shape_pixels"], identity["pixel_decoder"]["detail_stem"]
+    del identity["ldp"]["shape_encoder"], identity["ldp"]["shape_crop_size"], identity["ldp"]["crop_encoder"], identity["ldp"]["crop_encoder_size"], identity["pixel_decoder"]["detail_stem"]
     old = tmp_path / "old.safetensors"
     save_file(load_file(str(path)), str(old), metadata=dict(metadata, model_identity=json.dumps(identity)))
     load_heads(PosSAM.from_config(tiny_cfg), old, tiny_cfg)

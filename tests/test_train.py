@@ -96,8 +96,8 @@ def test_training_overfits_one_batch_and_checkpoints_resume_exactly(world, tmp_p
 
 @pytest.mark.parametrize(
     "reader, weight",
-    [({"pixel_decoder": {"detail_stem": True}}, "detail_stem.proj.weight"), ({"ldp": {"shape_encoder": True, "shape_pixels": True}}, "ldp.shape_encoder.convs.0.weight")],
-    ids=["detail_stem", "shape_pixels"],
+    [({"pixel_decoder": {"detail_stem": True}}, "detail_stem.proj.weight"), ({"ldp": {"crop_encoder": True}}, "ldp.crop_encoder.proj.weight")],
+    ids=["detail_stem", "crop_encoder"],
 )
 def test_cached_features_carry_the_pixels_the_heads_read(world, reader, weight):
     from possam_label.engine.train import CachedFeatures

@@ -36,6 +36,8 @@ class LocalDiscriminativePooling(nn.Module):
         logit_scale_max: clamp of the temperature.
         shape_encoder: adds an embedding of each mask's outline to g (``ldp.shape_encoder``;
             None: the pooled features only, as in the paper).
+        crop_encoder: adds an embedding of the image around each mask at full resolution
+            (``ldp.crop_encoder``; a :class:`MaskShapeEncoder` with ``use_pixels``).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class LocalDiscriminativePooling(nn.Module):
         logit_scale_init: float,
         logit_scale_max: float,
         shape_encoder: Optional[MaskShapeEncoder] = None,
+        crop_encoder: Optional[MaskShapeEncoder] = None,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -67,6 +70,7 @@ class LocalDiscriminativePooling(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
         self.logit_scale_max = logit_scale_max
         self.shape_encoder = shape_encoder
+        self.crop_encoder = crop_encoder
 
     def fuse(self, mask_features: torch.Tensor, clip_features: torch.Tensor) -> torch.Tensor:
         """Per-pixel fusion, computed once per image for all decoder stages.
@@ -100,7 +104,7 @@ class LocalDiscriminativePooling(nn.Module):
             mask_features: (B, mask_dim, H/4, W/4).
             mask_logits: (B, Q, H/4, W/4) (binarised without gradient).
             queries: (B, Q, hidden) normalised query outputs.
-            pixels: (B, 3, S, S) normalised input pixels, for a shape encoder that reads them.
+            pixels: (B, 3, S, S) normalised input pixels, for the crop encoder.
         Returns:
             (B, Q, embed_dim) embeddings G_ldp.
         """
@@ -115,7 +119,9 @@ class LocalDiscriminativePooling(nn.Module):
         if self.use_query_embedding:
             g = g + queries
         if self.shape_encoder is not None:
-            g = g + self.shape_encoder(mask_logits, pixels)
+            g = g + self.shape_encoder(mask_logits)
+        if self.crop_encoder is not None:
+            g = g + self.crop_encoder(mask_logits, pixels)
         return self.embed(g)
 
     def scale(self) -> torch.Tensor:

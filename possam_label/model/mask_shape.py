@@ -39,7 +39,8 @@ class MaskShapeEncoder(nn.Module):
         layers: (out_channels, stride) of each 3x3 convolution; default ``MASK_ONLY_LAYERS``, or
             ``WITH_PIXELS_LAYERS`` when ``use_pixels``.
         use_pixels: also read the normalised input pixels in a square box around each mask, at
-            the input's full resolution (``ldp.shape_pixels``): 3 more input channels.
+            the input's full resolution (``ldp.crop_encoder``): 3 more input channels. The output
+            projection then starts at zero: added to trained heads it changes nothing until trained.
     """
 
     def __init__(self, hidden_dim: int, crop_size: int = 24, layers: Optional[Sequence[tuple[int, int]]] = None, use_pixels: bool = False) -> None:
@@ -56,6 +57,9 @@ class MaskShapeEncoder(nn.Module):
         self.convs = nn.Sequential(*modules)
         # +2: log aspect ratio and log relative area of the box.
         self.proj = nn.Linear(in_channels + 2, hidden_dim)
+        if use_pixels:
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
 
     @staticmethod
     def boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -93,7 +97,7 @@ class MaskShapeEncoder(nn.Module):
         """
         b, q, h, w = mask_logits.shape
         if self.use_pixels and pixels is None:
-            raise ValueError("this shape encoder reads the image (ldp.shape_pixels): pass the normalised pixels")
+            raise ValueError("this shape encoder reads the image (ldp.crop_encoder): pass the normalised pixels")
         # Always float32: under bf16 autocast the crops' small convolutions drift by several
         # percent, and the class depends on this embedding alone for shapes.
         with torch.autocast(device_type=mask_logits.device.type, enabled=False):

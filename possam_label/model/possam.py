@@ -118,7 +118,8 @@ class PosSAM(nn.Module):
             use_query_embedding=cfg.ldp.use_query_embedding,
             logit_scale_init=cfg.ldp.logit_scale_init,
             logit_scale_max=cfg.ldp.logit_scale_max,
-            shape_encoder=MaskShapeEncoder(dc.hidden_dim, cfg.ldp.shape_crop_size, use_pixels=cfg.ldp.shape_pixels) if cfg.ldp.shape_encoder else None,
+            shape_encoder=MaskShapeEncoder(dc.hidden_dim, cfg.ldp.shape_crop_size) if cfg.ldp.shape_encoder else None,
+            crop_encoder=MaskShapeEncoder(dc.hidden_dim, cfg.ldp.crop_encoder_size, use_pixels=True) if cfg.ldp.crop_encoder else None,
         )
         detail_stem = None
         if pd.detail_stem:
@@ -140,9 +141,8 @@ class PosSAM(nn.Module):
     # ---- trainable part ----------------------------------------------------------------------
     @property
     def needs_pixels(self) -> bool:
-        """Whether the heads read the input pixels (detail stem, or a shape encoder that crops the image)."""
-        shape_encoder = self.ldp.shape_encoder
-        return self.detail_stem is not None or (shape_encoder is not None and shape_encoder.use_pixels)
+        """Whether the heads read the input pixels (detail stem or LDP's crop encoder)."""
+        return self.detail_stem is not None or self.ldp.crop_encoder is not None
 
     def forward_heads(
         self,
@@ -164,7 +164,7 @@ class PosSAM(nn.Module):
         levels = self.pyramid(sam_features)
         if self.needs_pixels and pixels is None:
             raise ValueError(
-                "this model reads the input pixels (pixel_decoder.detail_stem or ldp.shape_pixels): forward_heads needs them"
+                "this model reads the input pixels (pixel_decoder.detail_stem or ldp.crop_encoder): forward_heads needs them"
             )
         normalized = self.sam.normalize(pixels.float()) if self.needs_pixels else None
         # Mask2Former runs the deformable encoder in fp32; the detail stem too (a few cheap
