@@ -82,7 +82,7 @@ class CachedFeatures:
         self.sam: list = []
         self.clip: list = []
         self.targets: list = []
-        # The inputs too when the heads read them (detail stem, shape encoder on pixels): uint8
+        # The inputs too when the heads read them (detail stem, LDP crop encoder): uint8
         # images (192 KiB at 256 px) and valid masks; the padding is filled at batch time.
         self.pixels: Optional[list] = [] if model.needs_pixels else None
         self.valid: list = []

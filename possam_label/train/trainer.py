@@ -109,7 +109,7 @@ def train_step(
         batch: {"images": (B, 3, S, S) uint8/float, "valid": (B, S, S) bool or None,
             "targets": [{"labels": (N,), "masks": (N, S, S)}]}; or, instead of images,
             "features": (sam (B, C, S/16, S/16), clip (B, C', s, s)) from the frozen encoders and,
-            for a model with a detail stem, "pixels": (B, 3, S, S) [0, 255] with the padding filled.
+            for a model that ``needs_pixels``, "pixels": (B, 3, S, S) [0, 255] with the padding filled.
     Returns:
         Scalar losses as floats, with "loss" the total.
     """
