@@ -231,7 +231,8 @@ class TrainConfig:
     # Mask2Former's deep supervision: losses on every decoder stage (False: the final stage only).
     deep_supervision: bool = True
     # Head modules kept fixed, by PosSAM attribute name (pyramid, pixel_decoder, detail_stem,
-    # transformer_decoder, mask_quality_head, ldp): retrain one part on top of trained heads.
+    # transformer_decoder, mask_quality_head, ldp) or a module inside one (ldp.crop_encoder.convs):
+    # retrain one part on top of trained heads, or keep a pretrained part as it is.
     frozen_modules: list[str] = field(default_factory=list)
     iou_loss: str = "mse"  # mse | smooth_l1
     iou_supervise_unmatched: bool = True

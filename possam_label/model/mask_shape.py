@@ -95,6 +95,23 @@ class MaskShapeEncoder(nn.Module):
         Returns:
             (B, Q, hidden_dim).
         """
+        b, q = mask_logits.shape[:2]
+        features = self.features(mask_logits, pixels)
+        with torch.autocast(device_type=mask_logits.device.type, enabled=False):
+            return self.proj(features).view(b, q, -1)
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of :meth:`features` (the input of ``proj``)."""
+        return self.proj.in_features
+
+    def features(self, mask_logits: torch.Tensor, pixels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The convolutional features and box geometry before the output projection.
+
+        Args: as :meth:`forward`.
+        Returns:
+            (B * Q, feature_dim) float32.
+        """
         b, q, h, w = mask_logits.shape
         if self.use_pixels and pixels is None:
             raise ValueError("this shape encoder reads the image (ldp.crop_encoder): pass the normalised pixels")
@@ -112,7 +129,7 @@ class MaskShapeEncoder(nn.Module):
             box_w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1.0)
             box_h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1.0)
             geometry = torch.stack([torch.log(box_w / box_h), torch.log(box_w * box_h / (h * w))], dim=1)
-            return self.proj(torch.cat([feats, geometry], dim=1)).view(b, q, -1)
+            return torch.cat([feats, geometry], dim=1)
 
     def _crops_with_pixels(self, probs: torch.Tensor, boxes: torch.Tensor, pixels: torch.Tensor, queries: int) -> torch.Tensor:
         """(B*Q, 4, crop, crop): the pixels and the mask probability in each mask's square box.

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 HEADS_FORMAT = "possam-heads-v1"
 FROZEN_PREFIXES = ("sam.", "clip.")
+# Input pixels per cell of the mask features and mask logits (the pixel decoder's finest level).
+MASK_STRIDE = 4
 
 
 class PosSAM(nn.Module):

@@ -166,15 +166,18 @@ class HeadsForward(nn.Module):
 def freeze_modules(model: PosSAM, names: Sequence[str]) -> list[str]:
     """Keep the named head modules fixed (``train.frozen_modules``): no gradient, eval mode.
 
-    Call after ``model.train()``. Returns the names of the parameters frozen.
+    A name is a head module (``ldp``) or a module inside one (``ldp.crop_encoder.convs``, e.g. a
+    pretrained part kept as it is). Call after ``model.train()``. Returns the names of the
+    parameters frozen.
     """
     heads = {name for name, _ in model.named_children() if not f"{name}.".startswith(FROZEN_PREFIXES)}
-    unknown = sorted(set(names) - heads)
+    modules = dict(model.named_modules())
+    unknown = sorted(n for n in set(names) if n.split(".", 1)[0] not in heads or n not in modules)
     if unknown:
-        raise ValueError(f"train.frozen_modules: {unknown} are not head modules of this model (have: {sorted(heads)})")
+        raise ValueError(f"train.frozen_modules: {unknown} are not head modules of this model or modules inside them (head modules: {sorted(heads)})")
     frozen = []
     for name in names:
-        module = getattr(model, name)
+        module = modules[name]
         module.eval()
         for param_name, param in module.named_parameters():
             param.requires_grad_(False)

@@ -1,0 +1,122 @@
+"""Pretraining LDP's crop encoder on a COCO-panoptic training set (see ``train.crop_pretrain``).
+
+One process, no Ray: the job is small (a few minutes on two CPU cores for the small model) and
+its output, a heads checkpoint, is the ``train.init_heads`` of the Ray Train heads run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from ..config import load_config
+from .train import TrainData, _collate, _seed_worker, build_dataset
+
+logger = logging.getLogger(__name__)
+
+HEADS_FILE = "heads_init.safetensors"
+REPORT_FILE = "crop_pretrain.json"
+
+
+def _endless(loader: Any) -> Iterator[dict[str, Any]]:
+    while True:
+        yield from loader
+
+
+def run_crop_encoder_pretraining(
+    config_path: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    vocabulary: Optional[str] = None,
+    init_heads: Optional[str | Path] = None,
+    val_dir: Optional[str | Path] = None,
+    images_per_step: int = 32,
+    steps: int = 600,
+    lr: float = 2e-3,
+    seed: int = 0,
+    log_every: int = 50,
+    loader_workers: int = 1,
+    num_threads: Optional[int] = None,
+    overrides: Optional[dict[str, Any]] = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Pretrain ``ldp.crop_encoder`` and write a heads checkpoint to start heads training from.
+
+    Args:
+        config_path: model config; ``ldp.crop_encoder`` is switched on whatever it says.
+        data_dir: COCO-panoptic training folder (panoptic.json, images/, panoptic/).
+        out_dir: receives ``heads_init.safetensors`` (the other head tensors from ``init_heads``,
+            or freshly initialised) and ``crop_pretrain.json`` (history, validation accuracy).
+        vocabulary: training vocabulary spec; default: the dataset's categories.
+        init_heads: heads checkpoint whose matching tensors fill the rest of the heads.
+        val_dir: a COCO-panoptic folder to report accuracy on (no augmentation).
+        images_per_step: images per step; every ground-truth segment in them is one crop.
+        log_every: steps between history entries (mean loss and accuracy since the last one).
+        loader_workers: processes reading and augmenting images while the encoder trains (0: none).
+    Returns:
+        The report written to ``crop_pretrain.json``, with ``"heads"`` the checkpoint path.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..model.possam import MASK_STRIDE, PosSAM, save_heads
+    from ..train.crop_pretrain import CropClassifier, CropPretrainConfig, crop_accuracy, pretrain_crop_encoder
+    from ..train.trainer import init_heads_from
+    from ..vocab import Vocabulary, load_vocabulary
+
+    if loader_workers < 0:
+        raise ValueError(f"loader_workers must be >= 0, got {loader_workers}")
+    if min(images_per_step, steps, log_every) < 1:
+        raise ValueError(f"images_per_step, steps and log_every must be >= 1 (got {images_per_step}, {steps}, {log_every})")
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    torch.manual_seed(seed)
+    cfg = load_config(config_path, overrides)
+    cfg.ldp.crop_encoder = True
+    data = TrainData.from_dir(data_dir)
+    if vocabulary is None:
+        with open(data.json_path) as fh:
+            vocab = Vocabulary.from_coco_categories(json.load(fh)["categories"])
+    else:
+        vocab = load_vocabulary(vocabulary)
+    model = PosSAM.from_config(cfg)
+    if init_heads is not None:
+        init_heads_from(model, init_heads)
+    encoder = model.ldp.crop_encoder
+    classifier = CropClassifier(encoder, len(vocab))
+    dataset = build_dataset(cfg, data, vocab, seed=seed)
+    loader = DataLoader(
+        dataset, batch_size=images_per_step, shuffle=True, drop_last=True, collate_fn=_collate,
+        generator=torch.Generator().manual_seed(seed), num_workers=loader_workers,
+        persistent_workers=loader_workers > 0,
+        worker_init_fn=functools.partial(_seed_worker, base_seed=seed) if loader_workers > 0 else None,
+    )
+    if len(loader) == 0:
+        raise ValueError(f"{data_dir}: {len(dataset)} images, fewer than images_per_step={images_per_step}")
+    normalize = model.sam.normalize
+    recipe = CropPretrainConfig(steps=steps, lr=lr, seed=seed, log_every=log_every)
+    history = pretrain_crop_encoder(classifier, _endless(loader), normalize, cfg.sam.pixel_mean, MASK_STRIDE, recipe, progress=progress)
+    report: dict[str, Any] = {
+        "config": str(config_path),
+        "data": str(data_dir),
+        "init_heads": str(init_heads) if init_heads is not None else None,
+        "images_per_step": images_per_step,
+        "recipe": recipe.__dict__,
+        "history": history,
+    }
+    if val_dir is not None:
+        val = TrainData.from_dir(val_dir)
+        val_set = build_dataset(cfg, val, vocab, seed=0, augment=False)
+        val_loader = DataLoader(val_set, batch_size=images_per_step, shuffle=False, collate_fn=_collate)
+        report["validation"] = {"data": str(val_dir), **crop_accuracy(classifier, val_loader, normalize, cfg.sam.pixel_mean, MASK_STRIDE, vocab.isthing)}
+        logger.info("crop encoder validation accuracy: %s", report["validation"])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    heads = out / HEADS_FILE
+    save_heads(model, heads, cfg, vocab, extra={"crop_encoder_pretraining": json.dumps(report["history"][-1:])})
+    report["heads"] = str(heads)
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2))
+    return report
