@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ..config import load_config
-from .train import TrainData, _collate, _seed_worker, build_dataset
+from .train import TrainData, _collate, _seed_worker, build_dataset, training_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ def run_crop_encoder_pretraining(
     from ..model.possam import MASK_STRIDE, PosSAM, save_heads
     from ..train.crop_pretrain import CropClassifier, CropPretrainConfig, crop_accuracy, pretrain_crop_encoder
     from ..train.trainer import init_heads_from
-    from ..vocab import Vocabulary, load_vocabulary
 
     if loader_workers < 0:
         raise ValueError(f"loader_workers must be >= 0, got {loader_workers}")
@@ -77,11 +76,7 @@ def run_crop_encoder_pretraining(
     cfg = load_config(config_path, overrides)
     cfg.ldp.crop_encoder = True
     data = TrainData.from_dir(data_dir)
-    if vocabulary is None:
-        with open(data.json_path) as fh:
-            vocab = Vocabulary.from_coco_categories(json.load(fh)["categories"])
-    else:
-        vocab = load_vocabulary(vocabulary)
+    vocab = training_vocabulary(data, vocabulary)
     model = PosSAM.from_config(cfg)
     if init_heads is not None:
         init_heads_from(model, init_heads)

@@ -43,6 +43,16 @@ class TrainData:
         return cls(str(json_path), str(image_dir), str(panoptic_dir))
 
 
+def training_vocabulary(data: TrainData, spec: Optional[str] = None) -> Any:
+    """The vocabulary a run trains on: ``spec`` (``load_vocabulary``) or the dataset's categories."""
+    from ..vocab import Vocabulary, load_vocabulary
+
+    if spec is not None:
+        return load_vocabulary(spec)
+    with open(data.json_path) as fh:
+        return Vocabulary.from_coco_categories(json.load(fh)["categories"])
+
+
 def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     import torch
 
@@ -275,7 +285,6 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     from ..train.trainer import latest_checkpoint
-    from ..vocab import Vocabulary, load_vocabulary
 
     cfg = load_config(config_path, overrides)
     if cfg.train.init_heads:
@@ -287,11 +296,7 @@ def run_training(
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = TrainData.from_dir(data_dir)
-    if vocabulary is None:
-        with open(data.json_path) as fh:
-            vocab = Vocabulary.from_coco_categories(json.load(fh)["categories"])
-    else:
-        vocab = load_vocabulary(vocabulary)
+    vocab = training_vocabulary(data, vocabulary)
     (out / "train_config.json").write_text(json.dumps({"config": cfg.to_dict(), "vocabulary": vocab.to_dict(), "data": str(data_dir)}, indent=2))
     loop_config = {
         "config": json.dumps(cfg.to_dict()),
