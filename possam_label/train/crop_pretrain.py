@@ -3,12 +3,12 @@
 Trained inside PosSAM (``ldp.crop_encoder`` learning from the class loss through LDP), the crop
 encoder overfits: on this project's cached small-model features the final-stage class loss fell
 from 1.21 to 0.45 while validation PQ dropped (40.8 against 42.3). Trained alone on ground-truth
-masks, with the whole image rotated and mirrored and large-scale jitter, the same kind of small
-network learns the shapes from the pixels quickly (65 % of validation base shapes after 250
-steps, 84 % after 500, in a probe with batch 128 crops). This module does that pretraining: the
-encoder's convolutions learn to classify the training vocabulary's segments through a temporary
-linear classifier, the encoder's output projection stays untouched (zero in a fresh encoder), and
-heads training then keeps the convolutions fixed (``train.frozen_modules: [ldp.crop_encoder.convs]``)
+masks, with the whole image rotated and mirrored, a small network of this kind learns the shapes
+from the pixels quickly (a probe on 12 shape classes, batch 128 crops: 65 % of held-out shapes
+right after 250 steps, 84 % after 500). This module does that pretraining: the encoder's
+convolutions learn to classify the training vocabulary's segments through a temporary linear
+classifier, the encoder's output projection stays untouched (zero in a fresh encoder), and heads
+training can then keep the convolutions fixed (``train.frozen_modules: [ldp.crop_encoder.convs]``)
 while LDP learns how much of them to use.
 
 The input is what the crop encoder reads inside PosSAM: SAM-normalised pixels with the padding
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.mask_shape import MaskShapeEncoder
+from .trainer import fill_padding
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +125,6 @@ def crop_batch_logits(
     Returns:
         (M, K) logits and (M,) labels (:data:`IGNORE` for padding entries).
     """
-    from .trainer import fill_padding
-
     device = next(classifier.parameters()).device
     images = fill_padding(batch["images"], batch.get("valid"), pad_value)
     masks, labels = pad_targets(batch["targets"], images.shape[-1])
