@@ -36,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images-per-step", type=int, default=32, help="images per step; each of their segments is one crop (default 32)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate, cosine decay (default 2e-3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data order, augmentation and initialisation (default 0)")
-    parser.add_argument("--coarse-masks", type=float, default=0.0, metavar="P", help="share of steps whose ground-truth masks are measured at twice the mask stride and resampled, blob-like as predicted masks are (default 0)")
     parser.add_argument("--loader-workers", type=int, default=1, help="processes that read and augment images while the encoder trains; 0 reads in the main process (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -61,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
             lr=args.lr,
             seed=args.seed,
             loader_workers=args.loader_workers,
-            coarse_mask_prob=args.coarse_masks,
             num_threads=args.threads,
             overrides=parse_assignments(args.assignments),
             progress=not args.no_progress,

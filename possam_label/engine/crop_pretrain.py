@@ -39,7 +39,6 @@ def run_crop_encoder_pretraining(
     seed: int = 0,
     log_every: int = 50,
     loader_workers: int = 1,
-    coarse_mask_prob: float = 0.0,
     num_threads: Optional[int] = None,
     overrides: Optional[dict[str, Any]] = None,
     progress: bool = True,
@@ -57,7 +56,6 @@ def run_crop_encoder_pretraining(
         images_per_step: images per step; every ground-truth segment in them is one crop.
         log_every: steps between history entries (mean loss and accuracy since the last one).
         loader_workers: processes reading and augmenting images while the encoder trains (0: none).
-        coarse_mask_prob: share of steps whose ground-truth masks are made coarse, like predicted ones.
     Returns:
         The report written to ``crop_pretrain.json``, with ``"heads"`` the checkpoint path.
     """
@@ -70,8 +68,6 @@ def run_crop_encoder_pretraining(
 
     if loader_workers < 0:
         raise ValueError(f"loader_workers must be >= 0, got {loader_workers}")
-    if not 0.0 <= coarse_mask_prob <= 1.0:
-        raise ValueError(f"coarse_mask_prob must be in [0, 1], got {coarse_mask_prob}")
     if min(images_per_step, steps, log_every) < 1:
         raise ValueError(f"images_per_step, steps and log_every must be >= 1 (got {images_per_step}, {steps}, {log_every})")
     if num_threads:
@@ -96,7 +92,7 @@ def run_crop_encoder_pretraining(
     if len(loader) == 0:
         raise ValueError(f"{data_dir}: {len(dataset)} images, fewer than images_per_step={images_per_step}")
     normalize = model.sam.normalize
-    recipe = CropPretrainConfig(steps=steps, lr=lr, seed=seed, log_every=log_every, coarse_mask_prob=coarse_mask_prob)
+    recipe = CropPretrainConfig(steps=steps, lr=lr, seed=seed, log_every=log_every)
     history = pretrain_crop_encoder(classifier, _endless(loader), normalize, cfg.sam.pixel_mean, MASK_STRIDE, recipe, progress=progress)
     report: dict[str, Any] = {
         "config": str(config_path),

@@ -46,29 +46,19 @@ class CropPretrainConfig:
     weight_decay: float = 1e-4
     log_every: int = 50
     seed: int = 0
-    # Share of training batches whose masks are made coarse (``mask_logits_from_masks``): the heads'
-    # predicted masks are blobs next to the ground truth (measured on validation shapes: 53.6 % right
-    # from ground-truth masks, 39.2 % from the matched predicted masks with the same encoder).
-    coarse_mask_prob: float = 0.0
 
 
-def mask_logits_from_masks(masks: torch.Tensor, stride: int, coarse: bool = False) -> torch.Tensor:
+def mask_logits_from_masks(masks: torch.Tensor, stride: int) -> torch.Tensor:
     """Ground-truth masks as the mask logits PosSAM's decoder would give for them.
 
     Args:
-        masks: (B, N, S, S) bool, S a multiple of ``2 * stride``.
-        coarse: measure the coverage at twice the stride and resample it bilinearly to the mask
-            grid: rounded corners and soft edges, as the decoder's own masks have.
+        masks: (B, N, S, S) bool, S a multiple of ``stride``.
     Returns:
         (B, N, S / stride, S / stride) float: logit of each cell's covered fraction.
     """
     b, n, s, _ = masks.shape
-    flat = masks.reshape(b * n, 1, s, s).float()
-    if coarse:
-        coverage = F.interpolate(F.avg_pool2d(flat, 2 * stride), size=(s // stride, s // stride), mode="bilinear", align_corners=False)
-    else:
-        coverage = F.avg_pool2d(flat, stride)
-    return torch.logit(coverage.reshape(b, n, s // stride, s // stride).clamp(_PROB_EPS, 1 - _PROB_EPS))
+    coverage = F.avg_pool2d(masks.reshape(b * n, 1, s, s).float(), stride).reshape(b, n, s // stride, s // stride)
+    return torch.logit(coverage.clamp(_PROB_EPS, 1 - _PROB_EPS))
 
 
 def pad_targets(targets: list[dict[str, torch.Tensor]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +112,6 @@ def crop_batch_logits(
     pad_value: Any,
     mask_stride: int,
     generator: Optional[torch.Generator] = None,
-    coarse_mask_prob: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class logits and labels of every ground-truth segment of a training batch.
 
@@ -133,19 +122,16 @@ def crop_batch_logits(
         pad_value: the padding fill (SAM's mean, [0, 255]).
         mask_stride: input pixels per mask-logit cell.
         generator: draws the rotation and mirror; None: no augmentation (evaluation).
-        coarse_mask_prob: with a generator, the chance that the batch's masks are made coarse.
     Returns:
         (M, K) logits and (M,) labels (:data:`IGNORE` for padding entries).
     """
     device = next(classifier.parameters()).device
     images = fill_padding(batch["images"], batch.get("valid"), pad_value)
     masks, labels = pad_targets(batch["targets"], images.shape[-1])
-    coarse = False
     if generator is not None:
         images, masks = rotate_and_mirror(images, masks, generator)
-        coarse = coarse_mask_prob > 0 and bool(torch.rand((), generator=generator) < coarse_mask_prob)
     pixels = normalize(images.to(device))
-    logits = classifier(mask_logits_from_masks(masks.to(device), mask_stride, coarse), pixels)
+    logits = classifier(mask_logits_from_masks(masks.to(device), mask_stride), pixels)
     return logits, labels.flatten().to(device)
 
 
@@ -177,7 +163,7 @@ def pretrain_crop_encoder(
         # Cosine decay: a short job, no schedule to tune.
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * 0.5 * (1 + torch.cos(torch.tensor((step - 1) / cfg.steps * torch.pi)).item())
-        logits, labels = crop_batch_logits(classifier, next(batches), normalize, pad_value, mask_stride, generator, cfg.coarse_mask_prob)
+        logits, labels = crop_batch_logits(classifier, next(batches), normalize, pad_value, mask_stride, generator)
         keep = labels != IGNORE
         if not keep.any():
             continue
