@@ -77,7 +77,9 @@ def run_crop_encoder_pretraining(
     cfg.ldp.crop_encoder = True
     data = TrainData.from_dir(data_dir)
     vocab = training_vocabulary(data, vocabulary)
-    model = PosSAM.from_config(cfg)
+    # Only the heads are trained and saved, and SAM's normalisation is a fixed buffer: the backbone
+    # weights (gigabytes for ViT-H) are not needed.
+    model = PosSAM.from_config(cfg, load_backbones=False)
     if init_heads is not None:
         init_heads_from(model, init_heads)
     encoder = model.ldp.crop_encoder

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.mask_shape import MaskShapeEncoder
+from .small_sam import cosine_lr
 from .trainer import fill_padding
 
 logger = logging.getLogger(__name__)
@@ -160,9 +161,9 @@ def pretrain_crop_encoder(
     history: list[dict[str, float]] = []
     running_loss, running_correct, running_count = 0.0, 0, 0
     for step in tqdm(range(1, cfg.steps + 1), desc="pretrain crop encoder", disable=not progress, mininterval=10):
-        # Cosine decay: a short job, no schedule to tune.
+        # Cosine decay to zero: a short job, no schedule to tune.
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * 0.5 * (1 + torch.cos(torch.tensor((step - 1) / cfg.steps * torch.pi)).item())
+            group["lr"] = cosine_lr(step - 1, cfg.steps, cfg.lr, warmup=0, final_ratio=0.0)
         logits, labels = crop_batch_logits(classifier, next(batches), normalize, pad_value, mask_stride, generator)
         keep = labels != IGNORE
         if not keep.any():
