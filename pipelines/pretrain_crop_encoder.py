@@ -1,8 +1,9 @@
-"""Pretrain LDP's crop encoder (ldp.crop_encoder) on ground-truth segments, before heads training.
+"""Pretrain LDP's crop encoder (ldp.crop_encoder) to classify segments, before heads training.
 
-The encoder's convolutions learn to classify every ground-truth segment of the training set from
-the image around it and its mask (a temporary linear classifier; rotations, mirrors and large-scale
-jitter). Writes OUT/heads_init.safetensors, to start heads training from with the convolutions kept
+The encoder's convolutions learn to classify the training set's segments from the image around
+each and its mask (a temporary linear classifier; rotations and mirrors). The masks are the ground
+truth (with large-scale jitter) or, with --mask-source predicted, the masks the trained heads
+predict, matched to the ground truth. Writes OUT/heads_init.safetensors, to start heads training from with the convolutions kept
 fixed, and OUT/crop_pretrain.json (loss and accuracy history, validation accuracy).
 
 Example:
@@ -33,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-heads", default=None, help="heads checkpoint that fills the other head tensors of heads_init.safetensors (default: fresh initialisation)")
     parser.add_argument("--val-data", default=None, help="COCO-panoptic folder to report ground-truth classification accuracy on at the end")
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
-    parser.add_argument("--images-per-step", type=int, default=32, help="images per step; each of their segments is one crop (default 32)")
+    parser.add_argument("--mask-source", choices=["ground_truth", "predicted"], default="ground_truth",
+                        help="ground_truth: crops of the ground-truth segments of augmented images; predicted: the model with --init-heads "
+                             "runs once over the training images and each predicted mask matched to a ground-truth segment (IoU > 0.5) "
+                             "is a crop, as the encoder will see them inside PosSAM (needs --init-heads and the backbone weights)")
+    parser.add_argument("--images-per-step", type=int, default=32, help="images per step with --mask-source ground_truth (each of their segments is one crop); images per inference batch with predicted (default 32)")
+    parser.add_argument("--crops-per-step", type=int, default=128, help="crops per step with --mask-source predicted (default 128)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate, cosine decay (default 2e-3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data order, augmentation and initialisation (default 0)")
     parser.add_argument("--loader-workers", type=int, default=1, help="processes that read and augment images while the encoder trains; 0 reads in the main process (default 1)")
@@ -63,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             num_threads=args.threads,
             overrides=parse_assignments(args.assignments),
             progress=not args.no_progress,
+            mask_source=args.mask_source,
+            crops_per_step=args.crops_per_step,
         )
     except (FileNotFoundError, ValueError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

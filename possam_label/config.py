@@ -161,6 +161,10 @@ class LDPConfig:
     # the stride-4 mask logits. Its output starts at zero (warm starts keep the trained heads).
     crop_encoder: bool = False
     crop_encoder_size: int = 32
+    # groupnorm_small: 5 GroupNorm convolutions (16-64 channels); batchnorm_wide: 6 BatchNorm
+    # convolutions (32-128 channels), for an encoder pretrained on predicted masks
+    # (pipelines.pretrain_crop_encoder --mask-source predicted). See model/mask_shape.py.
+    crop_encoder_arch: str = "groupnorm_small"
 
 
 @dataclass

@@ -19,11 +19,26 @@ logger = logging.getLogger(__name__)
 
 HEADS_FILE = "heads_init.safetensors"
 REPORT_FILE = "crop_pretrain.json"
+MASK_SOURCES = ("ground_truth", "predicted")
 
 
 def _endless(loader: Any) -> Iterator[dict[str, Any]]:
     while True:
         yield from loader
+
+
+def _bank_without_fresh_encoder(model: Any, encoder: Any, loader: Any, text: Any, pad_value: Any, stride: int, progress: bool, fresh: bool) -> Any:
+    """``predicted_mask_bank``; an encoder whose projection is zero adds nothing to LDP's
+    embeddings (and never to the masks), so the model then runs without it: at 48 px crops for
+    every query it would be most of the inference time."""
+    from ..train.crop_pretrain import predicted_mask_bank
+
+    if fresh:
+        model.ldp.crop_encoder = None
+    try:
+        return predicted_mask_bank(model, encoder, loader, text, pad_value, stride, progress=progress)
+    finally:
+        model.ldp.crop_encoder = encoder
 
 
 def run_crop_encoder_pretraining(
@@ -42,6 +57,8 @@ def run_crop_encoder_pretraining(
     num_threads: Optional[int] = None,
     overrides: Optional[dict[str, Any]] = None,
     progress: bool = True,
+    mask_source: str = "ground_truth",
+    crops_per_step: int = 128,
 ) -> dict[str, Any]:
     """Pretrain ``ldp.crop_encoder`` and write a heads checkpoint to start heads training from.
 
@@ -56,6 +73,12 @@ def run_crop_encoder_pretraining(
         images_per_step: images per step; every ground-truth segment in them is one crop.
         log_every: steps between history entries (mean loss and accuracy since the last one).
         loader_workers: processes reading and augmenting images while the encoder trains (0: none).
+        mask_source: ``ground_truth``: every ground-truth segment of ``images_per_step``
+            augmented images is a crop. ``predicted``: the model with the ``init_heads`` heads (and
+            its backbones) runs once over the un-augmented training set; each predicted mask
+            matched to a ground-truth segment (IoU > 0.5) becomes a crop, and each step draws
+            ``crops_per_step`` of them, turned and mirrored. Validation then also uses predicted
+            masks and reports the heads' own accuracy on the same predictions.
     Returns:
         The report written to ``crop_pretrain.json``, with ``"heads"`` the checkpoint path.
     """
@@ -63,9 +86,23 @@ def run_crop_encoder_pretraining(
     from torch.utils.data import DataLoader
 
     from ..model.possam import MASK_STRIDE, PosSAM, save_heads
-    from ..train.crop_pretrain import CropClassifier, CropPretrainConfig, crop_accuracy, pretrain_crop_encoder
+    from ..train.crop_pretrain import (
+        CropClassifier,
+        CropPretrainConfig,
+        bank_accuracy,
+        bank_batch_logits,
+        crop_accuracy,
+        crop_batch_logits,
+        pretrain_crop_encoder,
+    )
     from ..train.trainer import init_heads_from
 
+    if mask_source not in MASK_SOURCES:
+        raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
+    if mask_source == "predicted" and init_heads is None:
+        raise ValueError("mask_source='predicted' needs init_heads: the trained heads whose masks the encoder learns from")
+    if crops_per_step < 1:
+        raise ValueError(f"crops_per_step must be >= 1, got {crops_per_step}")
     if loader_workers < 0:
         raise ValueError(f"loader_workers must be >= 0, got {loader_workers}")
     if min(images_per_step, steps, log_every) < 1:
@@ -77,30 +114,49 @@ def run_crop_encoder_pretraining(
     cfg.ldp.crop_encoder = True
     data = TrainData.from_dir(data_dir)
     vocab = training_vocabulary(data, vocabulary)
-    # Only the heads are trained and saved, and SAM's normalisation is a fixed buffer: the backbone
-    # weights (gigabytes for ViT-H) are not needed.
-    model = PosSAM.from_config(cfg, load_backbones=False)
+    predicted = mask_source == "predicted"
+    # Ground-truth masks: only the heads are trained and saved, and SAM's normalisation is a fixed
+    # buffer, so the backbone weights (gigabytes for ViT-H) are not needed. Predicted masks need
+    # the whole model.
+    model = PosSAM.from_config(cfg, load_backbones=predicted)
     if init_heads is not None:
         init_heads_from(model, init_heads)
     encoder = model.ldp.crop_encoder
+    # Decided before training: a fresh encoder's projection is zero and stays so (not trained here).
+    fresh = not encoder.proj.weight.any() and not encoder.proj.bias.any()
     classifier = CropClassifier(encoder, len(vocab))
-    dataset = build_dataset(cfg, data, vocab, seed=seed)
-    loader = DataLoader(
-        dataset, batch_size=images_per_step, shuffle=True, drop_last=True, collate_fn=_collate,
-        generator=torch.Generator().manual_seed(seed), num_workers=loader_workers,
-        persistent_workers=loader_workers > 0,
-        worker_init_fn=functools.partial(_seed_worker, base_seed=seed) if loader_workers > 0 else None,
-    )
-    if len(loader) == 0:
-        raise ValueError(f"{data_dir}: {len(dataset)} images, fewer than images_per_step={images_per_step}")
     normalize = model.sam.normalize
     recipe = CropPretrainConfig(steps=steps, lr=lr, seed=seed, log_every=log_every)
-    history = pretrain_crop_encoder(classifier, _endless(loader), normalize, cfg.sam.pixel_mean, MASK_STRIDE, recipe, progress=progress)
+    if predicted:
+        model.eval()
+        text = model.clip.text_classifier(vocab)
+        plain = build_dataset(cfg, data, vocab, seed=seed, augment=False)
+        loader = DataLoader(plain, batch_size=images_per_step, shuffle=False, collate_fn=_collate, num_workers=loader_workers)
+        bank = _bank_without_fresh_encoder(model, encoder, loader, text, cfg.sam.pixel_mean, MASK_STRIDE, progress, fresh)
+        logger.info("%d predicted masks matched in %d training images (mean IoU %.3f)", len(bank), len(plain), float(bank.iou.mean()))
+        history = pretrain_crop_encoder(classifier, lambda g: bank_batch_logits(classifier, bank, crops_per_step, g), recipe, progress=progress)
+    else:
+        dataset = build_dataset(cfg, data, vocab, seed=seed)
+        loader = DataLoader(
+            dataset, batch_size=images_per_step, shuffle=True, drop_last=True, collate_fn=_collate,
+            generator=torch.Generator().manual_seed(seed), num_workers=loader_workers,
+            persistent_workers=loader_workers > 0,
+            worker_init_fn=functools.partial(_seed_worker, base_seed=seed) if loader_workers > 0 else None,
+        )
+        if len(loader) == 0:
+            raise ValueError(f"{data_dir}: {len(dataset)} images, fewer than images_per_step={images_per_step}")
+        batches = _endless(loader)
+        history = pretrain_crop_encoder(
+            classifier, lambda g: crop_batch_logits(classifier, next(batches), normalize, cfg.sam.pixel_mean, MASK_STRIDE, g), recipe, progress=progress
+        )
     report: dict[str, Any] = {
         "config": str(config_path),
         "data": str(data_dir),
         "init_heads": str(init_heads) if init_heads is not None else None,
+        "mask_source": mask_source,
         "images_per_step": images_per_step,
+        "crops_per_step": crops_per_step if predicted else None,
+        "training_crops": len(bank) if predicted else None,
         "recipe": recipe.__dict__,
         "history": history,
     }
@@ -108,7 +164,12 @@ def run_crop_encoder_pretraining(
         val = TrainData.from_dir(val_dir)
         val_set = build_dataset(cfg, val, vocab, seed=0, augment=False)
         val_loader = DataLoader(val_set, batch_size=images_per_step, shuffle=False, collate_fn=_collate)
-        report["validation"] = {"data": str(val_dir), **crop_accuracy(classifier, val_loader, normalize, cfg.sam.pixel_mean, MASK_STRIDE, vocab.isthing)}
+        if predicted:
+            val_bank = _bank_without_fresh_encoder(model, encoder, val_loader, text, cfg.sam.pixel_mean, MASK_STRIDE, progress, fresh)
+            accuracy = bank_accuracy(classifier, val_bank, vocab.isthing)
+        else:
+            accuracy = crop_accuracy(classifier, val_loader, normalize, cfg.sam.pixel_mean, MASK_STRIDE, vocab.isthing)
+        report["validation"] = {"data": str(val_dir), **accuracy}
         logger.info("crop encoder validation accuracy: %s", report["validation"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

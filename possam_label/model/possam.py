@@ -17,7 +17,7 @@ from .common import masked_average_pool
 from .detail_stem import ImageDetailStem
 from .heads import MaskHead, MaskQualityHead
 from .ldp import LocalDiscriminativePooling
-from .mask_shape import MaskShapeEncoder
+from .mask_shape import MaskShapeEncoder, crop_encoder_from_config
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .pyramid import SimpleFeaturePyramid
 from .sam_backbone import SAMBackbone
@@ -121,7 +121,7 @@ class PosSAM(nn.Module):
             logit_scale_init=cfg.ldp.logit_scale_init,
             logit_scale_max=cfg.ldp.logit_scale_max,
             shape_encoder=MaskShapeEncoder(dc.hidden_dim, cfg.ldp.shape_crop_size) if cfg.ldp.shape_encoder else None,
-            crop_encoder=MaskShapeEncoder(dc.hidden_dim, cfg.ldp.crop_encoder_size, use_pixels=True) if cfg.ldp.crop_encoder else None,
+            crop_encoder=crop_encoder_from_config(dc.hidden_dim, cfg.ldp) if cfg.ldp.crop_encoder else None,
         )
         detail_stem = None
         if pd.detail_stem:
