@@ -228,7 +228,8 @@ def crop_accuracy(
 # ground-truth masks, 39.2 % from the matched predicted ones, LDP itself 45.2 %), and making the
 # ground truth coarse did not close that gap. Trained on the predicted masks themselves (the frozen
 # heads run once over the training set; each prediction matched to a ground-truth segment gives one
-# crop), the wide BatchNorm encoder names 71 % of the same validation shapes.
+# crop), the wide BatchNorm encoder names 65 % of the (414) matched validation base shapes after 1500
+# steps on 3000 scenes (the heads themselves: 45 %).
 
 
 @dataclass
