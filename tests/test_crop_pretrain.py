@@ -186,8 +186,9 @@ def test_pretraining_on_the_shipped_heads_predicted_masks(world, tmp_path):
         loader_workers=0, progress=False, overrides=WIDE,
     )
     # The shipped heads' masks match the base segments of these scenes (their novel shapes are not
-    # in the vocabulary). Measured: 76 crops, mean IoU 0.93; loss 1.55 -> 0.54; the encoder then
-    # names 91 % of these (seen) crops, the heads themselves 62 % (stuff 100 %).
+    # in the vocabulary). Measured, starting from the shipped (already pretrained) encoder: 76
+    # crops, mean IoU 0.93; loss 0.97 -> 0.24; the encoder then names 96 % of these (seen) crops,
+    # the shipped heads themselves 71 % (stuff 100 %).
     assert report["training_crops"] > 50
     validation = report["validation"]
     assert validation["mean_iou"] > 0.8
@@ -196,12 +197,16 @@ def test_pretraining_on_the_shipped_heads_predicted_masks(world, tmp_path):
     history = report["history"]
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
     assert validation["all"] > 0.6
-    # The written checkpoint is the shipped heads plus a wide BatchNorm encoder with its running
-    # statistics, and loads strictly into that architecture.
+    # The written checkpoint is the shipped heads with the encoder's convolutions and BatchNorm
+    # statistics retrained and everything else (its projection included) as shipped; it loads
+    # strictly into that architecture.
     cfg = load_config(SMALL, {"ldp": {"crop_encoder": True, **WIDE["ldp"]}})
     written = load_file(str(tmp_path / "out" / "heads_init.safetensors"))
-    assert written["ldp.crop_encoder.convs.1.running_var"].ne(1).any()
-    assert not written["ldp.crop_encoder.proj.weight"].any()
+    shipped = load_file(str(SHIPPED_HEADS))
+    assert set(written) == set(shipped)
+    for name, value in shipped.items():
+        same = torch.equal(written[name], value.to(written[name].dtype))
+        assert same != name.startswith("ldp.crop_encoder.convs."), name
     load_heads(PosSAM.from_config(cfg, load_backbones=False), tmp_path / "out" / "heads_init.safetensors", cfg)
 
 

@@ -122,17 +122,25 @@ def run_crop_encoder_pretraining(
     if init_heads is not None:
         init_heads_from(model, init_heads)
     encoder = model.ldp.crop_encoder
-    # Decided before training: a fresh encoder's projection is zero and stays so (not trained here).
+    # A fresh encoder's projection is zero (and is not trained here).
     fresh = not encoder.proj.weight.any() and not encoder.proj.bias.any()
     classifier = CropClassifier(encoder, len(vocab))
     normalize = model.sam.normalize
     recipe = CropPretrainConfig(steps=steps, lr=lr, seed=seed, log_every=log_every)
+    val_loader = None
+    if val_dir is not None:
+        # Read before training: a bad folder fails at once, not after the training.
+        val_set = build_dataset(cfg, TrainData.from_dir(val_dir), vocab, seed=0, augment=False)
+        val_loader = DataLoader(val_set, batch_size=images_per_step, shuffle=False, collate_fn=_collate)
     if predicted:
         model.eval()
         text = model.clip.text_classifier(vocab)
         plain = build_dataset(cfg, data, vocab, seed=seed, augment=False)
         loader = DataLoader(plain, batch_size=images_per_step, shuffle=False, collate_fn=_collate, num_workers=loader_workers)
         bank = _bank_without_fresh_encoder(model, encoder, loader, text, cfg.sam.pixel_mean, MASK_STRIDE, progress, fresh)
+        # Also before training: the heads' own classes on it are those of the init_heads model
+        # (an encoder with a trained projection takes part in them, and training changes it).
+        val_bank = _bank_without_fresh_encoder(model, encoder, val_loader, text, cfg.sam.pixel_mean, MASK_STRIDE, progress, fresh) if val_loader is not None else None
         logger.info("%d predicted masks matched in %d training images (mean IoU %.3f)", len(bank), len(plain), float(bank.iou.mean()))
         history = pretrain_crop_encoder(classifier, lambda g: bank_batch_logits(classifier, bank, crops_per_step, g), recipe, progress=progress)
     else:
@@ -160,12 +168,8 @@ def run_crop_encoder_pretraining(
         "recipe": recipe.__dict__,
         "history": history,
     }
-    if val_dir is not None:
-        val = TrainData.from_dir(val_dir)
-        val_set = build_dataset(cfg, val, vocab, seed=0, augment=False)
-        val_loader = DataLoader(val_set, batch_size=images_per_step, shuffle=False, collate_fn=_collate)
+    if val_loader is not None:
         if predicted:
-            val_bank = _bank_without_fresh_encoder(model, encoder, val_loader, text, cfg.sam.pixel_mean, MASK_STRIDE, progress, fresh)
             accuracy = bank_accuracy(classifier, val_bank, vocab.isthing)
         else:
             accuracy = crop_accuracy(classifier, val_loader, normalize, cfg.sam.pixel_mean, MASK_STRIDE, vocab.isthing)
