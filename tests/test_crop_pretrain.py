@@ -146,12 +146,12 @@ def test_predictions_match_ground_truth_one_to_one_above_half_iou():
     pred[0, 2:4, 0:2] = 5.0  # half of gt 1: IoU exactly 0.5, dropped (PQ's rule is IoU > 0.5)
     pred[1, 0:2, 0:2] = 5.0  # gt 0 exactly
     pred[2, 0:2, 0:3] = 5.0  # gt 0 with 2 extra cells: IoU 4 / 6, loses to query 1
-    gt_index, query_index, iou = match_predictions(pred, gt, stride=4)
+    gt_index, query_index, iou = match_predictions(pred, gt)
     assert gt_index.tolist() == [0] and query_index.tolist() == [1] and iou.tolist() == [1.0]
     pred[0, 2:4, 0:3] = 5.0  # now 6 of gt 1's 8 cells: IoU 0.75
-    gt_index, query_index, iou = match_predictions(pred, gt, stride=4)
+    gt_index, query_index, iou = match_predictions(pred, gt)
     assert sorted(zip(gt_index.tolist(), query_index.tolist())) == [(0, 1), (1, 0)]
-    assert match_predictions(pred, torch.zeros(0, 16, 16, dtype=torch.bool), 4)[0].numel() == 0
+    assert match_predictions(pred, torch.zeros(0, 16, 16, dtype=torch.bool))[0].numel() == 0
 
 
 def test_turning_crops_equals_cropping_the_turned_image():

@@ -309,6 +309,22 @@ def test_heads_with_a_crop_encoder_need_the_pixels_and_warm_start_unchanged(tmp_
     # Masks do not depend on the pixels (no detail stem); the class embeddings do.
     assert torch.equal(out["pred_masks"], brighter["pred_masks"])
     assert not torch.allclose(out["pred_embeddings"], brighter["pred_embeddings"])
+    # The final stage's crop-encoder inputs come back computed once, the same as the encoder's own,
+    # and the classes are unchanged; without the crop embedding they are those of a zero projection.
+    with torch.no_grad():
+        with_inputs = model.forward_heads(sam_features, clip_features, text, all_stages=False, pixels=pixels, return_crop_inputs=True)
+        crops, geometry = model.ldp.crop_encoder.crop_inputs(out["pred_masks"], model.sam.normalize(pixels))
+        without = model.forward_heads(sam_features, clip_features, text, all_stages=False, pixels=pixels, embed_crops=False)
+        torch.nn.init.zeros_(model.ldp.crop_encoder.proj.weight)
+        zero = model.forward_heads(sam_features, clip_features, text, all_stages=False, pixels=pixels)
+    assert torch.equal(with_inputs["crop_inputs"][0], crops) and torch.equal(with_inputs["crop_inputs"][1], geometry)
+    assert crops.shape == (cfg.decoder.num_queries, 4, cfg.ldp.crop_encoder_size, cfg.ldp.crop_encoder_size)
+    assert torch.allclose(with_inputs["pred_logits"], out["pred_logits"], atol=1e-5)
+    assert not torch.allclose(without["pred_logits"], out["pred_logits"])
+    assert torch.allclose(without["pred_logits"], zero["pred_logits"], atol=1e-5)
+    assert "crop_inputs" not in out
+    with pytest.raises(ValueError, match="crop encoder"):
+        PosSAM.from_config(tiny_cfg).eval().forward_heads(sam_features, clip_features, text, all_stages=False, return_crop_inputs=True)
     # Switched on in a warm start from heads without it, the model is the old one.
     from possam_label.train.trainer import init_heads_from
 

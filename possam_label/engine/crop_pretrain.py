@@ -27,20 +27,6 @@ def _endless(loader: Any) -> Iterator[dict[str, Any]]:
         yield from loader
 
 
-def _bank_without_fresh_encoder(model: Any, encoder: Any, loader: Any, text: Any, pad_value: Any, stride: int, progress: bool, fresh: bool) -> Any:
-    """``predicted_mask_bank``; an encoder whose projection is zero adds nothing to LDP's
-    embeddings (and never to the masks), so the model then runs without it: at 48 px crops for
-    every query it would be most of the inference time."""
-    from ..train.crop_pretrain import predicted_mask_bank
-
-    if fresh:
-        model.ldp.crop_encoder = None
-    try:
-        return predicted_mask_bank(model, encoder, loader, text, pad_value, stride, progress=progress)
-    finally:
-        model.ldp.crop_encoder = encoder
-
-
 def run_crop_encoder_pretraining(
     config_path: str | Path,
     data_dir: str | Path,
@@ -93,6 +79,7 @@ def run_crop_encoder_pretraining(
         bank_batch_logits,
         crop_accuracy,
         crop_batch_logits,
+        predicted_mask_bank,
         pretrain_crop_encoder,
     )
     from ..train.trainer import init_heads_from
@@ -137,10 +124,10 @@ def run_crop_encoder_pretraining(
         text = model.clip.text_classifier(vocab)
         plain = build_dataset(cfg, data, vocab, seed=seed, augment=False)
         loader = DataLoader(plain, batch_size=images_per_step, shuffle=False, collate_fn=_collate, num_workers=loader_workers)
-        bank = _bank_without_fresh_encoder(model, encoder, loader, text, cfg.sam.pixel_mean, MASK_STRIDE, progress, fresh)
+        bank = predicted_mask_bank(model, loader, text, cfg.sam.pixel_mean, embed_crops=not fresh, progress=progress)
         # Also before training: the heads' own classes on it are those of the init_heads model
         # (an encoder with a trained projection takes part in them, and training changes it).
-        val_bank = _bank_without_fresh_encoder(model, encoder, val_loader, text, cfg.sam.pixel_mean, MASK_STRIDE, progress, fresh) if val_loader is not None else None
+        val_bank = predicted_mask_bank(model, val_loader, text, cfg.sam.pixel_mean, embed_crops=not fresh, progress=progress) if val_loader is not None else None
         logger.info("%d predicted masks matched in %d training images (mean IoU %.3f)", len(bank), len(plain), float(bank.iou.mean()))
         history = pretrain_crop_encoder(classifier, lambda g: bank_batch_logits(classifier, bank, crops_per_step, g), recipe, progress=progress)
     else:

@@ -96,6 +96,8 @@ class LocalDiscriminativePooling(nn.Module):
         mask_logits: torch.Tensor,
         queries: torch.Tensor,
         pixels: Optional[torch.Tensor] = None,
+        crop_inputs: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        embed_crops: bool = True,
     ) -> torch.Tensor:
         """Class embeddings of the queries.
 
@@ -105,6 +107,10 @@ class LocalDiscriminativePooling(nn.Module):
             mask_logits: (B, Q, H/4, W/4) (binarised without gradient).
             queries: (B, Q, hidden) normalised query outputs.
             pixels: (B, 3, S, S) normalised input pixels, for the crop encoder.
+            crop_inputs: the crop encoder's ``crop_inputs`` of these masks, if already computed.
+            embed_crops: False leaves the crop encoder out. Only equivalent for an encoder whose
+                projection is zero (a fresh one, before heads training): crop-encoder pretraining
+                collects crops so without running its convolutions on every query.
         Returns:
             (B, Q, embed_dim) embeddings G_ldp.
         """
@@ -120,8 +126,8 @@ class LocalDiscriminativePooling(nn.Module):
             g = g + queries
         if self.shape_encoder is not None:
             g = g + self.shape_encoder(mask_logits)
-        if self.crop_encoder is not None:
-            g = g + self.crop_encoder(mask_logits, pixels)
+        if self.crop_encoder is not None and embed_crops:
+            g = g + self.crop_encoder(mask_logits, pixels, crop_inputs=crop_inputs)
         return self.embed(g)
 
     def scale(self) -> torch.Tensor:

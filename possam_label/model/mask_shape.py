@@ -108,18 +108,25 @@ class MaskShapeEncoder(nn.Module):
         out = torch.stack([x0, y0, x1, y1], dim=1)
         return torch.where(empty[:, None], full, out).float()
 
-    def forward(self, mask_logits: torch.Tensor, pixels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        mask_logits: torch.Tensor,
+        pixels: Optional[torch.Tensor] = None,
+        crop_inputs: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> torch.Tensor:
         """Shape embeddings of the queries' masks (no gradient into the masks or the pixels).
 
         Args:
             mask_logits: (B, Q, H, W) mask logits.
             pixels: (B, 3, S, S) normalised input pixels (``SAMBackbone.normalize``) whose grid the
                 mask logits cover at stride S / W; needed when the encoder ``use_pixels``.
+            crop_inputs: :meth:`crop_inputs` of these masks and pixels, when the caller already
+                has them (they are then not computed again).
         Returns:
             (B, Q, hidden_dim).
         """
         b, q = mask_logits.shape[:2]
-        features = self.features(mask_logits, pixels)
+        features = self.features_from_crops(*(crop_inputs if crop_inputs is not None else self.crop_inputs(mask_logits, pixels)))
         with torch.autocast(device_type=mask_logits.device.type, enabled=False):
             return self.proj(features).view(b, q, -1)
 

@@ -153,16 +153,24 @@ class PosSAM(nn.Module):
         text: TextClassifier,
         all_stages: bool = True,
         pixels: Optional[torch.Tensor] = None,
+        embed_crops: bool = True,
+        return_crop_inputs: bool = False,
     ) -> dict[str, Any]:
         """Decoder, heads and LDP on encoder features.
 
         ``all_stages=False`` (inference) classifies only the final stage; aux_outputs is then empty.
         ``pixels`` (B, 3, S, S), the encoders' input, is needed when the model :attr:`needs_pixels`.
+        ``embed_crops=False`` leaves LDP's crop encoder out (see :meth:`LocalDiscriminativePooling.forward`);
+        ``return_crop_inputs`` adds the final stage's crop-encoder inputs to the output, computed
+        once for LDP and the caller (crop-encoder pretraining collects them).
 
         Returns:
             {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, S/4, S/4), "pred_iou": (B, Q),
-             "pred_embeddings": (B, Q, D), "aux_outputs": [dicts of the earlier stages]}.
+             "pred_embeddings": (B, Q, D), "aux_outputs": [dicts of the earlier stages]}, and with
+            ``return_crop_inputs`` "crop_inputs": ((B * Q, C, s, s) crops, (B * Q, 2) box geometry).
         """
+        if return_crop_inputs and self.ldp.crop_encoder is None:
+            raise ValueError("return_crop_inputs needs LDP's crop encoder (ldp.crop_encoder)")
         levels = self.pyramid(sam_features)
         if self.needs_pixels and pixels is None:
             raise ValueError(
@@ -178,8 +186,13 @@ class PosSAM(nn.Module):
         stages = self.transformer_decoder(multi_scale, mask_features)
         fused = self.ldp.fuse(mask_features, clip_features)
         outputs = []
-        for queries, mask_logits in stages if all_stages else stages[-1:]:
-            embeddings = self.ldp(fused, mask_features, mask_logits, queries, normalized)
+        crop_inputs = None
+        if return_crop_inputs:
+            crop_inputs = self.ldp.crop_encoder.crop_inputs(stages[-1][1], normalized)
+        classified = stages if all_stages else stages[-1:]
+        for index, (queries, mask_logits) in enumerate(classified):
+            final_inputs = crop_inputs if index == len(classified) - 1 else None
+            embeddings = self.ldp(fused, mask_features, mask_logits, queries, normalized, crop_inputs=final_inputs, embed_crops=embed_crops)
             outputs.append(
                 {
                     "pred_logits": self.ldp.classify(embeddings, text),
@@ -190,6 +203,8 @@ class PosSAM(nn.Module):
             )
         final = dict(outputs[-1])
         final["aux_outputs"] = outputs[:-1]
+        if crop_inputs is not None:
+            final["crop_inputs"] = crop_inputs
         return final
 
     def forward(self, pixels: torch.Tensor, text: TextClassifier) -> dict[str, Any]:

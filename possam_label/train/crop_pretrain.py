@@ -29,6 +29,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from ..model.mask_shape import MaskShapeEncoder
+from .criterion import target_coverage_fraction
 from .small_sam import cosine_lr
 from .trainer import fill_padding
 
@@ -60,7 +61,8 @@ def mask_logits_from_masks(masks: torch.Tensor, stride: int) -> torch.Tensor:
         (B, N, S / stride, S / stride) float: logit of each cell's covered fraction.
     """
     b, n, s, _ = masks.shape
-    coverage = F.avg_pool2d(masks.reshape(b * n, 1, s, s).float(), stride).reshape(b, n, s // stride, s // stride)
+    cells = s // stride
+    coverage = target_coverage_fraction(masks.reshape(b * n, s, s), (cells, cells)).reshape(b, n, cells, cells)
     return torch.logit(coverage.clamp(_PROB_EPS, 1 - _PROB_EPS))
 
 
@@ -255,13 +257,13 @@ class CropBank:
         return len(self.labels)
 
 
-def match_predictions(mask_logits: torch.Tensor, gt_masks: torch.Tensor, stride: int, min_iou: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def match_predictions(mask_logits: torch.Tensor, gt_masks: torch.Tensor, min_iou: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One-to-one matching of predicted masks to ground-truth segments by IoU (Hungarian, scipy).
 
     Args:
         mask_logits: (Q, H, W) predicted mask logits.
-        gt_masks: (N, H * stride, W * stride) bool ground-truth masks.
-        stride: input pixels per mask cell; a ground-truth cell counts when over half covered.
+        gt_masks: (N, H * stride, W * stride) bool ground-truth masks; on the mask grid a
+            ground-truth cell counts when over half covered.
         min_iou: pairs at or below this IoU are dropped (PQ's matching rule: IoU > 0.5).
     Returns:
         (M,) ground-truth indices, (M,) query indices, (M,) IoUs of the kept pairs.
@@ -269,7 +271,7 @@ def match_predictions(mask_logits: torch.Tensor, gt_masks: torch.Tensor, stride:
     empty = torch.zeros(0, dtype=torch.long)
     if len(gt_masks) == 0:
         return empty, empty, torch.zeros(0)
-    gt = F.avg_pool2d(gt_masks[:, None].float(), stride)[:, 0] > 0.5
+    gt = target_coverage_fraction(gt_masks, tuple(mask_logits.shape[-2:])) > 0.5
     pred = mask_logits > 0
     inter = torch.einsum("nhw,qhw->nq", gt.float(), pred.float())
     union = gt.sum(dim=(1, 2))[:, None] + pred.sum(dim=(1, 2))[None] - inter
@@ -283,35 +285,40 @@ def match_predictions(mask_logits: torch.Tensor, gt_masks: torch.Tensor, stride:
 @torch.no_grad()
 def predicted_mask_bank(
     model: nn.Module,
-    encoder: MaskShapeEncoder,
     batches: Iterable[dict[str, Any]],
     text: Any,
     pad_value: Any,
-    mask_stride: int,
+    embed_crops: bool = True,
     progress: bool = True,
 ) -> CropBank:
     """Run the frozen model over un-augmented batches and keep a crop of every matched prediction.
 
     Args:
-        model: a ``PosSAM`` in eval mode; its final-stage masks and in-vocabulary logits are used.
-        encoder: the crop encoder whose inputs are collected (its weights are not used).
+        model: a ``PosSAM`` with LDP's crop encoder, in eval mode; its final-stage masks,
+            in-vocabulary logits and crop-encoder inputs are used.
         batches: ``{"images", "valid", "targets"}`` batches as the heads' loader gives them.
         text: the training vocabulary's ``TextClassifier``.
+        pad_value: the padding fill (SAM's mean, [0, 255]).
+        embed_crops: False for an encoder whose projection is zero (a fresh one): it cannot change
+            the heads' classes, and the model then runs without its convolutions (at 48 px for every
+            query they would be most of the time).
     """
     from tqdm import tqdm
 
     crops, geometry, labels, heads_labels, ious = [], [], [], [], []
     for batch in tqdm(batches, desc="predicted-mask crops", disable=not progress, mininterval=10):
         images = fill_padding(batch["images"], batch.get("valid"), pad_value)
-        out = model(images, text)
-        pixels = model.sam.normalize(images)
+        sam_features, clip_features = model.encode(images)
+        out = model.forward_heads(sam_features, clip_features, text, all_stages=False, pixels=images, embed_crops=embed_crops, return_crop_inputs=True)
+        batch_size, queries = out["pred_masks"].shape[:2]
+        batch_crops = out["crop_inputs"][0].view(batch_size, queries, *out["crop_inputs"][0].shape[1:])
+        batch_geometry = out["crop_inputs"][1].view(batch_size, queries, -1)
         for j, target in enumerate(batch["targets"]):
-            gt_index, query_index, iou = match_predictions(out["pred_masks"][j], target["masks"], mask_stride)
+            gt_index, query_index, iou = match_predictions(out["pred_masks"][j], target["masks"])
             if len(gt_index) == 0:
                 continue
-            c, g = encoder.crop_inputs(out["pred_masks"][j, query_index][None], pixels[j : j + 1])
-            crops.append(c.half().cpu())
-            geometry.append(g.cpu())
+            crops.append(batch_crops[j, query_index].half().cpu())
+            geometry.append(batch_geometry[j, query_index].cpu())
             labels.append(target["labels"][gt_index])
             heads_labels.append(out["pred_logits"][j, query_index, :-1].argmax(-1).cpu())
             ious.append(iou)
