@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="ground_truth: crops of the ground-truth segments of augmented images; predicted: the model with --init-heads "
                              "runs once over the training images and each predicted mask matched to a ground-truth segment (IoU > 0.5) "
                              "is a crop, as the encoder will see them inside PosSAM (needs --init-heads and the backbone weights)")
+    parser.add_argument("--segments", choices=["all", "things"], default="all",
+                        help="segments to train on: all, or things only (stuff is told apart by LDP's pooled features; validation reports both) (default all)")
     parser.add_argument("--images-per-step", type=int, default=32, help="images per step with --mask-source ground_truth (each of their segments is one crop); images per inference batch with predicted (default 32)")
     parser.add_argument("--crops-per-step", type=int, default=128, help="crops per step with --mask-source predicted (default 128)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate, cosine decay (default 2e-3)")
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             mask_source=args.mask_source,
             crops_per_step=args.crops_per_step,
+            segments=args.segments,
         )
     except (FileNotFoundError, ValueError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 HEADS_FILE = "heads_init.safetensors"
 REPORT_FILE = "crop_pretrain.json"
 MASK_SOURCES = ("ground_truth", "predicted")
+SEGMENT_KINDS = ("all", "things")
 
 
 def _endless(loader: Any) -> Iterator[dict[str, Any]]:
@@ -45,6 +46,7 @@ def run_crop_encoder_pretraining(
     progress: bool = True,
     mask_source: str = "ground_truth",
     crops_per_step: int = 128,
+    segments: str = "all",
 ) -> dict[str, Any]:
     """Pretrain ``ldp.crop_encoder`` and write a heads checkpoint to start heads training from.
 
@@ -65,6 +67,9 @@ def run_crop_encoder_pretraining(
             matched to a ground-truth segment (IoU > 0.5) becomes a crop, and each step draws
             ``crops_per_step`` of them, turned and mirrored. Validation then also uses predicted
             masks and reports the heads' own accuracy on the same predictions.
+        segments: ``all`` trains on every segment; ``things`` on thing segments only (the
+            stuff classes are told apart by LDP's pooled features already; validation still
+            reports both kinds).
     Returns:
         The report written to ``crop_pretrain.json``, with ``"heads"`` the checkpoint path.
     """
@@ -79,6 +84,7 @@ def run_crop_encoder_pretraining(
         bank_batch_logits,
         crop_accuracy,
         crop_batch_logits,
+        ignore_stuff,
         predicted_mask_bank,
         pretrain_crop_encoder,
     )
@@ -88,6 +94,8 @@ def run_crop_encoder_pretraining(
         raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
     if mask_source == "predicted" and init_heads is None:
         raise ValueError("mask_source='predicted' needs init_heads: the trained heads whose masks the encoder learns from")
+    if segments not in SEGMENT_KINDS:
+        raise ValueError(f"segments must be one of {SEGMENT_KINDS}, got {segments!r}")
     if crops_per_step < 1:
         raise ValueError(f"crops_per_step must be >= 1, got {crops_per_step}")
     if loader_workers < 0:
@@ -102,6 +110,7 @@ def run_crop_encoder_pretraining(
     data = TrainData.from_dir(data_dir)
     vocab = training_vocabulary(data, vocabulary)
     predicted = mask_source == "predicted"
+    things_only = segments == "things"
     # Ground-truth masks: only the heads are trained and saved, and SAM's normalisation is a fixed
     # buffer, so the backbone weights (gigabytes for ViT-H) are not needed. Predicted masks need
     # the whole model.
@@ -129,6 +138,11 @@ def run_crop_encoder_pretraining(
         # (an encoder with a trained projection takes part in them, and training changes it).
         val_bank = predicted_mask_bank(model, val_loader, text, cfg.sam.pixel_mean, embed_crops=not fresh, progress=progress) if val_loader is not None else None
         logger.info("%d predicted masks matched in %d training images (mean IoU %.3f)", len(bank), len(plain), float(bank.iou.mean()))
+        if things_only:
+            bank = bank.subset(torch.as_tensor(vocab.isthing, dtype=torch.bool)[bank.labels])
+            if len(bank) == 0:
+                raise ValueError(f"{data_dir}: no predicted mask matched a thing segment (segments='things')")
+            logger.info("%d of them thing segments", len(bank))
         history = pretrain_crop_encoder(classifier, lambda g: bank_batch_logits(classifier, bank, crops_per_step, g), recipe, progress=progress)
     else:
         dataset = build_dataset(cfg, data, vocab, seed=seed)
@@ -141,14 +155,18 @@ def run_crop_encoder_pretraining(
         if len(loader) == 0:
             raise ValueError(f"{data_dir}: {len(dataset)} images, fewer than images_per_step={images_per_step}")
         batches = _endless(loader)
-        history = pretrain_crop_encoder(
-            classifier, lambda g: crop_batch_logits(classifier, next(batches), normalize, cfg.sam.pixel_mean, MASK_STRIDE, g), recipe, progress=progress
-        )
+
+        def step_logits(generator: Any) -> Any:
+            logits, labels = crop_batch_logits(classifier, next(batches), normalize, cfg.sam.pixel_mean, MASK_STRIDE, generator)
+            return logits, ignore_stuff(labels, vocab.isthing) if things_only else labels
+
+        history = pretrain_crop_encoder(classifier, step_logits, recipe, progress=progress)
     report: dict[str, Any] = {
         "config": str(config_path),
         "data": str(data_dir),
         "init_heads": str(init_heads) if init_heads is not None else None,
         "mask_source": mask_source,
+        "segments": segments,
         "images_per_step": images_per_step,
         "crops_per_step": crops_per_step if predicted else None,
         "training_crops": len(bank) if predicted else None,

@@ -140,6 +140,13 @@ def crop_batch_logits(
     return logits, labels.flatten().to(device)
 
 
+def ignore_stuff(labels: torch.Tensor, isthing: Any) -> torch.Tensor:
+    """(M,) labels with every stuff class replaced by :data:`IGNORE` (``isthing``: per class)."""
+    kinds = torch.as_tensor(isthing, dtype=torch.bool, device=labels.device)
+    stuff = (labels != IGNORE) & ~kinds[labels.clamp(min=0)]
+    return torch.where(stuff, torch.full_like(labels, IGNORE), labels)
+
+
 def pretrain_crop_encoder(
     classifier: CropClassifier,
     step_logits: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]],
@@ -255,6 +262,10 @@ class CropBank:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def subset(self, keep: torch.Tensor) -> "CropBank":
+        """The entries where the (N,) bool ``keep`` is True."""
+        return CropBank(self.crops[keep], self.geometry[keep], self.labels[keep], self.heads_labels[keep], self.iou[keep])
 
 
 def match_predictions(mask_logits: torch.Tensor, gt_masks: torch.Tensor, min_iou: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
