@@ -15,11 +15,12 @@ from possam_label.predictor import PosSAMPredictor
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = yaml.safe_load((ROOT / "possam_label" / "assets" / "synthetic_world" / "splits.yaml").read_text())
 # Lower bounds from the measured PQ of the shipped weights on these 40 scenes (seed 4242, never
-# used in training), with a margin; the targets (60 base / 30 novel) are not reached yet
-# (things PQ 24, stuff PQ 89: see the README).
-MIN_PQ_BASE = 0.50  # measured 0.578 (MASE)
-MIN_PQ_NOVEL = 0.11  # measured 0.139 (MASE; in-vocabulary only: 0.038)
-MIN_MASE_GAIN_NOVEL = 0.07  # measured 0.101
+# used in training). Base: the target (60); novel: the measured value with a margin, the
+# issue's target (30) is not reached yet (novel shapes PQ near 0: the small CLIP cannot name shapes;
+# things PQ 29, stuff PQ 91: see the README).
+MIN_PQ_BASE = 0.60  # measured 0.621 (MASE)
+MIN_PQ_NOVEL = 0.13  # measured 0.164 (MASE; in-vocabulary only: 0.052)
+MIN_MASE_GAIN_NOVEL = 0.08  # measured 0.112
 
 
 @pytest.fixture(scope="module")
