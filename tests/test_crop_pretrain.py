@@ -17,7 +17,7 @@ from possam_label.engine.crop_pretrain import run_crop_encoder_pretraining
 from possam_label.engine.train import TrainData, _collate, build_dataset
 from possam_label.model.possam import PosSAM, load_heads, save_heads
 from possam_label.model.mask_shape import MaskShapeEncoder
-from possam_label.train.crop_pretrain import IGNORE, CropBank, ignore_stuff, mask_logits_from_masks, match_predictions, pad_targets, rotate_and_mirror, rotate_and_mirror_crops
+from possam_label.train.crop_pretrain import IGNORE, CropBank, ignore_stuff, is_thing_label, mask_logits_from_masks, match_predictions, pad_targets, rotate_and_mirror, rotate_and_mirror_crops
 from possam_label.train.trainer import HeadsForward, build_criterion, build_optimizer, freeze_modules, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,8 +104,9 @@ def test_pretraining_learns_the_segments_and_writes_a_warm_start(world, tmp_path
 def test_things_only_pretraining_never_trains_on_stuff(world, tmp_path):
     isthing = [True, False, True]
     assert ignore_stuff(torch.tensor([0, 1, 2, IGNORE, 1]), isthing).tolist() == [0, IGNORE, 2, IGNORE, IGNORE]
+    assert is_thing_label(torch.tensor([0, 1, 2, IGNORE]), isthing).tolist() == [True, False, True, False]
     bank = CropBank(torch.arange(3.0).view(3, 1, 1, 1), torch.zeros(3, 2), torch.tensor([0, 1, 2]), torch.tensor([0, 0, 2]), torch.tensor([0.9, 0.8, 0.7]))
-    things = bank.subset(torch.tensor(isthing)[bank.labels])
+    things = bank.subset(is_thing_label(bank.labels, isthing))
     assert len(things) == 2 and things.labels.tolist() == [0, 2] and things.crops.flatten().tolist() == [0.0, 2.0]
     # Trained on thing segments only, the temporary classifier never learns a stuff class: on the
     # same scenes it names things far above chance (1 / 12 among the things) and stuff never

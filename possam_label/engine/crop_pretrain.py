@@ -85,6 +85,7 @@ def run_crop_encoder_pretraining(
         crop_accuracy,
         crop_batch_logits,
         ignore_stuff,
+        is_thing_label,
         predicted_mask_bank,
         pretrain_crop_encoder,
     )
@@ -139,7 +140,7 @@ def run_crop_encoder_pretraining(
         val_bank = predicted_mask_bank(model, val_loader, text, cfg.sam.pixel_mean, embed_crops=not fresh, progress=progress) if val_loader is not None else None
         logger.info("%d predicted masks matched in %d training images (mean IoU %.3f)", len(bank), len(plain), float(bank.iou.mean()))
         if things_only:
-            bank = bank.subset(torch.as_tensor(vocab.isthing, dtype=torch.bool)[bank.labels])
+            bank = bank.subset(is_thing_label(bank.labels, vocab.isthing))
             if len(bank) == 0:
                 raise ValueError(f"{data_dir}: no predicted mask matched a thing segment (segments='things')")
             logger.info("%d of them thing segments", len(bank))

@@ -140,10 +140,15 @@ def crop_batch_logits(
     return logits, labels.flatten().to(device)
 
 
+def is_thing_label(labels: torch.Tensor, isthing: Any) -> torch.Tensor:
+    """(M,) bool: whether each label is a thing class (``isthing``: per class); :data:`IGNORE` is not."""
+    kinds = torch.as_tensor(isthing, dtype=torch.bool, device=labels.device)
+    return (labels != IGNORE) & kinds[labels.clamp(min=0)]
+
+
 def ignore_stuff(labels: torch.Tensor, isthing: Any) -> torch.Tensor:
     """(M,) labels with every stuff class replaced by :data:`IGNORE` (``isthing``: per class)."""
-    kinds = torch.as_tensor(isthing, dtype=torch.bool, device=labels.device)
-    stuff = (labels != IGNORE) & ~kinds[labels.clamp(min=0)]
+    stuff = (labels != IGNORE) & ~is_thing_label(labels, isthing)
     return torch.where(stuff, torch.full_like(labels, IGNORE), labels)
 
 
@@ -196,7 +201,7 @@ def pretrain_crop_encoder(
 
 def _accuracy_by_kind(hits: torch.Tensor, labels: torch.Tensor, isthing: Any) -> dict[str, float]:
     """``{"all", "things", "stuff", "n_things", "n_stuff"}`` from (M,) hits and labels."""
-    kinds = torch.as_tensor(isthing, dtype=torch.bool)[labels.cpu()]
+    kinds = is_thing_label(labels.cpu(), isthing)
     hits = hits.cpu()
     n_things, n_stuff = int(kinds.sum()), int((~kinds).sum())
     return {
