@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text-class-weight", type=float, default=defaults.text_class_weight, help="weight of the text-side class term (class prompts against class means) (default: %(default)s)")
     parser.add_argument("--init", default=None, metavar="SAFETENSORS", help="start from these small-CLIP weights instead of a random initialisation")
     parser.add_argument("--init-visual-only", action="store_true", help="with --init: take only the image tower from it, the text tower starts random")
+    parser.add_argument(
+        "--freeze-text-tower",
+        action="store_true",
+        help="with --init: train the image tower only (text tower and temperature stay as in --init, so PosSAM's class embeddings do not change)",
+    )
     parser.add_argument("--log-every", type=int, default=defaults.log_every, help="steps between loss log lines (default: %(default)s)")
     parser.add_argument(
         "--num-workers", type=int, default=defaults.num_workers, choices=(0, 1),
@@ -77,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         text_class_weight=args.text_class_weight,
         init_checkpoint=args.init,
         init_visual_only=args.init_visual_only,
+        freeze_text_tower=args.freeze_text_tower,
         log_every=args.log_every,
         num_workers=args.num_workers,
         num_threads=args.num_threads,

@@ -226,3 +226,31 @@ def test_training_data_is_deterministic_by_seed():
     for coords, labels, target in zip(point_group.point_coords, point_group.point_labels, point_group.targets):
         for (x, y), label in zip(coords.astype(int), labels):
             assert item.masks[target][y, x] == (label == 1)
+
+
+# ------------------------------------------------------------------------------- training
+def test_image_tower_only_training_keeps_the_text_tower(tmp_path):
+    """`train_small_clip(freeze_text_tower=True)` from the shipped CLIP: the image tower moves, the
+    text tower and temperature (hence PosSAM's class embeddings) come back bit for bit."""
+    from safetensors.torch import load_file
+
+    from possam_label.train.small_clip import ClipTrainConfig, train_small_clip
+
+    tiny = ClipSampling(scenes_per_step=2, max_thing_crops=4, max_stuff_patches=2)
+    config = ClipTrainConfig(
+        steps=3, lr=1e-3, warmup_steps=1, log_every=1, num_workers=0, num_threads=2, eval_scenes=2, sampling=tiny,
+        init_checkpoint=str(CLIP_CKPT), freeze_text_tower=True,
+    )
+    result = train_small_clip(tmp_path / "run", config, progress=False)
+    before, after = load_file(CLIP_CKPT), load_file(result.checkpoint)
+    assert before.keys() == after.keys()
+    text_keys = [k for k in before if not k.startswith("visual.")]
+    assert "logit_scale" in text_keys and "text_projection" in text_keys
+    assert all(torch.equal(before[k], after[k]) for k in text_keys)
+    assert sum(not torch.equal(before[k], after[k]) for k in before if k.startswith("visual.")) > 10
+    assert len(json.loads(result.log.read_text())["history"]) == 3
+    # A frozen text tower must be a trained one: refused before the output folder is made.
+    for bad in (dict(init_checkpoint=None), dict(init_checkpoint=str(CLIP_CKPT), init_visual_only=True)):
+        with pytest.raises(ValueError, match="freeze_text_tower needs init_checkpoint"):
+            train_small_clip(tmp_path / "refused", ClipTrainConfig(freeze_text_tower=True, **bad), progress=False)
+        assert not (tmp_path / "refused").exists()

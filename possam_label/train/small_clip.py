@@ -557,6 +557,10 @@ class ClipTrainConfig:
     # random. A text tower whose shape names have collapsed onto one point sits at a symmetric
     # point where the text-side class term has no gradient to separate them.
     init_visual_only: bool = False
+    # Train the image tower only: the text tower and the temperature keep init_checkpoint's
+    # values. PosSAM's text classifier (base and novel class embeddings) then stays exactly as the
+    # heads were trained against, and only the dense features the heads read change.
+    freeze_text_tower: bool = False
     log_every: int = 10
     num_workers: int = 1
     # One compute thread plus one rendering worker fill the 2 cores; measured on the shared
@@ -645,7 +649,7 @@ def train_small_clip(
     renderer: Optional[SceneRenderer] = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train the small CLIP from scratch and write into ``out_dir``:
+    """Train the small CLIP (from scratch, or on from ``config.init_checkpoint``) and write into ``out_dir``:
 
     ``clip_small.safetensors`` (fp16, metadata: model config, train config, steps, seed, metrics),
     ``clip_small.json`` (open_clip model config), ``loss_clip_small.png``,
@@ -653,6 +657,8 @@ def train_small_clip(
     """
     from tqdm import tqdm
 
+    if config.freeze_text_tower and (not config.init_checkpoint or config.init_visual_only):
+        raise ValueError("freeze_text_tower needs init_checkpoint (without init_visual_only): a frozen text tower must be a trained one")
     out = _check_out_dir(out_dir)
     torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
@@ -665,10 +671,15 @@ def train_small_clip(
         logger.info("image tower from %s, text tower random", config.init_checkpoint)
     else:
         model = build_small_clip(config.init_checkpoint)
+    if config.freeze_text_tower:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("visual."))
     model.train()
     tokenizer = small_clip_tokenizer()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         # No decay on norms, biases, embeddings, positional tables and the temperature.
         (no_decay if p.ndim <= 1 or "embedding" in name or name == "logit_scale" else decay).append(p)
     optimizer = torch.optim.AdamW(
@@ -698,7 +709,7 @@ def train_small_clip(
         losses = clip_step_losses(model, tokenizer, next(batches), config.dense_weight, config.class_weight, config.thing_weight, config.text_class_weight)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, float(np.log(100.0)))
