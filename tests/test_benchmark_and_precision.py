@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pipelines import benchmark
+from possam_label.model.possam import clip_pooling_weights
 from possam_label.predictor import PosSAMPredictor, preprocess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,8 +109,15 @@ def test_bf16_autocast_agrees_with_fp32(shipped_fp32: PosSAMPredictor) -> None:
     assert (ref["pred_iou"] - low["pred_iou"]).abs().max() < BF16_IOU_TOL
     mask_agreement = ((ref["pred_masks"] > 0) == (low["pred_masks"] > 0)).float().mean()
     assert mask_agreement > BF16_MASK_AGREEMENT
+    # Frozen CLIP pools each mask on its stride-32 grid: compare where both pool the same cells
+    # (one cell of a small mask crossing 0 moves it between its soft fallback and that one cell).
+    grid = (shipped_fp32.model.clip.image_size // 32,) * 2
+    # (Weights above 0.5 are the binarised cells; a fallback mask has none.)
+    cells_ref, cells_low = (clip_pooling_weights(r["pred_masks"], grid) > 0.5 for r in (ref, low))
+    same_cells = (cells_ref == cells_low).flatten(2).all(-1)
+    assert (stable & same_cells).float().mean() > BF16_STABLE_QUERIES
     out_ref, out_low = ref_out.softmax(-1), low_out.softmax(-1)
-    assert (out_ref - out_low).abs().amax(-1)[stable].max() < BF16_PROB_TOL  # CLIP pools inside the masks
+    assert (out_ref - out_low).abs().amax(-1)[stable & same_cells].max() < BF16_PROB_TOL
     # Final panoptic labels: the category of almost every pixel is the same (a segment whose query
     # fp32 splits between two classes may take the other one).
     a = shipped_fp32.predict(images, batch_size=4)
@@ -130,6 +138,11 @@ def _category_map(prediction) -> np.ndarray:
 # Undecided queries do flip (0.42 / 0.34 between two classes becomes 0.67 for the second), so final
 # category maps agree on 98.2 / 92.8 / 99.96 / 99.98 % of the pixels (with the heads in fp32 and only
 # the encoders in bf16 still 98.2 % on the first). Tolerances leave room for other CPUs' bf16 kernels.
+# On a CPU with native bf16 (avx512_bf16) the figures were: 92.5 % of the queries keep their mask,
+# 66.9 % also decided (largest in-vocabulary difference 0.046), mask quality 0.020, masks 99.95 %
+# equal; 8 kept masks pool other cells on CLIP's 16 x 16 grid (one had no cell above 0 in fp32 and
+# one in bf16: its CLIP top class fell from 0.50 to 0.11), so frozen CLIP is compared on the 87.5 %
+# that keep their mask and pool the same cells (largest difference 0.011).
 BF16_PROB_TOL = 0.2
 BF16_STABLE_QUERIES = 0.85  # share of queries whose fp32 and bf16 masks have IoU >= 0.9
 BF16_DECIDED_MARGIN = 0.2

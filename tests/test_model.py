@@ -10,7 +10,7 @@ import torch
 
 from possam_label.config import ConfigError, MASEConfig, load_config, parse_assignments
 from possam_label.model.mase import ensemble
-from possam_label.model.possam import PosSAM, load_heads, save_heads
+from possam_label.model.possam import PosSAM, clip_pooling_weights, load_heads, save_heads
 from possam_label.model.postprocess import panoptic_inference
 from possam_label.model.weights import WeightsError
 from possam_label.predictor import PosSAMPredictor
@@ -479,3 +479,15 @@ def test_an_image_where_every_query_is_dropped_gets_an_empty_map(vocab):
     image.setflags(write=False)  # as Ray hands them over
     result = pred.predict([image], vocab)[0]
     assert result.panoptic_map.shape == (40, 50) and not result.panoptic_map.any() and result.segments == []
+
+
+def test_clip_pooling_weights_binarise_on_the_clip_grid_with_a_soft_fallback():
+    logits = torch.full((1, 2, 8, 8), -6.0)
+    logits[0, 0, :4, :4] = 6.0  # covers the top-left cell of a 2 x 2 grid
+    logits[0, 1, 0, 0] = 6.0  # too small to bring any cell above 0
+    weights = clip_pooling_weights(logits, (2, 2))
+    assert weights[0, 0].tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    fallback = weights[0, 1]
+    assert (fallback > 0).all() and (fallback < 0.5).all() and fallback[0, 0] == fallback.max()
+    small = torch.nn.functional.interpolate(logits[:, 1:], size=(2, 2), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(fallback, small[0, 0].sigmoid())

@@ -32,6 +32,22 @@ FROZEN_PREFIXES = ("sam.", "clip.")
 MASK_STRIDE = 4
 
 
+def clip_pooling_weights(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Where frozen CLIP pools each mask: the mask binarised on CLIP's dense grid.
+
+    Args:
+        mask_logits: (B, Q, H, W) mask logits.
+        size: (h, w) of the dense CLIP features (stride 32 of CLIP's input).
+    Returns:
+        (B, Q, h, w) weights: 1 in the cells whose resized logit is above 0; a mask that covers no
+        cell falls back to the sigmoid of its resized logits rather than pooling nothing.
+    """
+    small = F.interpolate(mask_logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    binary = (small > 0).float()
+    empty = binary.sum(dim=(-2, -1)) == 0
+    return torch.where(empty[..., None, None], small.sigmoid(), binary)
+
+
 class PosSAM(nn.Module):
     """The PosSAM network.
 
@@ -222,12 +238,7 @@ class PosSAM(nn.Module):
         Returns:
             (B, Q, K) logits.
         """
-        small = F.interpolate(mask_logits.float(), size=clip_features.shape[-2:], mode="bilinear", align_corners=False)
-        binary = (small > 0).float()
-        # Masks that vanish at stride 32 fall back to soft weights rather than pooling nothing.
-        empty = binary.sum(dim=(-2, -1)) == 0
-        weights = torch.where(empty[..., None, None], small.sigmoid(), binary)
-        pooled = masked_average_pool(clip_features.float(), weights)
+        pooled = masked_average_pool(clip_features.float(), clip_pooling_weights(mask_logits, clip_features.shape[-2:]))
         b, q, c = pooled.shape
         embeddings = self.clip.embed_pooled(pooled.reshape(b * q, c)).view(b, q, -1)
         return text.class_logits(embeddings.float(), self.clip.logit_scale)
