@@ -682,6 +682,7 @@ def train_small_clip(
             continue
         # No decay on norms, biases, embeddings, positional tables and the temperature.
         (no_decay if p.ndim <= 1 or "embedding" in name or name == "logit_scale" else decay).append(p)
+    trainable = decay + no_decay  # with a frozen text tower, the image tower's parameters only
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
@@ -709,7 +710,7 @@ def train_small_clip(
         losses = clip_step_losses(model, tokenizer, next(batches), config.dense_weight, config.class_weight, config.thing_weight, config.text_class_weight)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, float(np.log(100.0)))
