@@ -1,4 +1,4 @@
-"""Train the small CLIP (open_clip, ConvNeXt-atto image tower) from scratch on synthetic scenes.
+"""Train the small CLIP (open_clip, BatchNorm CNN image tower) on synthetic scenes.
 
 Reproduces ``possam_label/assets/small/clip_small.safetensors`` and ``clip_small.json``::
 
@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init", default=None, metavar="SAFETENSORS", help="start from these small-CLIP weights instead of a random initialisation")
     parser.add_argument("--init-visual-only", action="store_true", help="with --init: take only the image tower from it, the text tower starts random")
     parser.add_argument(
+        "--init-text-only", action="store_true",
+        help="with --init: take only the text tower (and temperature) from it, the image tower starts random (a new image-tower architecture)",
+    )
+    parser.add_argument(
         "--freeze-text-tower",
         action="store_true",
         help="with --init: train the image tower only (text tower and temperature stay as in --init, so PosSAM's class embeddings do not change)",
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         text_class_weight=args.text_class_weight,
         init_checkpoint=args.init,
         init_visual_only=args.init_visual_only,
+        init_text_only=args.init_text_only,
         freeze_text_tower=args.freeze_text_tower,
         log_every=args.log_every,
         num_workers=args.num_workers,

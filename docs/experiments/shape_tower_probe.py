@@ -1,4 +1,4 @@
-"""Probe for the next small CLIP image tower (README, "The shipped small model").
+"""Probe that chose the small CLIP's image tower (README, "The shipped small model"; step 7 ships it).
 
 Can a fresh BatchNorm CNN (stride 32) name shapes, base and novel, from mask-pooled dense features
 of whole scenes (the path PosSAM's frozen-CLIP classifier uses)? It trains on all 18 classes of the

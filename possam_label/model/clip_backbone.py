@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import CLIPConfig
+from .bn_convnet import register_with_timm
 from .weights import WeightsError
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ def build_open_clip(cfg: CLIPConfig, pretrained: Optional[str]) -> tuple[nn.Modu
     """
     import open_clip
 
+    # A custom model_cfg may name the project's own timm tower (the shipped small CLIP does).
+    register_with_timm()
     is_file = pretrained is not None and ("/" in pretrained or pretrained.endswith((".safetensors", ".bin", ".pt", ".pth")))
     if cfg.model_cfg is not None:
         model_cfg = dict(cfg.model_cfg)

@@ -62,6 +62,10 @@ class LocalDiscriminativePooling(nn.Module):
             self.clip_proj = nn.Linear(clip_dim, mask_dim)
         else:
             self.clip_proj = nn.Conv2d(clip_dim, mask_dim, 1)
+        # Zero at the start: heads warm-started (train.init_heads) onto a new CLIP, whose clip_proj
+        # no longer fits, begin from the previous heads' predictions without the CLIP term.
+        nn.init.zeros_(self.clip_proj.weight)
+        nn.init.zeros_(self.clip_proj.bias)
         self.gate = nn.Conv2d(mask_dim, mask_dim, 1) if fusion == "pixel_gated" else None
         self.pool_norm = nn.LayerNorm(mask_dim)
         self.pool_proj = nn.Linear(mask_dim, hidden_dim)
