@@ -85,6 +85,12 @@ def test_ldp_uses_both_sam_mask_features_and_clip_features(fusion, vocab):
     cfg = load_config(TINY, {"ldp": {"fusion": fusion}})
     torch.manual_seed(1)
     model = PosSAM.from_config(cfg).eval()
+    # A fresh LDP's CLIP projection starts at zero (heads warm-started onto a new CLIP begin from the
+    # previous predictions); give it weights as training would, to see the wiring.
+    assert not any(p.any() for p in model.ldp.clip_proj.parameters())
+    with torch.no_grad():
+        for p in model.ldp.clip_proj.parameters():
+            p.normal_(0.0, 0.1)
     text = model.clip.text_classifier(vocab)
     pixels = torch.rand(1, 3, 128, 128) * 255
     sam_features, clip_features = model.encode(pixels)
