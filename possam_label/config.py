@@ -92,6 +92,18 @@ class CLIPConfig:
     # ViLD templates (spec 3.4); a shorter list trades accuracy for text-encoding time.
     templates: str = "vild"  # vild | single
     text_chunk_size: int = 128
+    # [I] What the out-of-vocabulary classifier reads for each mask (model/masked_crop.py):
+    # "mask_pool" pools the dense features inside it (FC-CLIP's and the spec's, section 4),
+    # "masked_crop" gives CLIP the mask cut out of the image (outside it: pixel_mean) as an image,
+    # "mean" averages the two normalised embeddings. The crops cost one CLIP image forward per query.
+    out_vocab_source: str = "mask_pool"
+    # Side of the masked crops; null: the CLIP model's own input size.
+    mask_crop_size: Optional[int] = None
+    # The mask's box is made square and enlarged by this factor before cropping.
+    mask_crop_margin: float = 1.4
+    # "things": with out_vocab_source "mean", stuff classes keep the mask-pooled logits alone (a
+    # region cut out onto a flat colour looks like no stuff CLIP has seen); "all": every class.
+    mask_crop_classes: str = "all"
 
 
 @dataclass
@@ -183,6 +195,15 @@ class MASEConfig:
     granularity: str = "query"  # query | query_class | image_class
     gamma: float = 1.0  # score = class prob * iou ** gamma
     drop_iou_threshold: float = 0.0  # queries with predicted IoU below this are dropped
+    # [I] LDP learns "void" for whatever looked unlike the training classes, novel objects
+    # included, while the frozen CLIP has seen them: p_void <- p_void * (1 - s * P_clip(novel)),
+    # P_clip(novel) the frozen CLIP's probability mass on classes outside the training
+    # vocabulary, s = novel_void_suppression in [0, 1] (0 keeps the spec's void, LDP alone).
+    novel_void_suppression: float = 0.0
+    # [I] None: a query is void when void is its argmax over K + 1 (Mask2Former's panoptic rule).
+    # A number t: a query is void only when p_void >= t, otherwise it takes its best class (as
+    # Mask2Former's instance inference ignores void); the panoptic merge then drops duplicates.
+    void_threshold: Optional[float] = None
 
 
 @dataclass

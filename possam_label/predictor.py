@@ -205,7 +205,7 @@ class PosSAMPredictor:
         with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             sam_features, clip_features = self._encode(pixels)
             outputs = self._forward_heads(sam_features, clip_features, text, all_stages=False, pixels=pixels)
-            out_logits = self.model.out_vocab_logits(outputs["pred_masks"], clip_features, text)
+            out_logits = self.model.out_vocab_logits(outputs["pred_masks"], clip_features, text, pixels=pixels)
         # Post-processing (softmax ensembles, thresholds, argmax) runs in float32.
         outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
         return outputs, out_logits.float()

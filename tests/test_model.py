@@ -171,6 +171,35 @@ def test_mase_variants_and_drop_threshold(granularity):
     assert fixed.seen_like.tolist() == [True, True]
 
 
+def test_novel_void_suppression_and_void_threshold():
+    """LDP calls the novel object void; the frozen CLIP's belief in a novel class lowers that void."""
+    in_logits, out_logits, iou, seen = _crafted_logits()
+    in_logits = in_logits.clone()
+    in_logits[1, -1] = 4.0  # q1 (unseen object): void is LDP's argmax
+    p_void = torch.softmax(in_logits, -1)[:, -1]
+    p_novel = torch.softmax(out_logits, -1)[:, 2:].sum(-1)
+    spec = ensemble(in_logits, out_logits, iou, seen, MASEConfig())
+    assert spec.labels.tolist() == [0, 4] and spec.keep.tolist() == [True, False]
+    assert torch.allclose(spec.probs[:, -1], p_void)
+    r = ensemble(in_logits, out_logits, iou, seen, MASEConfig(novel_void_suppression=0.8))
+    assert torch.allclose(r.probs[:, -1], p_void * (1 - 0.8 * p_novel), atol=1e-6)
+    assert r.labels.tolist() == [0, 2] and r.keep.tolist() == [True, True]
+    assert torch.allclose(r.probs.sum(-1), torch.ones(2), atol=1e-6)
+    # in_vocab has no frozen CLIP, so nothing lowers its void.
+    r_in = ensemble(in_logits, out_logits, iou, seen, MASEConfig(mode="in_vocab", novel_void_suppression=0.8))
+    assert torch.allclose(r_in.probs[:, -1], p_void)
+
+    # void_threshold: q1 (p_void ~0.8) is void only at thresholds at or below its p_void.
+    assert 0.7 < float(p_void[1]) < 0.9
+    kept = ensemble(in_logits, out_logits, iou, seen, MASEConfig(void_threshold=0.9))
+    assert kept.labels.tolist() == [0, 2]  # its best class, scored without the void share
+    assert torch.allclose(kept.scores[1], kept.probs[1, 2] * iou[1])
+    assert ensemble(in_logits, out_logits, iou, seen, MASEConfig(void_threshold=0.7)).labels.tolist() == [0, 4]
+    for bad in (MASEConfig(novel_void_suppression=1.5), MASEConfig(void_threshold=0.0)):
+        with pytest.raises(ValueError, match="mase."):
+            ensemble(in_logits, out_logits, iou, seen, bad)
+
+
 def test_panoptic_postprocess_merges_stuff_keeps_things_and_leaves_void():
     h = w = 20
     logits = torch.full((6, h, w), -10.0)
@@ -497,3 +526,96 @@ def test_clip_pooling_weights_binarise_on_the_clip_grid_with_a_soft_fallback():
     assert (fallback > 0).all() and (fallback < 0.5).all() and fallback[0, 0] == fallback.max()
     small = torch.nn.functional.interpolate(logits[:, 1:], size=(2, 2), mode="bilinear", align_corners=False)
     torch.testing.assert_close(fallback, small[0, 0].sigmoid())
+
+
+def test_masked_crops_keep_the_mask_and_blank_the_rest():
+    from possam_label.model.masked_crop import mask_boxes, masked_crops, square_boxes
+
+    pixels = torch.zeros(1, 3, 64, 64)
+    pixels[0, 0] = torch.arange(64.0)[None, :].expand(64, 64)  # red = x, so a crop shows where it was cut
+    pixels[0, 1] = 200.0
+    logits = torch.full((1, 2, 16, 16), -10.0)  # stride 4
+    logits[0, 0, 4:8, 6:8] = 10.0  # box x 24..32, y 16..32 px: 8 x 16, square side 16 * 1.5 = 24
+    logits[0, 1] = -10.0  # empty mask: its box is the whole image
+    assert mask_boxes(logits[0] > 0).tolist() == [[6.0, 4.0, 8.0, 8.0], [0.0, 0.0, 16.0, 16.0]]
+    assert square_boxes(torch.tensor([[6.0, 4.0, 8.0, 8.0]]), 4.0, 1.5).tolist() == [[16.0, 12.0, 40.0, 36.0]]
+    fill = (10.0, 20.0, 30.0)
+    crops = masked_crops(pixels, logits, crop_size=24, margin=1.5, fill=fill)
+    assert crops.shape == (2, 3, 24, 24)
+    # The square box 16..40 px sampled at one crop pixel per input pixel: inside the mask
+    # (x 24..32, y 16..32) the image, away from it the fill colour (its outline is resampled
+    # bilinearly from the stride-4 logits, so the ring of pixels on the boundary is left out).
+    inside = torch.zeros(24, 24, dtype=torch.bool)
+    inside[5:19, 9:15] = True
+    outside = torch.ones(24, 24, dtype=torch.bool)
+    outside[3:21, 7:17] = False
+    crop = crops[0]
+    assert torch.allclose(crop[0][inside], (torch.arange(24.0) + 16.0)[None, :].expand(24, 24)[inside], atol=0.51)
+    assert (crop[1][inside] == 200.0).all()
+    for c, value in enumerate(fill):
+        assert (crop[c][outside] == value).all()
+    # An empty mask blanks its whole crop.
+    assert all((crops[1, c] == value).all() for c, value in enumerate(fill))
+
+
+@pytest.mark.parametrize("source", ["mask_pool", "masked_crop", "mean"])
+def test_out_of_vocabulary_sources(tiny_cfg, vocab, source):
+    """clip.out_vocab_source: mask pooling (spec), the masked crop as an image, or the mean of both."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    pool_model = PosSAM.from_config(tiny_cfg).eval()
+    cfg = load_config(TINY, {"clip": {"out_vocab_source": source}})
+    torch.manual_seed(0)
+    model = PosSAM.from_config(cfg).eval()
+    pixels = torch.rand(1, 3, 128, 128) * 255
+    text = model.clip.text_classifier(vocab)
+    with torch.no_grad():
+        out = model(pixels, text)
+        clip_features = model.encode(pixels)[1]
+        logits = model.out_vocab_logits(out["pred_masks"], clip_features, text, pixels=pixels)
+        pooled = pool_model.out_vocab_logits(out["pred_masks"], clip_features, text)
+        crops = masked_crops_of(model, pixels, out["pred_masks"])
+        crop_emb = F.normalize(model.clip.embed_images(crops), dim=-1)
+    b, q = out["pred_masks"].shape[:2]
+    assert model.clip.mask_crop_size == 128  # the tiny CLIP's own input size
+    crop_logits = text.class_logits(crop_emb.view(b, q, -1), model.clip.logit_scale)
+    if source == "mask_pool":
+        torch.testing.assert_close(logits, pooled)
+    elif source == "masked_crop":
+        torch.testing.assert_close(logits, crop_logits)
+        with pytest.raises(ValueError, match="pixels"):
+            model.out_vocab_logits(out["pred_masks"], clip_features, text)
+    else:
+        # The mean of the two normalised embeddings, classified as any query embedding.
+        from possam_label.model.common import masked_average_pool
+
+        weights = clip_pooling_weights(out["pred_masks"], clip_features.shape[-2:])
+        with torch.no_grad():
+            pool_emb = model.clip.embed_pooled(masked_average_pool(clip_features, weights).reshape(b * q, -1))
+        mean_emb = (F.normalize(pool_emb, dim=-1) + crop_emb) / 2
+        torch.testing.assert_close(logits, text.class_logits(mean_emb.view(b, q, -1), model.clip.logit_scale))
+        assert not torch.allclose(logits, pooled) and not torch.allclose(logits, crop_logits)
+        # mask_crop_classes "things": stuff classes (grass, sky) keep the pooled logits.
+        model.clip.mask_crop_classes = "things"
+        with torch.no_grad():
+            things_only = model.out_vocab_logits(out["pred_masks"], clip_features, text, pixels=pixels)
+        torch.testing.assert_close(things_only[..., 2:], pooled[..., 2:])
+        torch.testing.assert_close(things_only[..., :2], logits[..., :2])
+        model.clip.mask_crop_classes = "all"
+
+
+def masked_crops_of(model, pixels, mask_logits):
+    from possam_label.model.masked_crop import masked_crops
+
+    return masked_crops(pixels, mask_logits, model.clip.mask_crop_size, model.clip.mask_crop_margin, model.clip.pixel_mean.flatten().tolist())
+
+
+def test_out_of_vocabulary_source_settings_are_checked():
+    for bad, match in (
+        ({"out_vocab_source": "crop"}, "out_vocab_source"),
+        ({"mask_crop_margin": 0.5}, "mask_crop_margin"),
+        ({"mask_crop_classes": "stuff"}, "mask_crop_classes"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            PosSAM.from_config(load_config(TINY, {"clip": bad}))

@@ -34,6 +34,8 @@ VILD_TEMPLATES = (
     "There is a large {} in the scene.",
 )
 SINGLE_TEMPLATE = ("a photo of a {}.",)
+# clip.out_vocab_source values (possam_label.model.masked_crop).
+OUT_VOCAB_SOURCES = ("mask_pool", "masked_crop", "mean")
 
 
 class TextClassifier:
@@ -43,15 +45,18 @@ class TextClassifier:
         embeddings: (S, D) L2-normalised, S = total synonyms.
         class_index: (S,) long, the class of each synonym row.
         num_classes: K.
+        isthing: (K,) bool, thing classes (None: unknown).
     """
 
-    def __init__(self, embeddings: torch.Tensor, class_index: torch.Tensor, num_classes: int) -> None:
+    def __init__(self, embeddings: torch.Tensor, class_index: torch.Tensor, num_classes: int, isthing: Optional[torch.Tensor] = None) -> None:
         self.embeddings = embeddings
         self.class_index = class_index
         self.num_classes = num_classes
+        self.isthing = isthing
 
     def to(self, device: torch.device) -> "TextClassifier":
-        return TextClassifier(self.embeddings.to(device), self.class_index.to(device), self.num_classes)
+        isthing = self.isthing.to(device) if self.isthing is not None else None
+        return TextClassifier(self.embeddings.to(device), self.class_index.to(device), self.num_classes, isthing)
 
     def class_logits(self, queries: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
         """Cosine logits with the max over each class's synonyms.
@@ -131,6 +136,12 @@ class CLIPBackbone(nn.Module):
         pixel_mean, pixel_std: normalisation on the [0, 255] scale.
         templates: prompt templates.
         text_chunk_size: prompts per text-encoder call.
+        out_vocab_source: what the out-of-vocabulary classifier reads per mask, one of
+            ``OUT_VOCAB_SOURCES`` (see :meth:`PosSAM.out_vocab_logits`).
+        mask_crop_size: side of the masked crops; None: the image tower's own input size.
+        mask_crop_margin: a mask's box is made square and enlarged by this factor for its crop.
+        mask_crop_classes: ``"all"``, or ``"things"``: the masked crops score thing classes only,
+            stuff classes keep the mask-pooled logits (with ``out_vocab_source: mean``).
     """
 
     def __init__(
@@ -142,8 +153,18 @@ class CLIPBackbone(nn.Module):
         pixel_std: list[float],
         templates: tuple[str, ...] = VILD_TEMPLATES,
         text_chunk_size: int = 128,
+        out_vocab_source: str = "mask_pool",
+        mask_crop_size: Optional[int] = None,
+        mask_crop_margin: float = 1.4,
+        mask_crop_classes: str = "all",
     ) -> None:
         super().__init__()
+        if out_vocab_source not in OUT_VOCAB_SOURCES:
+            raise ValueError(f"clip.out_vocab_source must be one of {', '.join(OUT_VOCAB_SOURCES)}, got {out_vocab_source!r}")
+        if mask_crop_margin < 1.0:
+            raise ValueError(f"clip.mask_crop_margin must be >= 1, got {mask_crop_margin}")
+        if mask_crop_classes not in ("all", "things"):
+            raise ValueError(f"clip.mask_crop_classes must be 'all' or 'things', got {mask_crop_classes!r}")
         visual = clip_model.visual
         if not hasattr(visual, "trunk") or not hasattr(visual.trunk, "forward_features"):
             raise ValueError(
@@ -155,6 +176,12 @@ class CLIPBackbone(nn.Module):
         self.image_size = image_size
         self.templates = templates
         self.text_chunk_size = text_chunk_size
+        self.out_vocab_source = out_vocab_source
+        tower_size = getattr(visual, "image_size", None)
+        tower_size = tower_size[0] if isinstance(tower_size, (tuple, list)) else tower_size
+        self.mask_crop_size = int(mask_crop_size or tower_size or image_size)
+        self.mask_crop_margin = mask_crop_margin
+        self.mask_crop_classes = mask_crop_classes
         self.dense_channels = int(visual.trunk.num_features)
         self.embed_dim = int(clip_model.text_projection.shape[1])
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
@@ -178,6 +205,10 @@ class CLIPBackbone(nn.Module):
             pixel_std=cfg.pixel_std,
             templates=templates,
             text_chunk_size=cfg.text_chunk_size,
+            out_vocab_source=cfg.out_vocab_source,
+            mask_crop_size=cfg.mask_crop_size,
+            mask_crop_margin=cfg.mask_crop_margin,
+            mask_crop_classes=cfg.mask_crop_classes,
         )
 
     def train(self, mode: bool = True) -> "CLIPBackbone":
@@ -216,6 +247,17 @@ class CLIPBackbone(nn.Module):
         return visual.head(x)
 
     @torch.no_grad()
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP image embeddings of whole images (e.g. masked crops), at their own size.
+
+        Args:
+            images: (N, 3, s, s) float on the [0, 255] scale.
+        Returns:
+            (N, D) embeddings in the joint space (not normalised).
+        """
+        return self.clip.encode_image((images - self.pixel_mean) / self.pixel_std)
+
+    @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """(P,) prompts -> (P, D) un-normalised text features, in chunks."""
         device = self.clip.text_projection.device
@@ -238,6 +280,7 @@ class CLIPBackbone(nn.Module):
         feats = F.normalize(self.encode_prompts(prompts), dim=-1).view(len(synonyms), len(self.templates), -1)
         embeddings = F.normalize(feats.mean(dim=1), dim=-1)
         class_index = torch.tensor([ci for ci, _ in synonyms], dtype=torch.long, device=device)
-        classifier = TextClassifier(embeddings, class_index, len(vocabulary))
+        isthing = torch.tensor(list(vocabulary.isthing), dtype=torch.bool, device=device)
+        classifier = TextClassifier(embeddings, class_index, len(vocabulary), isthing)
         self._text_cache[key] = classifier
         return classifier

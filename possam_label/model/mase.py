@@ -76,6 +76,15 @@ def ensemble(
     p_void = in_logits.softmax(-1)[:, -1]
     iou = mask_quality.float().clamp(0.0, 1.0)
     seen = seen_classes.to(p_in.device).bool()
+    if not 0.0 <= cfg.novel_void_suppression <= 1.0:
+        raise ValueError(f"mase.novel_void_suppression must be in [0, 1], got {cfg.novel_void_suppression}")
+    if cfg.void_threshold is not None and not 0.0 < cfg.void_threshold <= 1.0:
+        raise ValueError(f"mase.void_threshold must be in (0, 1] or null, got {cfg.void_threshold}")
+    if cfg.novel_void_suppression > 0 and cfg.mode != "in_vocab":
+        # LDP was trained on base classes only and calls novel objects void; the frozen CLIP
+        # has seen them, so its belief in a novel class lowers void (in_vocab has no CLIP).
+        novel_belief = (p_out * (~seen)[None, :]).sum(-1)
+        p_void = p_void * (1 - cfg.novel_void_suppression * novel_belief)
     seen_like = torch.zeros_like(p_void, dtype=torch.bool)
 
     log_in = torch.log(p_in + 1e-8)
@@ -104,7 +113,11 @@ def ensemble(
         z = (1 - weight) * log_in + weight * log_out
         class_probs = z.softmax(-1)
     probs = torch.cat([class_probs * (1 - p_void)[:, None], p_void[:, None]], dim=-1)
-    label_scores, labels = probs.max(-1)
+    if cfg.void_threshold is None:
+        label_scores, labels = probs.max(-1)
+    else:
+        label_scores, labels = probs[:, :num_classes].max(-1)
+        labels = torch.where(p_void >= cfg.void_threshold, num_classes, labels)
     scores = label_scores * iou.pow(cfg.gamma)
     keep = (labels != num_classes) & (iou >= cfg.drop_iou_threshold)
     return EnsembleResult(probs, labels, scores, p_in, p_out, seen_like, keep, iou)

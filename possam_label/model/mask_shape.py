@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
+from .masked_crop import mask_boxes, square_boxes
+
 
 # (out_channels, stride) of each convolution. Masks alone: three stride-2 convolutions. With the
 # image crop: a deeper stack that keeps full resolution for the first layer, because the outline
@@ -86,27 +88,8 @@ class MaskShapeEncoder(nn.Module):
 
     @staticmethod
     def boxes(masks: torch.Tensor) -> torch.Tensor:
-        """Tight boxes of binary masks, all at once (torchvision's ``masks_to_boxes`` loops over the
-        masks in Python and fails on empty ones; every stage of every training step calls this).
-
-        Args:
-            masks: (N, H, W) bool.
-        Returns:
-            (N, 4) float ``x0, y0, x1, y1`` in pixels (exclusive end); the whole map for empty masks.
-        """
-        n, h, w = masks.shape
-        rows, cols = masks.any(dim=2), masks.any(dim=1)
-        ys = torch.arange(h, device=masks.device)
-        xs = torch.arange(w, device=masks.device)
-        big = torch.tensor(max(h, w), device=masks.device)
-        y0 = torch.where(rows, ys, big).amin(dim=1)
-        y1 = torch.where(rows, ys, -1).amax(dim=1) + 1
-        x0 = torch.where(cols, xs, big).amin(dim=1)
-        x1 = torch.where(cols, xs, -1).amax(dim=1) + 1
-        empty = ~rows.any(dim=1)
-        full = torch.tensor([0, 0, w, h], device=masks.device)
-        out = torch.stack([x0, y0, x1, y1], dim=1)
-        return torch.where(empty[:, None], full, out).float()
+        """Tight boxes of binary masks: :func:`possam_label.model.masked_crop.mask_boxes`."""
+        return mask_boxes(masks)
 
     def forward(
         self,
@@ -184,9 +167,7 @@ class MaskShapeEncoder(nn.Module):
         (bilinearly resampled) says which object in the crop is meant.
         """
         stride = pixels.shape[-1] / probs.shape[-1]
-        centre = (boxes[:, :2] + boxes[:, 2:]) / 2 * stride
-        half = (boxes[:, 2:] - boxes[:, :2]).amax(dim=1, keepdim=True).clamp(min=2.0) * stride * PIXEL_BOX_MARGIN / 2
-        square = torch.cat([centre - half, centre + half], dim=1)
+        square = square_boxes(boxes, stride, PIXEL_BOX_MARGIN)
         index = torch.arange(probs.shape[0], device=boxes.device, dtype=boxes.dtype)[:, None]
         image_crops = roi_align(pixels, torch.cat([torch.div(index, queries, rounding_mode="floor"), square], dim=1), output_size=self.crop_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
         mask_crops = roi_align(probs, torch.cat([index, square], dim=1), output_size=self.crop_size, spatial_scale=1.0 / stride, sampling_ratio=2, aligned=True)

@@ -18,6 +18,7 @@ from .detail_stem import ImageDetailStem
 from .heads import MaskHead, MaskQualityHead
 from .ldp import LocalDiscriminativePooling
 from .mask_shape import MaskShapeEncoder, crop_encoder_from_config
+from .masked_crop import masked_crops
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .pyramid import SimpleFeaturePyramid
 from .sam_backbone import SAMBackbone
@@ -229,19 +230,47 @@ class PosSAM(nn.Module):
         return self.forward_heads(sam_features, clip_features, text, pixels=pixels)
 
     @torch.no_grad()
-    def out_vocab_logits(self, mask_logits: torch.Tensor, clip_features: torch.Tensor, text: TextClassifier) -> torch.Tensor:
+    def out_vocab_logits(
+        self,
+        mask_logits: torch.Tensor,
+        clip_features: torch.Tensor,
+        text: TextClassifier,
+        pixels: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Frozen-CLIP classification of the predicted masks (spec section 4).
+
+        What CLIP reads per mask is ``clip.out_vocab_source`` (:mod:`possam_label.model.masked_crop`):
+        its dense features pooled inside the mask (spec), the mask cut out of the image as a crop,
+        or the mean of the two embeddings (for thing classes only with ``clip.mask_crop_classes:
+        things``).
 
         Args:
             mask_logits: (B, Q, H, W) final-stage mask logits.
             clip_features: (B, C_clip, h, w) dense CLIP features.
+            pixels: (B, 3, S, S) the encoders' input on the [0, 255] scale; needed for masked crops.
         Returns:
             (B, Q, K) logits.
         """
-        pooled = masked_average_pool(clip_features.float(), clip_pooling_weights(mask_logits, clip_features.shape[-2:]))
-        b, q, c = pooled.shape
-        embeddings = self.clip.embed_pooled(pooled.reshape(b * q, c)).view(b, q, -1)
-        return text.class_logits(embeddings.float(), self.clip.logit_scale)
+        b, q = mask_logits.shape[:2]
+        source = self.clip.out_vocab_source
+        embeddings = []
+        if source in ("mask_pool", "mean"):
+            pooled = masked_average_pool(clip_features.float(), clip_pooling_weights(mask_logits, clip_features.shape[-2:]))
+            embeddings.append(self.clip.embed_pooled(pooled.reshape(b * q, -1)).float())
+        if source in ("masked_crop", "mean"):
+            if pixels is None:
+                raise ValueError("clip.out_vocab_source reads masked crops of the image: out_vocab_logits needs the pixels")
+            # The pixels outside a mask take CLIP's mean colour: zero once normalised.
+            crops = masked_crops(pixels, mask_logits, self.clip.mask_crop_size, self.clip.mask_crop_margin, self.clip.pixel_mean.flatten().tolist())
+            embeddings.append(self.clip.embed_images(crops).float())
+        joint = torch.stack([F.normalize(e, dim=-1) for e in embeddings]).mean(dim=0)
+        logits = text.class_logits(joint.view(b, q, -1), self.clip.logit_scale)
+        if source == "mean" and self.clip.mask_crop_classes == "things":
+            if text.isthing is None:
+                raise ValueError("clip.mask_crop_classes 'things' needs a text classifier that knows its thing classes")
+            pooled_only = text.class_logits(embeddings[0].view(b, q, -1), self.clip.logit_scale)
+            logits = torch.where(text.isthing.to(logits.device), logits, pooled_only)
+        return logits
 
     # ---- checkpoints -------------------------------------------------------------------------
     def heads_state_dict(self) -> dict[str, torch.Tensor]:
