@@ -185,7 +185,7 @@ class PosSAMPredictor:
         vocab = self._vocabulary(vocabulary)
         text = self.text_classifier(vocab)
         seen = torch.tensor(vocab.seen_mask(self.train_vocabulary), dtype=torch.bool, device=self.device)
-        isthing = torch.tensor(vocab.isthing, dtype=torch.bool, device=self.device)
+        isthing = text.isthing  # (K,) bool, built with the text classifier
         results: list[PanopticPrediction] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from .masked_crop import mask_boxes, square_boxes
+from .masked_crop import mask_boxes, square_box_crops
 
 
 # (out_channels, stride) of each convolution. Masks alone: three stride-2 convolutions. With the
@@ -166,12 +166,7 @@ class MaskShapeEncoder(nn.Module):
         input-pixel coordinates: the outline comes from the full-resolution image, the mask
         (bilinearly resampled) says which object in the crop is meant.
         """
-        stride = pixels.shape[-1] / probs.shape[-1]
-        square = square_boxes(boxes, stride, PIXEL_BOX_MARGIN)
-        index = torch.arange(probs.shape[0], device=boxes.device, dtype=boxes.dtype)[:, None]
-        image_crops = roi_align(pixels, torch.cat([torch.div(index, queries, rounding_mode="floor"), square], dim=1), output_size=self.crop_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-        mask_crops = roi_align(probs, torch.cat([index, square], dim=1), output_size=self.crop_size, spatial_scale=1.0 / stride, sampling_ratio=2, aligned=True)
-        return torch.cat([image_crops, mask_crops], dim=1)
+        return torch.cat(square_box_crops(pixels, probs, boxes, queries, self.crop_size, PIXEL_BOX_MARGIN), dim=1)
 
 
 def crop_encoder_from_config(hidden_dim: int, ldp: Any) -> MaskShapeEncoder:

@@ -56,6 +56,29 @@ def square_boxes(boxes: torch.Tensor, stride: float, margin: float) -> torch.Ten
     return torch.cat([centre - half, centre + half], dim=1)
 
 
+def square_box_crops(
+    pixels: torch.Tensor, probs: torch.Tensor, boxes: torch.Tensor, queries: int, crop_size: int, margin: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixels and the mask probability in each mask's square box (:func:`square_boxes`).
+
+    Args:
+        pixels: (B, C, S, S) images, the grid the masks cover at stride S / W.
+        probs: (B * Q, 1, H, W) mask probabilities, image-major.
+        boxes: (B * Q, 4) boxes of the masks on their own grid (:func:`mask_boxes`).
+        queries: Q, masks per image.
+    Returns:
+        (B * Q, C, crop_size, crop_size) image crops and (B * Q, 1, crop_size, crop_size) mask
+        crops, both bilinearly sampled in input-pixel coordinates.
+    """
+    stride = pixels.shape[-1] / probs.shape[-1]
+    square = square_boxes(boxes, stride, margin)
+    index = torch.arange(probs.shape[0], device=boxes.device, dtype=boxes.dtype)[:, None]
+    image_index = torch.div(index, queries, rounding_mode="floor")
+    image_crops = roi_align(pixels, torch.cat([image_index, square], dim=1), output_size=crop_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    mask_crops = roi_align(probs, torch.cat([index, square], dim=1), output_size=crop_size, spatial_scale=1.0 / stride, sampling_ratio=2, aligned=True)
+    return image_crops, mask_crops
+
+
 @torch.no_grad()
 def masked_crops(
     pixels: torch.Tensor,
@@ -79,11 +102,6 @@ def masked_crops(
     """
     b, q, h, w = mask_logits.shape
     probs = mask_logits.detach().float().sigmoid().reshape(b * q, 1, h, w)
-    stride = pixels.shape[-1] / w
-    boxes = square_boxes(mask_boxes(probs[:, 0] > 0.5), stride, margin)
-    index = torch.arange(b * q, device=boxes.device, dtype=boxes.dtype)[:, None]
-    image_index = torch.div(index, q, rounding_mode="floor")
-    crops = roi_align(pixels.float(), torch.cat([image_index, boxes], dim=1), output_size=crop_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-    inside = roi_align(probs, torch.cat([index, boxes], dim=1), output_size=crop_size, spatial_scale=1.0 / stride, sampling_ratio=2, aligned=True) > 0.5
+    crops, inside = square_box_crops(pixels.float(), probs, mask_boxes(probs[:, 0] > 0.5), q, crop_size, margin)
     colour = torch.tensor(list(fill), device=crops.device, dtype=crops.dtype).view(1, 3, 1, 1)
-    return torch.where(inside, crops, colour)
+    return torch.where(inside > 0.5, crops, colour)
