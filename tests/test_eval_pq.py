@@ -468,7 +468,8 @@ def test_cli_prints_the_table_and_writes_the_documented_json(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "All" in done.stdout and "100.000" in done.stdout and "sky-other-merged" in done.stdout
     results = json.loads(out.read_text())
-    assert set(results) == {"All", "Things", "Stuff", "per_class"}
+    assert set(results) == {"All", "Things", "Stuff", "per_class", "matching"}
+    assert results["matching"]["images_by"] == "image_id" and results["matching"]["matched_images"] == 2
     for group in ("All", "Things", "Stuff"):
         assert set(results[group]) == {"pq", "sq", "rq", "n"}
         assert all(0.0 <= results[group][k] <= 1.0 for k in ("pq", "sq", "rq"))
@@ -487,5 +488,5 @@ def test_cli_reports_bad_input_and_explains_flags(tmp_path):
     assert done.returncode == 1
     assert "error:" in done.stderr and "no prediction annotation for image_id 439180" in done.stderr
     help_text = run_cli("--help").stdout
-    for flag in ("--gt-json", "--gt-dir", "--pred-json", "--pred-dir", "--out", "--workers", "--per-class"):
+    for flag in ("--gt-json", "--gt-dir", "--pred-json", "--pred-dir", "--out", "--workers", "--per-class", "--match", "--match-root"):
         assert flag in help_text

@@ -54,6 +54,7 @@ from typing import Any, Union
 import numpy as np
 from tqdm import tqdm
 
+from possam_label.eval.matching import match_categories, match_images, remap_segments
 from possam_label.io.panoptic_png import read_panoptic_png
 
 logger = logging.getLogger(__name__)
@@ -461,15 +462,23 @@ def pq_compute(
     *,
     num_workers: int = 0,
     progress: bool = False,
+    match: str = "auto",
+    match_root: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """PQ / SQ / RQ of COCO-panoptic predictions against COCO-panoptic ground truth.
 
     Args:
         gt_json: GT panoptic JSON (path or loaded dict) with ``annotations`` and ``categories``.
-        pred_json: predicted panoptic JSON (path or dict); only ``annotations`` is read, matched to
-            the GT by ``image_id``. Predictions for images absent from the GT are ignored.
+        pred_json: predicted panoptic JSON (path or dict): its ``annotations``, its ``images``
+            (file names, when matching by name) and its ``categories`` (when present and naming
+            other classes than the GT's ids, classes are matched by name; see
+            :mod:`possam_label.eval.matching`). Predictions for images absent from the GT are ignored.
         gt_dir, pred_dir: folders of the PNGs named by ``file_name``; default: the JSON path
             without its ``.json`` suffix (the COCO layout).
+        match: how images are paired: "image_id", "file_name" (basename, or the path relative
+            to ``match_root``, without extension), or "auto": by id when the two sides share any
+            image id, else by file name. An ambiguous file-name match is refused.
+        match_root: compare file names as paths relative to this folder instead of basenames.
         num_workers: 0 or 1 evaluates in this process (the default, safe anywhere); more uses that
             many "spawn" worker processes, so a calling script needs the usual
             ``if __name__ == "__main__":`` guard. Workers change the order of the IoU sums, so
@@ -478,35 +487,41 @@ def pq_compute(
         progress: show a tqdm bar over images.
 
     Returns:
-        The :func:`summarize_pq` dict (``per_class`` keyed by int category id).
+        The :func:`summarize_pq` dict (``per_class`` keyed by int category id, prediction-only
+        classes included) plus ``"matching"``: ``{images_by, matched_images, gt_images,
+        pred_images, unmatched_predictions, root, classes_by, prediction_only_classes}``.
 
     Raises:
         FileNotFoundError: a JSON or PNG file is missing.
-        ValueError: malformed JSON, a GT image without a prediction, or any per-image check of
-            :func:`pq_image_stats`, always naming the file / image.
+        ValueError: malformed JSON, a GT image without a prediction, an ambiguous match, or any
+            per-image check of :func:`pq_image_stats`, always naming the file / image.
     """
     gt_data, gt_name = _load_json(gt_json, "ground-truth")
     pred_data, pred_name = _load_json(pred_json, "prediction")
     if "categories" not in gt_data:
         raise ValueError(f"{gt_name}: has no 'categories' list")
-    categories = normalize_categories(gt_data["categories"])
+    normalize_categories(gt_data["categories"])  # checked before any matching
+    category_match = match_categories(gt_data["categories"], pred_data.get("categories"), pred_name)
+    categories = normalize_categories(category_match.categories)
     gt_folder = _default_png_dir(gt_json, gt_dir, "ground truth")
     pred_folder = _default_png_dir(pred_json, pred_dir, "prediction")
     gt_annotations = _annotations_by_image(gt_data, gt_name)
     pred_annotations = _annotations_by_image(pred_data, pred_name)
+    image_match = match_images(gt_data, pred_data, gt_annotations, pred_annotations, match, match_root, gt_name, pred_name)
+    logger.info(
+        "matched %d of %d ground-truth images by %s (%d predictions without ground truth); classes by %s%s",
+        len(image_match.pairs), image_match.gt_images, image_match.by.replace("_", " "), image_match.unmatched_predictions,
+        category_match.by, f", {len(category_match.prediction_only)} prediction-only" if category_match.prediction_only else "",
+    )
 
     tasks: list[_ImageTask] = []
-    for image_id, gt_annotation in gt_annotations.items():
-        pred_annotation = pred_annotations.get(image_id)
-        if pred_annotation is None:
-            raise ValueError(
-                f"{pred_name}: no prediction annotation for image_id {image_id} "
-                f"(ground-truth {gt_annotation['file_name']})"
-            )
+    for gt_annotation, pred_annotation in image_match.pairs:
+        image_id = gt_annotation["image_id"]
         gt_path = _png_path(gt_folder, gt_annotation["file_name"], gt_name, image_id)
-        pred_path = _png_path(pred_folder, pred_annotation["file_name"], pred_name, image_id)
-        label = f"{pred_path} (image_id {image_id})"
-        gt_segments, pred_segments = gt_annotation["segments_info"], pred_annotation["segments_info"]
+        pred_path = _png_path(pred_folder, pred_annotation["file_name"], pred_name, pred_annotation["image_id"])
+        label = f"{pred_path} (image_id {pred_annotation['image_id']})"
+        gt_segments = gt_annotation["segments_info"]
+        pred_segments = remap_segments(pred_annotation["segments_info"], category_match, label)
         tasks.append((str(gt_path), gt_segments, str(pred_path), pred_segments, label))
     logger.info("evaluating PQ on %d images (%d categories)", len(tasks), len(categories))
 
@@ -522,13 +537,17 @@ def pq_compute(
             futures = [pool.submit(_stats_for_tasks, chunk, categories) for chunk in chunks]
             for future in tqdm(futures, desc="PQ", unit="chunk", disable=not progress):
                 total += future.result()
-    return summarize_pq(total, categories)
+    results = summarize_pq(total, categories)
+    results["matching"] = {**image_match.summary(), **category_match.summary()}
+    return results
 
 
 def results_to_json(results: Mapping[str, Any]) -> dict[str, Any]:
     """The results dict with ``per_class`` keys as strings, ready for ``json.dump``."""
     jsonable = {group: dict(results[group]) for group in GROUPS}
     jsonable["per_class"] = {str(cid): dict(scores) for cid, scores in results["per_class"].items()}
+    if "matching" in results:
+        jsonable["matching"] = dict(results["matching"])
     return jsonable
 
 
