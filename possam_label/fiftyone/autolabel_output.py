@@ -347,6 +347,10 @@ class AutolabelOutput:
             for row in table.to_pylist():
                 yield _record(row)
 
+    def part_paths(self, part: str) -> tuple[Path, Path]:
+        """(images/part-P.parquet, segments/part-P.parquet) of a committed part."""
+        return self._store.images_part_path(part), self._store.segments_part_path(part)
+
     def iter_images(self) -> Iterator[ImageLabels]:
         """Every image with its decoded panoptic labels, one part in memory at a time.
 
@@ -354,33 +358,55 @@ class AutolabelOutput:
         image has no committed row, or that disagree with it.
         """
         for part in self.parts():
-            images_path = self._store.images_part_path(part)
-            segments_path = self._store.segments_part_path(part)
-            records = [_record(r) for r in pq.read_table(images_path, columns=list(IMAGE_COLUMNS)).to_pylist()]
-            rows_by_image: dict[int, list[dict[str, Any]]] = {}
-            parquet = pq.ParquetFile(segments_path)
-            for batch in parquet.iter_batches(batch_size=2048, columns=list(SEGMENT_COLUMNS)):
-                for row in batch.to_pylist():
-                    rows_by_image.setdefault(int(row["image_id"]), []).append(row)
-            known = {r.image_id for r in records}
-            orphans = sorted(set(rows_by_image) - known)
-            if orphans:
-                raise AutolabelOutputError(f"{segments_path}: segments of image id(s) {orphans[:5]} that have no row in {images_path}")
-            for record in records:
-                rows = rows_by_image.pop(record.image_id, [])
-                where = f"{segments_path} (image {record.image_id}, {record.file_path})"
+            images_path, segments_path = self.part_paths(part)
+            for record, rows in iter_part_rows(images_path, segments_path):
                 if record.status != "ok":
-                    if rows:
-                        raise AutolabelOutputError(f"{where}: segments for an image with status {record.status!r}")
                     yield ImageLabels(record, None)
                     continue
-                if record.width is None or record.height is None:
-                    raise AutolabelOutputError(f"{images_path}: image {record.image_id} has status ok but no width/height")
-                if len(rows) != record.num_segments:
-                    raise AutolabelOutputError(f"{where}: {len(rows)} segment rows but num_segments={record.num_segments} in {images_path}")
+                where = f"{segments_path} (image {record.image_id}, {record.file_path})"
                 run_ids = {r["run_id"] for r in rows}
-                prediction = segments_to_prediction(rows, record.height, record.width, where)
+                prediction = segments_to_prediction(rows, record.height, record.width, where)  # type: ignore[arg-type]
                 yield ImageLabels(record, prediction, run_ids.pop() if len(run_ids) == 1 else self.run_id)
+
+
+def _column_rows(table: Any) -> list[dict[str, Any]]:
+    """Rows of an Arrow table as dicts, converted a column at a time (faster than ``to_pylist``)."""
+    names = table.column_names
+    columns = [table.column(name).to_pylist() for name in names]
+    return [dict(zip(names, values)) for values in zip(*columns)]
+
+
+def iter_part_rows(images_path: Path, segments_path: Path) -> Iterator[tuple[ImageRecord, list[dict[str, Any]]]]:
+    """The image rows of one committed part, each with its segment rows (RLEs not decoded).
+
+    Memory holds this one part (the unit the producer held). The rows are checked against each
+    other: segments must belong to an image row of the part, error images have none, an ok image
+    has a size and exactly ``num_segments`` rows. Raises AutolabelOutputError naming the file.
+    """
+    try:
+        records = [_record(r) for r in _column_rows(pq.read_table(images_path, columns=list(IMAGE_COLUMNS)))]
+        segments = pq.read_table(segments_path, columns=list(SEGMENT_COLUMNS))
+    except (OSError, ValueError) as err:  # pyarrow raises ArrowInvalid (a ValueError) for bad bytes
+        raise AutolabelOutputError(f"{images_path.parent.parent}: part {images_path.stem} is not readable ({err})") from None
+    rows_by_image: dict[int, list[dict[str, Any]]] = {}
+    for row in _column_rows(segments):
+        rows_by_image.setdefault(int(row["image_id"]), []).append(row)
+    del segments
+    known = {r.image_id for r in records}
+    orphans = sorted(set(rows_by_image) - known)
+    if orphans:
+        raise AutolabelOutputError(f"{segments_path}: segments of image id(s) {orphans[:5]} that have no row in {images_path}")
+    for record in records:
+        rows = rows_by_image.pop(record.image_id, [])
+        where = f"{segments_path} (image {record.image_id}, {record.file_path})"
+        if record.status != "ok":
+            if rows:
+                raise AutolabelOutputError(f"{where}: segments for an image with status {record.status!r}")
+        elif record.width is None or record.height is None:
+            raise AutolabelOutputError(f"{images_path}: image {record.image_id} has status ok but no width/height")
+        elif len(rows) != record.num_segments:
+            raise AutolabelOutputError(f"{where}: {len(rows)} segment rows but num_segments={record.num_segments} in {images_path}")
+        yield record, rows
 
 
 def _record(row: Mapping[str, Any]) -> ImageRecord:

@@ -1,27 +1,34 @@
 """Load an autolabel output directory into a persistent FiftyOne dataset.
 
-Samples are matched by ``filepath`` (images of the run missing from the dataset are added). The
-output is read one committed part at a time and written with ``set_values`` a chunk of images at a
-time, so memory stays bounded by one part plus one chunk however large the run is. Loading the same
-directory again replaces the labels of its images (never duplicates them); samples a reviewer has
-marked reviewed are left alone unless ``replace_reviewed=True``.
+Samples are matched by ``filepath`` (images of the run missing from the dataset are added).
+Loading the same directory again replaces the labels of its images (never duplicates them);
+samples a reviewer has marked reviewed are left alone unless ``replace_reviewed=True``.
+
+The output is written one committed Parquet part at a time by :func:`.bulk_load.write_part`
+(documents built directly, one ``find`` + ``insert_many`` + ``bulk_write`` per chunk of images),
+in ``workers`` processes in parallel, each with its own database connection; memory stays bounded
+by one part per worker however large the run is. Masks live in the database (default) or, with
+``mask_storage="files"``, in PNG files referenced by ``mask_path`` (smaller database, faster
+load). ``review_below`` / ``audit_fraction`` load only the images that need review and/or a
+random audit sample. See docs/review.md, "Loading large runs".
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as _dt
 import logging
+import multiprocessing
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Optional, Union
 
 import fiftyone as fo
-from fiftyone import ViewField as F
 from tqdm import tqdm
 
-from ..types import PanopticPrediction
-from .autolabel_output import AutolabelOutput, AutolabelOutputError, CategoryTable, ImageLabels
-from .convert import prediction_to_labels
+from .autolabel_output import AutolabelOutput, CategoryTable
+from .bulk_load import MASK_STORAGES, LoadSelection, PartJob, PartStats, write_part
 from .dataset import (
     DEFAULT_LABEL_FIELD,
     ReviewFields,
@@ -31,10 +38,15 @@ from .dataset import (
     record_run,
     set_categories,
 )
+from .editor_sync import prepare_annotation
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float, str], None]
+
+# Below this many images a load runs in the calling process: starting worker processes costs
+# seconds, more than writing a small run takes.
+MIN_IMAGES_FOR_WORKERS = 2000
 
 
 @dataclass
@@ -52,10 +64,21 @@ class LoadResult:
     num_errors: int = 0  # images the run could not label
     num_skipped_reviewed: int = 0  # reviewed samples left untouched
     num_skipped_missing: int = 0  # images not in the dataset, with add_missing=False
+    num_not_selected: int = 0  # images left out by review_below / audit_fraction
     new_classes: list[str] = field(default_factory=list)
+    part_errors: list[str] = field(default_factory=list)  # parts that could not be read (the others were loaded)
+    workers: int = 1
+    mask_storage: str = "database"
+    masks_dir: Optional[str] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def add(self, stats: PartStats) -> None:
+        for name in ("num_samples_added", "num_labeled", "num_segments", "num_errors", "num_skipped_reviewed", "num_skipped_missing", "num_not_selected"):
+            setattr(self, name, getattr(self, name) + getattr(stats, name))
+        if stats.error:
+            self.part_errors.append(stats.error)
 
 
 # Detection attributes written by the loader and by the review tools.
@@ -86,6 +109,8 @@ def ensure_review_fields(dataset: fo.Dataset, label_field: str) -> ReviewFields:
         fields.semantic: lambda: fo.EmbeddedDocumentField(fo.Segmentation),
         fields.deleted: lambda: fo.EmbeddedDocumentField(fo.Detections),
         fields.corrections: lambda: fo.ListField(fo.DictField()),
+        fields.original: lambda: fo.ListField(fo.DictField()),  # the labels as loaded (revert, editor sync)
+        fields.synced: lambda: fo.ListField(fo.DictField()),  # labels as last seen (editor_sync)
         fields.reviewed: fo.BooleanField,
         fields.reviewed_at: fo.DateTimeField,
         fields.run_id: fo.StringField,
@@ -152,13 +177,22 @@ def _merge_categories(dataset: fo.Dataset, label_field: str, run_categories: Cat
     return table, remap, added
 
 
-def _remap(prediction: PanopticPrediction, remap: dict[int, int], categories: CategoryTable, where: str) -> PanopticPrediction:
-    for seg in prediction.segments:
-        if seg.category_id not in remap:
-            raise AutolabelOutputError(f"{where}: segment {seg.id} has category id {seg.category_id} ({seg.category!r}) that is not in the run's vocabulary")
-        seg.category_id = remap[seg.category_id]
-        seg.category = categories.by_id(seg.category_id).name
-    return prediction
+def default_workers(num_images: int, num_parts: int) -> int:
+    """Worker processes for a load: 1 (this process) for small runs, else one per CPU core,
+    at most one per part."""
+    if num_images < MIN_IMAGES_FOR_WORKERS or num_parts < 2:
+        return 1
+    return max(1, min(os.cpu_count() or 1, num_parts))
+
+
+def _database_uri() -> str:
+    """The MongoDB URI of FiftyOne's database, for worker processes' own connections."""
+    if fo.config.database_uri:
+        return fo.config.database_uri
+    import fiftyone.core.odm as foo
+
+    host, port = foo.get_db_client().address
+    return f"mongodb://{host}:{port}"
 
 
 def load_autolabel_output(
@@ -168,8 +202,14 @@ def load_autolabel_output(
     create: bool = True,
     add_missing: bool = True,
     replace_reviewed: bool = False,
-    chunk_size: int = 64,
+    chunk_size: int = 256,
     progress: Union[bool, ProgressCallback] = True,
+    workers: Optional[int] = None,
+    mask_storage: str = "database",
+    masks_dir: Union[str, os.PathLike, None] = None,
+    review_below: Optional[float] = None,
+    audit_fraction: Optional[float] = None,
+    audit_seed: int = 0,
 ) -> LoadResult:
     """Load an autolabel output directory into a persistent FiftyOne dataset.
 
@@ -180,53 +220,84 @@ def load_autolabel_output(
         create: create the named dataset when it does not exist (else DatasetNotFoundError).
         add_missing: add samples for images of the run that the dataset does not have.
         replace_reviewed: also overwrite samples marked reviewed (default: keep the review).
-        chunk_size: images written per ``set_values`` call.
+        chunk_size: images per database round trip.
         progress: show a tqdm bar (bool), or a callback ``(fraction, message)``.
+        workers: processes writing parts in parallel (None: :func:`default_workers`; 1: this process).
+        mask_storage: "database" (masks inside the samples) or "files" (PNG files + ``mask_path``).
+        masks_dir: with "files", where the PNGs go (default:
+            ``<output_dir>/fiftyone_masks/<dataset>/<label_field>``); it must outlive the dataset.
+        review_below: load only images with a segment scored below this confidence (plus the
+            audit sample, if any); see :class:`.bulk_load.LoadSelection`.
+        audit_fraction: load (also) this random fraction of the images; ``audit_seed`` seeds it.
     Returns:
-        A :class:`LoadResult` with the counts.
+        A :class:`LoadResult` with the counts; ``part_errors`` names the parts that could not be read.
     Raises:
         AutolabelOutputError: ``output_dir`` is not an autolabel output (message names file and reason).
         DatasetNotFoundError: ``create=False`` and no dataset has that name.
+        ValueError: a bad option (mask_storage, thresholds out of [0, 1], workers < 1).
     """
+    if mask_storage not in MASK_STORAGES:
+        raise ValueError(f"mask_storage must be one of {MASK_STORAGES}, got {mask_storage!r}")
+    if workers is not None and int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    selection = LoadSelection(review_below, audit_fraction, int(audit_seed))
     output = AutolabelOutput.open(output_dir)  # validate before touching any dataset
     ds = _resolve_dataset(dataset, output, create)
     if not ds.persistent:
         ds.persistent = True
+    if ds.media_type is None:
+        ds.media_type = "image"  # add_samples would set it; the bulk inserts do not
     fields = ensure_review_fields(ds, label_field)
     categories, remap, new_classes = _merge_categories(ds, label_field, output.categories)
     set_categories(ds, label_field, categories)
+    if mask_storage == "files":
+        masks_dir = Path(masks_dir) if masks_dir is not None else output.root / "fiftyone_masks" / ds.name / label_field
+        masks_dir = Path(os.path.abspath(masks_dir))
+        masks_dir.mkdir(parents=True, exist_ok=True)
 
-    reviewed_paths: set[str] = set()
-    if not replace_reviewed:
-        reviewed_paths = set(ds.match(F(fields.reviewed) == True).values("filepath"))  # noqa: E712
-
+    parts = output.parts()
     num_images, num_segment_rows = output.count_rows()
-    result = LoadResult(ds.name, label_field, str(output.root), output.run_id, num_images=num_images)
+    n_workers = int(workers) if workers is not None else default_workers(num_images, len(parts))
+    n_workers = max(1, min(n_workers, len(parts)))
+    result = LoadResult(ds.name, label_field, str(output.root), output.run_id, num_images=num_images,
+                        workers=n_workers, mask_storage=mask_storage, masks_dir=str(masks_dir) if mask_storage == "files" else None)
+    template = PartJob(
+        images_path="", segments_path="", part="", label_field=fields.labels,
+        db_uri=_database_uri() if n_workers > 1 else "", db_name=fo.config.database_name,
+        collection=ds._sample_collection_name, dataset_id=str(ds._doc.id),
+        remap=dict(remap), names={c.id: c.name for c in categories}, run_id=output.run_id,
+        mask_storage=mask_storage, masks_dir=str(masks_dir) if mask_storage == "files" else None,
+        selection=selection, add_missing=add_missing, replace_reviewed=replace_reviewed, chunk_size=int(chunk_size),
+    )
+    jobs = [replace(template, images_path=str(paths[0]), segments_path=str(paths[1]), part=part)
+            for part, paths in ((part, output.part_paths(part)) for part in parts)]
+    part_rows = {job.part: n for job, n in zip(jobs, _part_image_counts(output, parts))}
+
     callback = progress if callable(progress) else None
     bar = tqdm(total=num_images, desc=f"load {output.root.name} -> {ds.name}.{label_field}", unit="img", disable=(progress is not True))
-    chunk: list[ImageLabels] = []
     done = 0
 
-    def flush() -> None:
+    def finished(stats: PartStats) -> None:
         nonlocal done
-        _write_chunk(ds, fields, chunk, remap, categories, reviewed_paths, add_missing, result)
-        done += len(chunk)
-        bar.update(len(chunk))
+        result.add(stats)
+        done += part_rows[stats.part]
+        bar.update(part_rows[stats.part])
         if callback is not None:
             callback(done / max(num_images, 1), f"loaded {done}/{num_images} images")
-        chunk.clear()
 
     try:
-        for item in output.iter_images():
-            chunk.append(item)
-            if len(chunk) >= chunk_size:
-                flush()
-        if chunk:
-            flush()
+        if n_workers == 1:
+            collection = ds._sample_collection
+            for job in jobs:
+                finished(write_part(job, collection))
+        else:
+            _run_in_workers(jobs, n_workers, finished)
     finally:
         bar.close()
+        ds.reload()  # samples in memory see what the workers wrote
 
     create_indexes(ds, label_field)
+    prepare_annotation(ds, label_field)  # Annotate-tab label schema, review colours
     record_run(
         ds,
         label_field,
@@ -236,78 +307,39 @@ def load_autolabel_output(
             "loaded_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "num_images": num_images,
             "num_segments": num_segment_rows,
+            "mask_storage": mask_storage,
+            "masks_dir": result.masks_dir,
+            "selection": asdict(selection) if selection.active else None,
         },
     )
     result.new_classes = new_classes
+    if result.part_errors:
+        logger.error("%d part(s) of %s could not be loaded: %s", len(result.part_errors), output.root, "; ".join(result.part_errors[:5]))
     logger.info("loaded %s into %s.%s: %s", output.root, ds.name, label_field, result.to_dict())
     return result
 
 
-def _add_samples(ds: fo.Dataset, items: list[ImageLabels]) -> int:
-    """Add one sample per image. The Sample objects die on return: FiftyOne reloads every live
-    in-memory sample after each ``set_values``, which would cost a query per sample per field."""
-    samples = []
-    for item in items:
-        metadata = None
-        if item.record.width and item.record.height:
-            metadata = fo.ImageMetadata(width=item.record.width, height=item.record.height)
-        samples.append(fo.Sample(filepath=item.record.file_path, metadata=metadata))
-    ds.add_samples(samples, progress=False)
-    return len(samples)
+def _part_image_counts(output: AutolabelOutput, parts: list[str]) -> list[int]:
+    import pyarrow.parquet as pq
+
+    return [pq.ParquetFile(output.part_paths(part)[0]).metadata.num_rows for part in parts]
 
 
-def _write_chunk(
-    ds: fo.Dataset,
-    fields: ReviewFields,
-    chunk: list[ImageLabels],
-    remap: dict[int, int],
-    categories: CategoryTable,
-    reviewed_paths: set[str],
-    add_missing: bool,
-    result: LoadResult,
-) -> None:
-    for item in chunk:
-        if not os.path.isabs(item.record.file_path):
-            raise AutolabelOutputError(f"image {item.record.image_id}: file_path {item.record.file_path!r} is not absolute")
-    paths = [item.record.file_path for item in chunk]
-    existing = set(ds.match(F("filepath").is_in(paths)).values("filepath"))
-    missing = [item for item in chunk if item.record.file_path not in existing]
-    if missing and add_missing:
-        result.num_samples_added += _add_samples(ds, missing)
-        existing.update(item.record.file_path for item in missing)
-    elif missing:
-        result.num_skipped_missing += len(missing)
-
-    values: dict[str, dict[str, object]] = {name: {} for name in (
-        fields.labels, fields.semantic, fields.deleted, fields.corrections, fields.reviewed,
-        fields.reviewed_at, fields.run_id, fields.image_id, fields.error,
-    )}
-    for item in chunk:
-        path = item.record.file_path
-        if path not in existing:
-            continue
-        if path in reviewed_paths:
-            result.num_skipped_reviewed += 1
-            continue
-        run_id = item.run_id or result.run_id
-        if item.prediction is None:
-            detections, semantic = None, None
-            result.num_errors += 1
-        else:
-            prediction = _remap(item.prediction, remap, categories, f"{result.output_dir} image {item.record.image_id}")
-            detections, semantic = prediction_to_labels(prediction, attributes={"run_id": run_id})
-            result.num_segments += len(detections.detections)
-        values[fields.labels][path] = detections
-        values[fields.semantic][path] = semantic
-        values[fields.deleted][path] = None
-        values[fields.corrections][path] = None
-        values[fields.reviewed][path] = False
-        values[fields.reviewed_at][path] = None
-        values[fields.run_id][path] = run_id
-        values[fields.image_id][path] = item.record.image_id
-        values[fields.error][path] = item.record.error if item.record.status != "ok" else None
-        result.num_labeled += 1
-    if not values[fields.labels]:
-        return
-    for name, mapping in values.items():
-        ds.set_values(name, mapping, key_field="filepath")
+def _run_in_workers(jobs: list[PartJob], n_workers: int, finished: Callable[[PartStats], None]) -> None:
+    """Write the parts in ``n_workers`` fresh processes (spawned: no inherited database client),
+    at most two parts per worker queued at a time."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
+        pending: set[concurrent.futures.Future] = set()
+        queue = iter(jobs)
+        for job in queue:
+            pending.add(pool.submit(write_part, job))
+            if len(pending) >= 2 * n_workers:
+                break
+        while pending:
+            completed, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in completed:
+                finished(future.result())
+                job = next(queue, None)
+                if job is not None:
+                    pending.add(pool.submit(write_part, job))

@@ -1,0 +1,184 @@
+"""Loading speed into FiftyOne: possam-label's loader against FiftyOne's own ``add_samples``.
+
+On one autolabel output (an existing ``--output DIR``, or one made here: ``--make N`` renders N
+synthetic scenes and labels them with ``--config``), each method loads every image into a fresh
+dataset, and the segments (Detections) written per second are reported:
+
+- ``loader_<storage>_w<N>``: :func:`possam_label.fiftyone.load.load_autolabel_output` with
+  ``mask_storage`` "database" or "files" and N worker processes;
+- ``add_samples``: FiftyOne's ``Dataset.add_samples`` of ``fo.Sample`` objects built with
+  :func:`possam_label.fiftyone.convert.prediction_to_labels` (instance and semantic masks in the
+  database), a chunk of images at a time: what a FiftyOne user would write.
+
+Every method reads and decodes the same Parquet parts, so the ratio compares the writing. The
+peak resident memory of the method's processes (workers included) is reported too.
+
+Example::
+
+    python -m pipelines.benchmark_fiftyone_load --make 400 --config configs/possam_small.yaml --workers 1,2 --json load.json
+    python -m pipelines.benchmark_fiftyone_load --output /path/to/autolabel/out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+logger = logging.getLogger("pipelines.benchmark_fiftyone_load")
+
+
+def make_output(workdir: Path, num_images: int, config: str, seed: int, size: int) -> Path:
+    """Render ``num_images`` synthetic scenes and auto-label them (local Ray) into ``workdir/out``."""
+    from pipelines.make_synthetic import main as make_synthetic
+    from possam_label.engine.autolabel import AutolabelOptions, run_autolabel
+
+    scenes = workdir / "scenes"
+    if make_synthetic(["--out", str(scenes), "--num-images", str(num_images), "--seed", str(seed), "--size", str(size), "--log-level", "WARNING"]) != 0:
+        raise SystemExit("could not render the synthetic scenes")
+    out = workdir / "out"
+    run_autolabel(AutolabelOptions(dataset=str(scenes / "images"), out_dir=str(out), config=config, batch_size=4, rows_per_part=64, show_progress=False, durable=False))
+    return out
+
+
+def load_with_add_samples(output_dir: Path, dataset_name: str, chunk_size: int) -> dict[str, Any]:
+    """FiftyOne's own path: ``fo.Sample`` objects with in-database masks, ``add_samples`` per chunk."""
+    import fiftyone as fo
+
+    from possam_label.fiftyone.autolabel_output import AutolabelOutput
+    from possam_label.fiftyone.convert import prediction_to_labels
+
+    output = AutolabelOutput.open(output_dir)
+    ds = fo.Dataset(dataset_name)
+    segments = 0
+    samples: list[Any] = []
+    for item in output.iter_images():
+        sample = fo.Sample(filepath=item.record.file_path)
+        if item.prediction is not None:
+            detections, semantic = prediction_to_labels(item.prediction, attributes={"run_id": item.run_id or output.run_id})
+            sample["possam"] = detections
+            sample["possam_semantic"] = semantic
+            segments += len(detections.detections)
+        samples.append(sample)
+        if len(samples) >= chunk_size:
+            ds.add_samples(samples, progress=False)
+            samples = []
+    if samples:
+        ds.add_samples(samples, progress=False)
+    return {"num_segments": segments, "num_samples": len(ds)}
+
+
+def load_with_loader(output_dir: Path, dataset_name: str, mask_storage: str, workers: int, masks_dir: Path) -> dict[str, Any]:
+    from possam_label.fiftyone.load import load_autolabel_output
+
+    result = load_autolabel_output(output_dir, dataset_name, mask_storage=mask_storage, workers=workers, masks_dir=masks_dir, progress=False)
+    if result.part_errors:
+        raise SystemExit(f"the loader could not read parts: {result.part_errors}")
+    return {"num_segments": result.num_segments, "num_samples": result.num_samples_added}
+
+
+def measure(name: str, fn: Any, *args: Any) -> dict[str, Any]:
+    from pipelines.benchmark import _PeakTreeRss
+
+    with _PeakTreeRss(interval_s=0.1) as memory:
+        start = time.perf_counter()
+        counts = fn(*args)
+        seconds = time.perf_counter() - start
+    row = {"method": name, **counts, "seconds": seconds, "segments_per_second": counts["num_segments"] / seconds,
+           "peak_rss_mb_all_processes": memory.peak_bytes / 2**20}
+    print(f"{name:<24} {counts['num_segments']:7d} segments {seconds:7.2f} s  {row['segments_per_second']:8.0f} segments/s  "
+          f"peak {row['peak_rss_mb_all_processes']:.0f} MB", flush=True)
+    return row
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.benchmark_fiftyone_load", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--output", type=Path, help="an existing autolabel output directory (only read)")
+    source.add_argument("--make", type=int, metavar="N", help="render N synthetic scenes and label them first")
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "possam_tiny.yaml"), help="with --make: the PosSAM config")
+    parser.add_argument("--size", type=int, default=256, help="with --make: scene side in pixels")
+    parser.add_argument("--seed", type=int, default=26, help="with --make: scene seed")
+    parser.add_argument("--storages", default="database,files", help="loader mask storages to measure")
+    parser.add_argument("--workers", default="1,2", help="comma list of loader worker counts")
+    parser.add_argument("--skip-add-samples", action="store_true", help="do not measure FiftyOne's add_samples")
+    parser.add_argument("--chunk-size", type=int, default=64, help="add_samples: images per call")
+    parser.add_argument("--repeats", type=int, default=1, help="measure each method this many times (best rate reported)")
+    parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one, deleted afterwards)")
+    parser.add_argument("--json", dest="json_out", type=Path, default=None, help="also write the results as JSON")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    import fiftyone as fo
+
+    from pipelines.benchmark import machine_description
+
+    worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    storages = [s.strip() for s in args.storages.split(",") if s.strip()]
+    tag = uuid.uuid4().hex[:8]
+    created: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="possam_load_bench_", dir=args.workdir) as tmp:
+        workdir = Path(tmp)
+        output_dir = args.output.resolve() if args.output else make_output(workdir, args.make, args.config, args.seed, args.size)
+        from possam_label.fiftyone.autolabel_output import AutolabelOutput
+
+        num_images, num_segments = AutolabelOutput.open(output_dir).count_rows()
+        print(f"output {output_dir}: {num_images} images, {num_segments} segments", flush=True)
+        rows: list[dict[str, Any]] = []
+        try:
+            for repeat in range(args.repeats):
+                methods: list[tuple[str, Any, tuple]] = []
+                if not args.skip_add_samples:
+                    methods.append(("add_samples", load_with_add_samples, (output_dir, f"bench-load-{tag}-add-{repeat}", args.chunk_size)))
+                for storage in storages:
+                    for workers in worker_counts:
+                        name = f"bench-load-{tag}-{storage}-{workers}-{repeat}"
+                        methods.append((f"loader_{storage}_w{workers}", load_with_loader, (output_dir, name, storage, workers, workdir / "masks" / name)))
+                for method, fn, fn_args in methods:
+                    created.append(fn_args[1])
+                    rows.append({**measure(method, fn, *fn_args), "repeat": repeat})
+                    fo.delete_dataset(fn_args[1])
+                    created.pop()
+                    shutil.rmtree(workdir / "masks", ignore_errors=True)
+        finally:
+            for name in created:
+                if fo.dataset_exists(name):
+                    fo.delete_dataset(name)
+    best: dict[str, float] = {}
+    for row in rows:
+        best[row["method"]] = max(best.get(row["method"], 0.0), row["segments_per_second"])
+    result: dict[str, Any] = {
+        "machine": machine_description(),
+        "output": str(args.output) if args.output else f"--make {args.make} --config {args.config} --size {args.size}",
+        "num_images": num_images,
+        "num_segments": num_segments,
+        "runs": rows,
+        "segments_per_second": best,
+    }
+    if "add_samples" in best:
+        result["over_add_samples"] = {m: rate / best["add_samples"] for m, rate in best.items() if m != "add_samples"}
+        for method, ratio in result["over_add_samples"].items():
+            print(f"  {method:<24} {ratio:5.2f}x add_samples")
+    machine = result["machine"]
+    print(f"machine: {machine['cpu']} x{machine['cpu_count']}, load {machine['load_average_1_5_15']}")
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
