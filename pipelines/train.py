@@ -1,7 +1,14 @@
-"""Train PosSAM heads (frozen SAM and CLIP) on COCO-panoptic data with Ray Train.
+"""Train PosSAM heads (frozen SAM and CLIP) with Ray Train, on ground truth or on the product's own labels.
 
-Example:
+--data takes a COCO-panoptic folder (panoptic.json, images/, panoptic/), an autolabel output
+(pseudo-labels; --min-score voids lower-scored segments), an export of the review plugin, or
+fiftyone://DATASET[/VIEW] (the labels as reviewed: corrections applied, rejected and deleted
+segments void, unreviewed labels below --min-score void; new classes extend the vocabulary).
+
+Examples:
     python -m pipelines.train --config configs/possam_small.yaml --data DATA_DIR --out runs/small
+    python -m pipelines.train --config configs/possam_small.yaml --data fiftyone://my-review \\
+        --reviewed-only --min-score 0.72 --schedule finetune --val-data data/world_val --out runs/ft
 
 Rerunning the same command after a crash resumes from the last checkpoint in --out.
 """
@@ -19,7 +26,14 @@ from pipelines._cli import add_set_argument
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="model + recipe YAML (configs/*.yaml); backbone weights come from it")
-    parser.add_argument("--data", required=True, help="COCO-panoptic folder: panoptic.json, images/, panoptic/")
+    parser.add_argument("--data", required=True, help="COCO-panoptic folder (panoptic.json, images/, panoptic/), autolabel output, review export, or fiftyone://DATASET[/VIEW]")
+    parser.add_argument("--min-score", type=float, default=None, help="segments scored below this become void (ignored, not background): autolabel outputs, and unreviewed labels of fiftyone:// data")
+    parser.add_argument("--reviewed-only", action="store_true", help="fiftyone:// data: only samples marked reviewed")
+    parser.add_argument("--label-field", default="possam", help="fiftyone:// data: the possam-label field (default possam)")
+    parser.add_argument("--schedule", choices=("config", "finetune"), default="config", help="config: the config's train recipe; finetune: from the config's heads (or train.init_heads), 40 epochs clamped to 100-2000 iterations, lr x0.2, one step at 80%% (explicit --max-iters/--set win)")
+    parser.add_argument("--val-data", default=None, help="validation data (any --data form): PQ every --val-every iterations, best heads kept as OUT/best.safetensors + OUT/best_metrics.json")
+    parser.add_argument("--val-every", type=int, default=None, help="iterations between validations (default: train.checkpoint_every)")
+    parser.add_argument("--val-limit", type=int, default=None, help="validate on the first N images only")
     parser.add_argument("--out", required=True, help="output folder: checkpoints/, metrics.jsonl, heads.safetensors")
     parser.add_argument("--vocab", default=None, help="training vocabulary (coco, ade20k, a file or 'a,b,c'); default: the dataset's categories")
     parser.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers (default 1)")
@@ -56,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
             ray_address=args.ray_address,
             max_failures=args.max_failures,
             overrides=overrides,
+            min_score=args.min_score,
+            label_field=args.label_field,
+            reviewed_only=args.reviewed_only,
+            val_data=args.val_data,
+            val_every=args.val_every,
+            val_limit=args.val_limit,
+            schedule=args.schedule,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -9,6 +9,10 @@ Targets are expressed in a :class:`~possam_label.vocab.Vocabulary`: a segment's 
 contiguous index (0..K-1) of its category in the vocabulary. Segments whose category the
 vocabulary does not contain are dropped (their pixels become ignore, like void), which is how a
 model is trained on base classes only. Crowd segments (``iscrowd=1``) are never targets either.
+
+The same reader serves the product's own COCO-panoptic files (autolabel outputs and review
+exports list the original images by absolute path, classes matched by name, and an autolabel
+output's ``score`` can void low-confidence segments): see :mod:`possam_label.data.sources`.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
+from possam_label.data.sources import PanopticTarget, PanopticTargetDataset, TargetSegment, TrainingDataError, TrainingSource, image_size
 from possam_label.io.panoptic_png import rgb2id
+from possam_label.panoptic import keep_ids, score_passes
 
 if TYPE_CHECKING:
     from possam_label.vocab import Vocabulary
@@ -34,7 +38,7 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 
-class MissingFileError(FileNotFoundError, ValueError):
+class MissingFileError(FileNotFoundError, TrainingDataError):
     """A file the annotations refer to does not exist (both a FileNotFoundError and a ValueError)."""
 
 
@@ -54,6 +58,16 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _absolute_file(name: Any, what: str, source: Path) -> Path:
+    """An absolute ``file_name`` (autolabel outputs and exports list the original images so)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{source}: {what} file_name must be a non-empty string, got {name!r}")
+    path = Path(name)
+    if not path.is_absolute():
+        raise ValueError(f"{source}: {what} file_name {name!r} must be an absolute path (this layout lists the original images)")
+    return path
+
+
 def _safe_child(folder: Path, name: Any, what: str, source: Path) -> Path:
     """``folder / name`` for a plain relative file name; refuses absolute paths and '..'."""
     if not isinstance(name, str) or not name:
@@ -64,77 +78,68 @@ def _safe_child(folder: Path, name: Any, what: str, source: Path) -> Path:
     return folder / rel
 
 
-class CocoPanopticDataset(Dataset):
-    """Torch dataset of COCO-panoptic images with mask targets.
+class CocoPanopticSource(TrainingSource):
+    """A COCO-panoptic folder as a :class:`~possam_label.data.sources.TrainingSource`.
 
     Args:
         json_path: panoptic JSON.
-        image_dir: folder of the images named by ``images[].file_name``.
+        image_dir: folder of the images named by ``images[].file_name``; None when those names
+            are absolute paths (autolabel outputs and review exports list the originals so).
         panoptic_dir: folder of the id PNGs named by ``annotations[].file_name``.
-        vocabulary: classes to train on; default: the JSON's ``categories`` (all of them).
-        transform: optional callable ``sample -> sample`` applied last (e.g.
-            :class:`possam_label.data.augment.LargeScaleJitter`).
-
-    A sample is a dict:
-        ``image``: uint8 (3, H, W); ``labels``: int64 (N,) vocabulary indices;
-        ``masks``: bool (N, H, W), pairwise disjoint; ``ignore``: bool (H, W), pixels that are
-        void, crowd or of a category outside the vocabulary; ``image_id``; ``file_name`` (image).
+        min_score: segments whose ``segments_info`` entry has a ``score`` below this become void
+            (segments without a score are kept).
+        kind: what the folder is ("coco_panoptic", "autolabel_output", "review_export", ...).
+        category_key: "id" (ground truth: ids are the dataset's) or "name" (the product's outputs).
+        fallback_categories: categories to use when the JSON has none.
 
     Raises (at construction): :class:`MissingFileError` (a FileNotFoundError and a ValueError)
     for a missing JSON, image, PNG or folder, naming it;
     ValueError for malformed JSON, an annotation without an image, or a segment whose
-    category is not in the JSON's categories. At ``__getitem__``: ValueError naming the PNG
-    when its ids and ``segments_info`` disagree, or when image and PNG sizes differ.
+    category is not in the JSON's categories. :meth:`target` raises ValueError naming the PNG
+    when its ids and ``segments_info`` disagree.
     """
 
     def __init__(
         self,
         json_path: PathLike,
-        image_dir: PathLike,
+        image_dir: Optional[PathLike],
         panoptic_dir: PathLike,
-        vocabulary: Optional["Vocabulary"] = None,
-        transform: Optional[Callable[[dict], dict]] = None,
+        min_score: Optional[float] = None,
+        kind: str = "coco_panoptic",
+        category_key: str = "id",
+        fallback_categories: Optional[list[dict]] = None,
     ) -> None:
-        self.json_path = Path(json_path)
-        self.image_dir = Path(image_dir)
-        self.panoptic_dir = Path(panoptic_dir)
-        self.transform = transform
+        # Absolute: the source travels to training workers that may run in another directory.
+        self.json_path = Path(os.path.abspath(json_path))
+        self.image_dir = Path(os.path.abspath(image_dir)) if image_dir is not None else None
+        self.panoptic_dir = Path(os.path.abspath(panoptic_dir))
+        self.min_score = min_score
+        self.kind = kind
+        self.category_key = category_key
+        # The product's files (absolute image paths) are in the EXIF-oriented frame; COCO ground truth is not.
+        self.exif_oriented = image_dir is None
+        self.location = str(self.json_path.parent)
         data = _read_json(self.json_path)
 
         categories = data.get("categories")
         if categories is None:
-            if vocabulary is None:
+            if fallback_categories is None:
                 raise ValueError(f"{self.json_path}: no 'categories' and no vocabulary given")
-            categories = vocabulary.to_coco_categories()
+            categories = fallback_categories
         if not isinstance(categories, list) or not all(isinstance(c, dict) and "id" in c for c in categories):
             raise ValueError(f"{self.json_path}: 'categories' must be a list of objects with an 'id'")
-        self.categories: dict[int, dict] = {int(c["id"]): c for c in categories}
-        if vocabulary is None:
-            from possam_label.vocab import Vocabulary
-
-            try:
-                vocabulary = Vocabulary.from_coco_categories(categories)
-            except ValueError as err:
-                raise ValueError(f"{self.json_path}: {err}") from None
-        self.vocabulary = vocabulary
-        # category id -> vocabulary index, or -1 for categories the vocabulary does not have.
-        self._label_of_category = {
-            cid: (vocabulary.category_ids.index(cid) if cid in vocabulary.category_ids else -1)
-            for cid in self.categories
-        }
-        dropped = sorted(cid for cid, idx in self._label_of_category.items() if idx < 0)
-        if dropped:
-            logger.info("%s: %d categories are not in the vocabulary and become ignore: %s",
-                        self.json_path, len(dropped), dropped[:20])
+        self._categories = categories
+        self.categories_by_id: dict[int, dict] = {int(c["id"]): c for c in categories}
 
         images_by_id: dict[Any, dict] = {}
         for j, img in enumerate(data["images"]):
             if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
                 raise ValueError(f"{self.json_path}: images[{j}] needs 'id' and 'file_name'")
             images_by_id[img["id"]] = img
-        image_files = self._listing(self.image_dir, "image")
+        image_files = self._listing(self.image_dir, "image") if self.image_dir is not None else None
         png_files = self._listing(self.panoptic_dir, "panoptic")
         self._records: list[dict] = []
+        num_below = 0
         for j, ann in enumerate(data["annotations"]):
             if not isinstance(ann, dict) or not isinstance(ann.get("segments_info"), list):
                 raise ValueError(f"{self.json_path}: annotations[{j}] needs 'segments_info' (a list)")
@@ -144,10 +149,15 @@ class CocoPanopticDataset(Dataset):
                     "which is not in 'images'"
                 )
             img = images_by_id[ann["image_id"]]
-            image_path = _safe_child(self.image_dir, img["file_name"], "image", self.json_path)
+            if self.image_dir is None:
+                image_path = _absolute_file(img["file_name"], "image", self.json_path)
+                if not image_path.is_file():
+                    raise MissingFileError(f"image file not found: {image_path} (listed in {self.json_path})")
+            else:
+                image_path = _safe_child(self.image_dir, img["file_name"], "image", self.json_path)
+                if str(Path(img["file_name"])) not in image_files:
+                    raise MissingFileError(f"image file not found: {image_path} (listed in {self.json_path})")
             png_path = _safe_child(self.panoptic_dir, ann.get("file_name"), "annotation", self.json_path)
-            if str(Path(img["file_name"])) not in image_files:
-                raise MissingFileError(f"image file not found: {image_path} (listed in {self.json_path})")
             if str(Path(ann["file_name"])) not in png_files:
                 raise MissingFileError(f"panoptic PNG not found: {png_path} (listed in {self.json_path})")
             segments = []
@@ -156,26 +166,36 @@ class CocoPanopticDataset(Dataset):
                     raise ValueError(
                         f"{self.json_path}: {ann['file_name']}: segments_info[{k}] needs 'id' and 'category_id'"
                     )
-                if int(seg["category_id"]) not in self.categories:
+                if int(seg["category_id"]) not in self.categories_by_id:
                     raise ValueError(
                         f"{self.json_path}: {ann['file_name']}: segment {seg['id']} has unknown "
                         f"category id {seg['category_id']}"
                     )
                 segments.append(
-                    {"id": int(seg["id"]), "category_id": int(seg["category_id"]), "iscrowd": int(seg.get("iscrowd", 0))}
+                    {
+                        "id": int(seg["id"]),
+                        "category_id": int(seg["category_id"]),
+                        "iscrowd": int(seg.get("iscrowd", 0)),
+                        "score": float(seg["score"]) if seg.get("score") is not None else None,
+                    }
                 )
             ids = [s["id"] for s in segments]
             if len(set(ids)) != len(ids) or 0 in ids:
                 raise ValueError(f"{self.json_path}: {ann['file_name']}: segment ids must be unique and non-zero")
+            kept = [s for s in segments if s["score"] is None or bool(score_passes(np.array([s["score"]]), min_score)[0])]
+            num_below += len(segments) - len(kept)
             self._records.append(
                 {
                     "image_id": ann["image_id"],
                     "file_name": str(img["file_name"]),
                     "image_path": image_path,
                     "png_path": png_path,
-                    "segments": segments,
+                    "segments": kept,
+                    "listed_ids": set(ids),  # every id of the PNG, kept or voided
                 }
             )
+        if num_below:
+            logger.info("%s: %d segments scored below %s become void", self.json_path, num_below, min_score)
         unannotated = len(images_by_id) - len({r["image_id"] for r in self._records})
         if unannotated:
             logger.warning("%s: %d images have no annotation and are skipped", self.json_path, unannotated)
@@ -191,15 +211,15 @@ class CocoPanopticDataset(Dataset):
             out.update(str(rel_root / f) for f in files)
         return out
 
+    def categories(self) -> list[dict]:
+        return list(self._categories)
+
     def __len__(self) -> int:
         return len(self._records)
 
-    def label_of_category(self, category_id: int) -> int:
-        """Vocabulary index of a dataset category id, or -1 when the vocabulary lacks it."""
-        return self._label_of_category[int(category_id)]
-
     def load_id_map(self, index: int) -> np.ndarray:
-        """(H, W) int32 panoptic ids of sample ``index``, checked against its segments_info."""
+        """(H, W) int32 panoptic ids of image ``index``, checked against its segments_info;
+        segments below ``min_score`` are already void."""
         rec = self._records[index]
         path = rec["png_path"]
         try:
@@ -210,7 +230,7 @@ class CocoPanopticDataset(Dataset):
         except OSError as err:
             raise ValueError(f"{path}: cannot read panoptic PNG: {err}") from None
         present = set(np.unique(ids).tolist()) - {0}
-        listed = {s["id"] for s in rec["segments"]}
+        listed = rec["listed_ids"]
         if present - listed:
             raise ValueError(
                 f"{path}: ids {sorted(present - listed)[:10]} appear in the PNG but not in segments_info"
@@ -219,43 +239,123 @@ class CocoPanopticDataset(Dataset):
             raise ValueError(
                 f"{path}: segments_info ids {sorted(listed - present)[:10]} do not appear in the PNG"
             )
-        return ids
+        if len(rec["segments"]) != len(listed):
+            ids = keep_ids(ids, [s["id"] for s in rec["segments"]])
+        return ids.astype(np.int32, copy=False)
 
-    def __getitem__(self, index: int) -> dict:
+    def _segment(self, seg: dict) -> TargetSegment:
+        category = self.categories_by_id[seg["category_id"]]
+        return TargetSegment(
+            id=seg["id"],
+            category_id=seg["category_id"],
+            category=str(category.get("name", seg["category_id"])),
+            isthing=bool(int(category.get("isthing", 1))),
+            iscrowd=bool(seg["iscrowd"]),
+        )
+
+    def target(self, index: int) -> PanopticTarget:
         rec = self._records[index]
-        ids = self.load_id_map(index)
+        return PanopticTarget(
+            image_path=rec["image_path"],
+            image_id=rec["image_id"],
+            file_name=rec["file_name"],
+            id_map=self.load_id_map(index),
+            segments=[self._segment(s) for s in rec["segments"]],
+            label_path=rec["png_path"],
+            exif_oriented=self.exif_oriented,
+        )
+
+    def segment_classes(self, index: int) -> list[tuple[str, int, bool]]:
+        return [(s.category, s.category_id, s.iscrowd) for s in map(self._segment, self._records[index]["segments"])]
+
+    def check_files(self, index: int) -> None:
+        rec = self._records[index]
+        size = image_size(rec["image_path"], self.exif_oriented)
         try:
-            with Image.open(rec["image_path"]) as img:
-                image = np.asarray(img.convert("RGB"))
+            with Image.open(rec["png_path"]) as png:
+                png_size, mode = png.size, png.mode
         except OSError as err:
-            raise ValueError(f"{rec['image_path']}: cannot read image: {err}") from None
-        if image.shape[:2] != ids.shape:
+            raise ValueError(f"{rec['png_path']}: cannot read panoptic PNG: {err}") from None
+        if mode != "RGB":
+            raise ValueError(f"{rec['png_path']}: panoptic PNG must be RGB, got mode {mode}")
+        if png_size != size:
             raise ValueError(
-                f"{rec['png_path']}: PNG is {ids.shape[1]}x{ids.shape[0]} but image {rec['image_path']} "
-                f"is {image.shape[1]}x{image.shape[0]}"
+                f"{rec['png_path']}: PNG is {png_size[0]}x{png_size[1]} but image {rec['image_path']} is {size[0]}x{size[1]}"
             )
-        labels, masks = [], []
-        ignore = ids == 0
-        for seg in rec["segments"]:
-            mask = ids == seg["id"]
-            label = self._label_of_category[seg["category_id"]]
-            if seg["iscrowd"] or label < 0:
-                ignore |= mask
-                continue
-            labels.append(label)
-            masks.append(mask)
-        h, w = ids.shape
-        sample = {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "labels": torch.tensor(labels, dtype=torch.int64),
-            "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.bool),
-            "ignore": torch.from_numpy(ignore),
-            "image_id": rec["image_id"],
-            "file_name": rec["file_name"],
-        }
-        if self.transform is not None:
-            sample = self.transform(sample)
-        return sample
+
+
+def coco_panoptic_layout(root: PathLike) -> tuple[Path, Path, Path]:
+    """``(json, images/, panoptic/)`` of a COCO-panoptic folder: ``root/panoptic.json`` (else the
+    first ``panoptic*.json`` in ``root`` or ``root/annotations``), ``root/images/``, and
+    ``root/panoptic/`` (else the folder named like the JSON)."""
+    root = Path(root)
+    json_path = root / "panoptic.json"
+    if not json_path.is_file():
+        candidates = sorted(root.glob("panoptic*.json")) + sorted((root / "annotations").glob("panoptic*.json"))
+        if not candidates:
+            raise MissingFileError(
+                f"{root}: no panoptic.json (--data takes a COCO-panoptic folder: panoptic.json, images/, panoptic/; "
+                "an autolabel output; a review export; or fiftyone://DATASET)"
+            )
+        json_path = candidates[0]
+    panoptic_dir = root / "panoptic" if (root / "panoptic").is_dir() else json_path.with_suffix("")
+    image_dir = root / "images"
+    for path in (panoptic_dir, image_dir):
+        if not path.is_dir():
+            raise MissingFileError(f"{root}: missing folder {path}")
+    return json_path, image_dir, panoptic_dir
+
+
+class CocoPanopticDataset(PanopticTargetDataset):
+    """Torch dataset of COCO-panoptic images with mask targets (a :class:`CocoPanopticSource`
+    read by :class:`~possam_label.data.sources.PanopticTargetDataset`).
+
+    Args:
+        json_path: panoptic JSON.
+        image_dir: folder of the images named by ``images[].file_name``.
+        panoptic_dir: folder of the id PNGs named by ``annotations[].file_name``.
+        vocabulary: classes to train on; default: the JSON's ``categories`` (all of them).
+        transform: optional callable ``sample -> sample`` applied last (e.g.
+            :class:`possam_label.data.augment.LargeScaleJitter`).
+
+    A sample is a dict:
+        ``image``: uint8 (3, H, W); ``labels``: int64 (N,) vocabulary indices;
+        ``masks``: bool (N, H, W), pairwise disjoint; ``ignore``: bool (H, W), pixels that are
+        void, crowd or of a category outside the vocabulary; ``image_id``; ``file_name`` (image).
+
+    Raises: as :class:`CocoPanopticSource`; at ``__getitem__`` also ValueError naming the PNG
+    when image and PNG sizes differ.
+    """
+
+    def __init__(
+        self,
+        json_path: PathLike,
+        image_dir: PathLike,
+        panoptic_dir: PathLike,
+        vocabulary: Optional["Vocabulary"] = None,
+        transform: Optional[Callable[[dict], dict]] = None,
+    ) -> None:
+        source = CocoPanopticSource(
+            json_path, image_dir, panoptic_dir,
+            fallback_categories=vocabulary.to_coco_categories() if vocabulary is not None else None,
+        )
+        super().__init__(source, vocabulary, transform)
+        self.json_path, self.image_dir, self.panoptic_dir = source.json_path, source.image_dir, source.panoptic_dir
+        self.categories = source.categories_by_id
+        # category id -> vocabulary index, or -1 for categories the vocabulary does not have.
+        self._label_of_category = {cid: self._label(str(c.get("name", cid)), cid) for cid, c in self.categories.items()}
+        dropped = sorted(cid for cid, idx in self._label_of_category.items() if idx < 0)
+        if dropped:
+            logger.info("%s: %d categories are not in the vocabulary and become ignore: %s",
+                        self.json_path, len(dropped), dropped[:20])
+
+    def label_of_category(self, category_id: int) -> int:
+        """Vocabulary index of a dataset category id, or -1 when the vocabulary lacks it."""
+        return self._label_of_category[int(category_id)]
+
+    def load_id_map(self, index: int) -> np.ndarray:
+        """(H, W) int32 panoptic ids of sample ``index``, checked against its segments_info."""
+        return self.source.load_id_map(index)
 
 
 def collate(batch: Sequence[dict]) -> dict[str, list]:

@@ -66,3 +66,50 @@ def evaluate_predictor(
         name_to_id = {c["name"]: c["id"] for c in gt["categories"]}
         results["groups"] = {g: group_pq(results, [name_to_id[n] for n in names if n in name_to_id], counted) for g, names in groups.items()}
     return results
+
+
+def evaluate_on_source(
+    predictor: Any,
+    source: Any,
+    vocabulary: Any = None,
+    batch_size: int = 8,
+    limit: Optional[int] = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """PQ of ``predictor`` on a training source's images against its targets (e.g. a validation set).
+
+    Args:
+        predictor: a PosSAMPredictor (anything with ``predict(images, vocabulary)``).
+        source: a :class:`~possam_label.data.sources.TrainingSource`; its void and crowd pixels
+            are void for PQ too.
+        vocabulary: the classes to predict (default the predictor's); matched to the source's
+            categories by name, a predicted class the source lacks counting as false positives.
+        limit: the first N images only.
+    Returns:
+        The PQ result dict (``per_class`` keyed by the source's category ids, plus prediction-only
+        classes), with ``"num_images"`` and ``"class_names"`` ``{category id: name}``.
+    """
+    from PIL import Image
+
+    from .matching import match_categories, remap_segments
+
+    vocab = vocabulary if vocabulary is not None else predictor.vocabulary
+    gt_categories = [{**c, "isthing": int(bool(int(c.get("isthing", 1))))} for c in source.categories()]
+    category_match = match_categories(gt_categories, vocab.to_coco_categories(), "predictions")
+    evaluator = PanopticQualityEvaluator(category_match.categories)
+    count = len(source) if limit is None else min(limit, len(source))
+    for start in tqdm(range(0, count, batch_size), desc="validate", disable=not progress):
+        targets = [source.target(i) for i in range(start, min(start + batch_size, count))]
+        arrays = []
+        for target in targets:
+            with Image.open(target.image_path) as image:
+                arrays.append(np.asarray(image.convert("RGB")))
+        predictions = predictor.predict(arrays, vocab)
+        for target, prediction in zip(targets, predictions):
+            gt_segments = [{"id": s.id, "category_id": s.category_id, "iscrowd": int(s.iscrowd)} for s in target.segments]
+            pred_segments = remap_segments([{"id": s.id, "category_id": s.category_id} for s in prediction.segments], category_match, str(target.image_path))
+            evaluator.add_image(target.id_map, gt_segments, prediction.panoptic_map, pred_segments, image_label=str(target.image_path))
+    results = evaluator.compute()
+    results["num_images"] = count
+    results["class_names"] = {int(c["id"]): str(c.get("name", c["id"])) for c in category_match.categories}
+    return results
