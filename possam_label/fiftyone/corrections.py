@@ -10,7 +10,13 @@ recoverable:
   label tag of the same name;
 * each sample's ``<field>_corrections`` list logs every action (label id, segment id, before,
   after, UTC time);
-* :func:`revert_corrections` restores the predictions exactly as loaded.
+* :func:`revert_corrections` restores the predictions exactly as loaded (from the
+  ``<field>_original`` baseline the loader keeps, when present, so edits made in FiftyOne's own
+  Annotate tab are undone too).
+
+Edits made in the App's Annotate tab bypass these functions; :mod:`.editor_sync` finds them (each
+sample's ``<field>_synced`` list holds a fingerprint of every label as last seen here) and turns
+them into the same kind of logged correction.
 
 The semantic field (``<field>_semantic``) is repainted after each change, leaving rejected labels
 void, so it always shows what an export will contain.
@@ -22,6 +28,7 @@ and ``field``; ``(sample_id, label_id)`` pairs are accepted too.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -32,6 +39,7 @@ import numpy as np
 
 import fiftyone as fo
 
+from ..io.rle import decode_rle, encode_mask
 from .autolabel_output import CategoryTable
 from .convert import category_map, detections_to_prediction, label_attr
 from .dataset import DEFAULT_LABEL_FIELD, ReviewFields, get_categories, set_categories
@@ -41,9 +49,16 @@ logger = logging.getLogger(__name__)
 ACCEPTED = "accepted"
 REJECTED = "rejected"
 RELABELED = "relabeled"
-REVIEW_TAGS = (ACCEPTED, REJECTED, RELABELED)
+EDITED = "edited"  # mask or box changed by a reviewer (App editor, SAM tools, merge, split)
+ADDED = "added"  # a label a reviewer drew
+AUTO_ACCEPTED = "auto_accepted"  # accepted in bulk above a threshold of measured precision
+REVIEW_TAGS = (ACCEPTED, REJECTED, RELABELED, EDITED, ADDED, AUTO_ACCEPTED)
+# Statuses whose labels a reviewer stands behind: exports keep them whatever their confidence.
+VERIFIED_STATUSES = frozenset({ACCEPTED, RELABELED, EDITED, ADDED, AUTO_ACCEPTED})
 _ORIGINAL_KEYS = ("original_label", "original_category_id", "original_isthing")
-_REVIEW_KEYS = ("review_status", "corrected_at", "deleted_at")
+_REVIEW_KEYS = ("review_status", "corrected_at", "deleted_at", "auto_accept_estimate")
+# Detection attributes a baseline entry keeps (besides label, box, mask, confidence, tags).
+_BASELINE_ATTRIBUTES = ("segment_id", "category_id", "isthing", "mask_quality", "in_vocab_prob", "out_vocab_prob", "area", "run_id")
 
 LabelSelection = Union[Mapping[str, Any], Sequence[str]]
 
@@ -61,6 +76,82 @@ class CorrectionResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# ------------------------------------------------------------------ baseline and fingerprints
+def _crop_mask(det: fo.Detection) -> Optional[np.ndarray]:
+    if det.mask is None and det.mask_path is None:
+        return None
+    mask = np.asarray(det.get_mask())
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    return mask > 0
+
+
+def fingerprint(label: Optional[str], bounding_box: Optional[Sequence[float]], mask: Optional[np.ndarray]) -> str:
+    """A short hash of what a reviewer can change on a label: class, box and mask pixels."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(str(label).encode("utf-8"))
+    box = [round(float(v), 6) for v in bounding_box] if bounding_box is not None else []
+    digest.update(repr(box).encode("ascii"))
+    if mask is not None:
+        mask = np.asarray(mask) > 0
+        digest.update(repr(mask.shape).encode("ascii"))
+        digest.update(np.packbits(mask).tobytes())
+    return digest.hexdigest()
+
+
+def detection_fingerprint(det: fo.Detection) -> str:
+    return fingerprint(det.label, det.bounding_box, _crop_mask(det))
+
+
+def baseline_entry(det: fo.Detection) -> dict[str, Any]:
+    """The JSON-friendly copy of a loaded Detection kept in ``<field>_original`` (mask as RLE)."""
+    mask = _crop_mask(det)
+    return {
+        "label_id": det.id,
+        "label": det.label,
+        "bounding_box": [float(v) for v in det.bounding_box] if det.bounding_box is not None else None,
+        "mask": encode_mask(mask) if mask is not None else None,
+        "confidence": None if det.confidence is None else float(det.confidence),
+        "tags": list(det.tags or []),
+        "attributes": {k: label_attr(det, k) for k in _BASELINE_ATTRIBUTES if label_attr(det, k) is not None},
+    }
+
+
+def baseline_entries(detections: Optional[fo.Detections]) -> Optional[list[dict[str, Any]]]:
+    """Baseline of an image's loaded labels (None for an image without labels)."""
+    if detections is None:
+        return None
+    return [baseline_entry(det) for det in detections.detections]
+
+
+def detection_from_baseline(entry: Mapping[str, Any]) -> fo.Detection:
+    """The Detection exactly as loaded (same id) from its baseline entry."""
+    det = fo.Detection(
+        label=entry["label"],
+        bounding_box=entry["bounding_box"],
+        mask=decode_rle(entry["mask"]) if entry.get("mask") else None,
+        confidence=entry.get("confidence"),
+        tags=list(entry.get("tags") or []),
+        **dict(entry.get("attributes") or {}),
+    )
+    det.id = entry["label_id"]
+    return det
+
+
+def baseline_fingerprint(entry: Mapping[str, Any]) -> str:
+    mask = decode_rle(entry["mask"]) if entry.get("mask") else None
+    return fingerprint(entry["label"], entry["bounding_box"], mask)
+
+
+def record_state(sample: fo.Sample, fields: ReviewFields) -> None:
+    """Remember every current label's fingerprint: what a later editor edit is compared with."""
+    detections = sample[fields.labels]
+    sample[fields.synced] = [
+        {"label_id": det.id, "label": det.label, "hash": detection_fingerprint(det)}
+        for det in (detections.detections if detections is not None else [])
+    ]
 
 
 def _now() -> _dt.datetime:
@@ -152,7 +243,7 @@ def _set_status(det: fo.Detection, status: str, when: _dt.datetime) -> None:
     det["corrected_at"] = when
     # A relabeled label keeps its "relabeled" tag when accepted afterwards; any other decision
     # replaces the previous one.
-    keep = {RELABELED} if status == ACCEPTED else set()
+    keep = {RELABELED, EDITED, ADDED} if status == ACCEPTED else set()
     tags = [t for t in det.tags if t not in REVIEW_TAGS or t in keep]
     if status not in tags:
         tags.append(status)
@@ -166,6 +257,7 @@ def _apply(
     action: str,
     change,  # (sample, det, when) -> None
     repaint: bool,
+    extra_log: Optional[Mapping[str, Any]] = None,
 ) -> CorrectionResult:
     fields = ReviewFields(label_field)
     grouped, other = _group_selection(selected, label_field)
@@ -174,20 +266,31 @@ def _apply(
     when = _now()
     for sample_id, label_ids in grouped.items():
         sample = _load_sample(dataset, sample_id)
+        _sync_before_change(sample, fields, categories)
         targets = [_find(sample, fields, label_id) for label_id in label_ids]  # validate all first
         for det in targets:
             before = _snapshot(det)
             change(sample, det, when)
             _log(sample, fields, {"action": action, "label_id": det.id, "segment_id": label_attr(det, "segment_id"),
-                                  "before": before, "after": _snapshot(det) if action != "delete" else None, "at": when})
+                                  "before": before, "after": _snapshot(det) if action != "delete" else None, "at": when,
+                                  "source": "plugin", **dict(extra_log or {})})
             result.label_ids.append(det.id)
         if repaint:
             repaint_semantic(sample, fields, categories)
+        record_state(sample, fields)
         sample.save()
         result.num_labels += len(targets)
         result.num_samples += 1
     logger.info("%s: %d label(s) in %d sample(s) of %s.%s", action, result.num_labels, result.num_samples, dataset.name, label_field)
     return result
+
+
+def _sync_before_change(sample: fo.Sample, fields: ReviewFields, categories: CategoryTable) -> None:
+    """Log editor edits of the sample made since it was last seen before changing it further,
+    so an edit is never attributed to the plugin's correction."""
+    from .editor_sync import sync_sample  # editor_sync builds on this module
+
+    sync_sample(sample, fields, categories, save=False)
 
 
 def relabel_segments(
@@ -222,7 +325,9 @@ def relabel_segments(
             first = _find(_load_sample(dataset, first_sample), fields, first_labels[0])
             isthing = bool(label_attr(first, "isthing", True))
         category, _ = categories.get_or_add(new_label, bool(isthing))
-        set_categories(dataset, label_field, categories)
+        from .editor_sync import store_classes  # editor_sync builds on this module
+
+        store_classes(dataset, label_field, categories)
         new_class = category.name
         logger.info("new class %r (id %d, %s) in %s.%s", category.name, category.id, "thing" if category.isthing else "stuff", dataset.name, label_field)
 
@@ -292,42 +397,53 @@ def revert_corrections(
 ) -> int:
     """Restore the predictions of the given samples (default: all) exactly as they were loaded.
 
-    Relabels are undone, deleted segments come back, decisions and review marks are cleared; the
-    corrections log keeps its entries and gains a "revert" entry. Returns the samples reverted.
+    With the loader's baseline (``<field>_original``) every change is undone whoever made it:
+    relabels, deletions, decisions, masks and boxes edited in the App or by the SAM tools, labels
+    drawn in the App (dropped). Without one (labels written by ``apply_model``) relabels, deletions
+    and decisions are undone from the labels' own ``original_*`` attributes. Review marks are
+    cleared; the corrections log keeps its entries and gains a "revert" entry. Returns the samples
+    reverted.
     """
     fields = ReviewFields(label_field)
     categories = get_categories(dataset, label_field)
     when = _now()
     if sample_ids is None:
-        view = dataset.exists(fields.corrections)
-        sample_ids = view.values("id")
+        from .editor_sync import sync_editor_edits
+
+        sync_editor_edits(dataset, label_field)  # editor edits not yet seen are logged, so found below
+        sample_ids = dataset.exists(fields.corrections).values("id")
     count = 0
     for sample_id in list(sample_ids):
         sample = _load_sample(dataset, str(sample_id))
         current = sample[fields.labels]
         deleted = sample[fields.deleted] if sample.has_field(fields.deleted) else None
-        if current is None and deleted is None:
-            continue  # an image the run could not label: nothing to restore
-        restored = list(current.detections if current is not None else []) + list(deleted.detections if deleted is not None else [])
-        for det in restored:
-            if label_attr(det, "original_label") is not None:
-                det.label = label_attr(det, "original_label")
-                det["category_id"] = label_attr(det, "original_category_id")
-                det["isthing"] = label_attr(det, "original_isthing")
-            for key in _ORIGINAL_KEYS + _REVIEW_KEYS:
-                if det.has_field(key):
-                    try:
-                        del det[key]  # drop the attribute itself, not only its value
-                    except (KeyError, AttributeError):
-                        pass
-            det.tags = [t for t in det.tags if t not in REVIEW_TAGS]
-        restored.sort(key=lambda d: label_attr(d, "segment_id", 0))
+        baseline = sample[fields.original] if sample.has_field(fields.original) else None
+        if baseline is not None:
+            restored = [detection_from_baseline(entry) for entry in baseline]
+        else:
+            if current is None and deleted is None:
+                continue  # an image the run could not label: nothing to restore
+            restored = list(current.detections if current is not None else []) + list(deleted.detections if deleted is not None else [])
+            for det in restored:
+                if label_attr(det, "original_label") is not None:
+                    det.label = label_attr(det, "original_label")
+                    det["category_id"] = label_attr(det, "original_category_id")
+                    det["isthing"] = label_attr(det, "original_isthing")
+                for key in _ORIGINAL_KEYS + _REVIEW_KEYS:
+                    if det.has_field(key):
+                        try:
+                            del det[key]  # drop the attribute itself, not only its value
+                        except (KeyError, AttributeError):
+                            pass
+                det.tags = [t for t in det.tags if t not in REVIEW_TAGS]
+            restored.sort(key=lambda d: label_attr(d, "segment_id", 0))
         sample[fields.labels] = fo.Detections(detections=restored)
         sample[fields.deleted] = None
         sample[fields.reviewed] = False
         sample[fields.reviewed_at] = None
         _log(sample, fields, {"action": "revert", "at": when})
         repaint_semantic(sample, fields, categories)
+        record_state(sample, fields)
         sample.save()
         count += 1
     return count
@@ -337,6 +453,22 @@ def original_predictions(sample: fo.Sample, label_field: str = DEFAULT_LABEL_FIE
     """The model's predictions of a sample as loaded, whatever was corrected since:
     ``[{label_id, segment_id, label, category_id, isthing, confidence}]`` sorted by segment id."""
     fields = ReviewFields(label_field)
+    baseline = sample[fields.original] if sample.has_field(fields.original) else None
+    if baseline is not None:
+        return sorted(
+            (
+                {
+                    "label_id": e["label_id"],
+                    "segment_id": (e.get("attributes") or {}).get("segment_id"),
+                    "label": e["label"],
+                    "category_id": (e.get("attributes") or {}).get("category_id"),
+                    "isthing": (e.get("attributes") or {}).get("isthing"),
+                    "confidence": e.get("confidence"),
+                }
+                for e in baseline
+            ),
+            key=lambda d: (d["segment_id"] or 0),
+        )
     current = sample[fields.labels]
     deleted = sample[fields.deleted] if sample.has_field(fields.deleted) else None
     out = []

@@ -8,6 +8,8 @@ For a label field ``F`` (default ``"possam"``) a dataset holds, per sample:
 ``F_deleted``                ``fo.Detections``: segments deleted in review (kept for recovery)
 ``F_corrections``            list of dicts: the corrections log (action, label id, before/after, time)
 ``F_reviewed``               bool: a reviewer marked the sample done
+``F_original``               list of dicts: the labels as loaded (masks as RLE), what revert restores
+``F_synced``                 list of dicts: each label's fingerprint as last seen (finds App-editor edits)
 ``F_reviewed_at``            datetime of that mark
 ``F_run_id``                 the autolabel run the labels came from
 ``F_image_id``               the image id in that run's Parquet files
@@ -63,6 +65,14 @@ class ReviewFields:
     @property
     def reviewed(self) -> str:
         return f"{self.labels}_reviewed"
+
+    @property
+    def original(self) -> str:
+        return f"{self.labels}_original"
+
+    @property
+    def synced(self) -> str:
+        return f"{self.labels}_synced"
 
     @property
     def reviewed_at(self) -> str:
@@ -158,7 +168,8 @@ def _set_class_colors(dataset: fo.Dataset, fields: ReviewFields, categories: Cat
     ours = {fields.labels, fields.semantic, fields.deleted}
     kept = [f for f in (scheme.fields or []) if f.get("path") not in ours]
     value_colors = [{"value": c.name, "color": _hex(c.color)} for c in categories]
-    kept.append({"path": fields.labels, "colorByAttribute": "label", "valueColors": value_colors})
+    by_review = [f for f in (scheme.fields or []) if f.get("path") == fields.labels and f.get("colorByAttribute") == "review_status"]
+    kept.extend(by_review or [{"path": fields.labels, "colorByAttribute": "label", "valueColors": value_colors}])  # editor_sync.set_review_colors
     kept.append({"path": fields.deleted, "colorByAttribute": "label", "valueColors": value_colors})
     kept.append({"path": fields.semantic, "maskTargetsColors": [{"intTarget": int(c.id), "color": _hex(c.color)} for c in categories]})
     scheme.fields = kept

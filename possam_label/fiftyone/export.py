@@ -381,13 +381,19 @@ def export_from_dataset(
     label_field: str = "possam",
     options: Optional[ExportOptions] = None,
     progress: Union[bool, ProgressCallback] = True,
+    sync_edits: bool = True,
 ) -> ExportSummary:
-    """Export a reviewed FiftyOne dataset or view (or a dataset name) with the corrections applied."""
+    """Export a reviewed FiftyOne dataset or view (or a dataset name) with the corrections applied.
+
+    With ``sync_edits`` the edits made in the App's Annotate tab are first recorded as corrections
+    (:func:`.editor_sync.sync_editor_edits`), so the export counts them as reviewer-verified.
+    """
     from fiftyone import ViewField as F
 
     from .convert import detections_to_prediction, label_attr
-    from .corrections import ACCEPTED, REJECTED, RELABELED
+    from .corrections import REJECTED, VERIFIED_STATUSES
     from .dataset import ReviewFields, get_categories, open_dataset
+    from .editor_sync import sync_editor_edits
 
     options = options or ExportOptions()
     if isinstance(samples, str):
@@ -396,6 +402,9 @@ def export_from_dataset(
     fields = ReviewFields(label_field)
     if not samples.has_field(fields.labels):
         raise ValueError(f"dataset {dataset.name!r} has no label field {label_field!r}")
+    if sync_edits:
+        # Edits made in the App's Annotate tab become logged, reviewer-verified corrections first.
+        sync_editor_edits(dataset, label_field)
     categories = get_categories(dataset, label_field)
     writer = TrainingSetWriter(out_dir, categories, options)
     view = samples
@@ -411,7 +420,7 @@ def export_from_dataset(
     view = view.select_fields(select)
     total = len(view)
     bar, callback = _progress_bar(total, f"export {dataset.name}.{label_field}", progress)
-    human = {ACCEPTED, RELABELED}
+    human = VERIFIED_STATUSES
     done = 0
     try:
         for sample in view.iter_samples():
