@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import yaml
+
+from .resources import package_dir, shipped_dir
 
 SAM_VARIANTS: dict[str, dict[str, Any]] = {
     # Sizes of segment_anything's build_sam.py builders.
@@ -27,9 +30,10 @@ SAM_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# The configs of this installation: the repository's configs/, or its copy inside a wheel.
+CONFIG_DIR = shipped_dir("configs")
 # The shipped small model trained on the synthetic world: the default of every pipeline.
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "possam_small.yaml"
+DEFAULT_CONFIG = CONFIG_DIR / "possam_small.yaml"
 
 
 class ConfigError(ValueError):
@@ -425,14 +429,50 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def find_config(spec: Union[str, Path]) -> Path:
+    """The absolute path of the YAML file a config argument names.
+
+    A file that exists (relative to the current directory) is taken as it is. Otherwise a config
+    of this installation is looked up by its name (``possam_small``) or by its repository path
+    (``configs/possam_small.yaml``), so that the README's commands work from any folder and from a
+    wheel. A spec that names nothing is returned as an absolute path (reading it then fails with
+    the file's name).
+    """
+    path = Path(spec).expanduser()
+    if not path.is_file() and not path.is_absolute():
+        if len(path.parts) == 1 and not path.suffix:
+            shipped = CONFIG_DIR / f"{path.name}.yaml"
+        elif len(path.parts) == 2 and path.parts[0] == "configs":
+            shipped = CONFIG_DIR / path.name
+        else:
+            shipped = None
+        if shipped is not None and shipped.is_file():
+            return shipped
+    return Path(os.path.abspath(path))
+
+
+def config_base_dir(config_file: Path) -> Path:
+    """The directory a config file's relative paths start from: its own directory.
+
+    Except for the configs a wheel carries inside the package (``possam_label/configs``): they are
+    written for the repository layout, where ``configs/`` sits next to the package (paths such as
+    ``../possam_label/assets/...``), so their paths start from the package directory, which is at
+    that level and leads to the same files.
+    """
+    config_dir = config_file.resolve().parent
+    if config_dir == (package_dir() / "configs").resolve():
+        return package_dir()
+    return config_dir
+
+
 def load_config(path: Union[str, Path], overrides: Optional[dict[str, Any]] = None) -> PosSAMConfig:
     """Read a YAML config into a :class:`PosSAMConfig`.
 
     Args:
-        path: YAML file.
+        path: YAML file, or the name of a shipped config (:func:`find_config`).
         overrides: nested mapping merged over the file's content (e.g. ``{"mase": {"mode": "fc_clip"}}``).
     """
-    path = Path(path)
+    path = find_config(path)
     try:
         text = path.read_text()
     except OSError as exc:
@@ -448,7 +488,7 @@ def load_config(path: Union[str, Path], overrides: Optional[dict[str, Any]] = No
         cfg.sam.resolved()
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    cfg.base_dir = str(path.resolve().parent)
+    cfg.base_dir = str(config_base_dir(path))
     return cfg
 
 
