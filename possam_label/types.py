@@ -1,10 +1,24 @@
-"""The result objects that flow from the predictor to the writers and FiftyOne."""
+"""The result objects that flow from the predictor to the writers and FiftyOne.
+
+:class:`SegmentInfo` is the one declaration of a segment's fields: the Arrow schema of the
+``segments`` table (:mod:`possam_label.io.tables`), its column lists and the COCO entries are
+derived from it. Each field's metadata names its table column (when it differs from the
+attribute) and its storage type, one of :data:`STORAGE_TYPES`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
+
+# Storage types a segment field may declare; io.tables maps each to an Arrow type.
+STORAGE_TYPES = ("int32", "int64", "float32", "bool", "string", "bbox")
+
+
+def _column(storage: str, column: str = "") -> dict[str, Any]:
+    return {"storage": storage, "column": column}
 
 
 @dataclass
@@ -16,19 +30,24 @@ class SegmentInfo:
     vocabulary); ``score`` is the MASE confidence; ``mask_quality`` the predicted IoU.
     """
 
-    id: int
-    category_id: int
-    category: str
-    isthing: bool
-    score: float
-    mask_quality: float
-    in_vocab_prob: float
-    out_vocab_prob: float
-    area: int
-    bbox: list[float] = field(default_factory=list)  # [x, y, w, h] in pixels
+    id: int = field(metadata=_column("int32", "segment_id"))
+    category_id: int = field(metadata=_column("int32"))
+    category: str = field(metadata=_column("string"))
+    isthing: bool = field(metadata=_column("bool"))
+    score: float = field(metadata=_column("float32"))
+    mask_quality: float = field(metadata=_column("float32"))
+    in_vocab_prob: float = field(metadata=_column("float32"))
+    out_vocab_prob: float = field(metadata=_column("float32"))
+    area: int = field(metadata=_column("int64"))
+    bbox: list[float] = field(default_factory=list, metadata=_column("bbox"))  # [x, y, w, h] in pixels
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def segment_fields() -> list[tuple[str, str, str]]:
+    """``(attribute, table column, storage type)`` of every :class:`SegmentInfo` field, in order."""
+    return [(f.name, f.metadata["column"] or f.name, f.metadata["storage"]) for f in fields(SegmentInfo)]
 
 
 @dataclass

@@ -23,23 +23,34 @@ deterministic color distinct from every other color of the vocabulary.
 
 from __future__ import annotations
 
-import colorsys
 import hashlib
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
-import yaml
+from .vocab_parsing import (
+    ClassSpec,
+    Color,
+    check_text,
+    generated_colors,
+    normalize_class_text,
+    parse_class_line,
+    parse_text_lines,
+    parse_yaml_entries,
+    parse_yaml_entry,
+    parse_yaml_file,
+)
 
 logger = logging.getLogger(__name__)
 
-Color = tuple[int, int, int]
+# Re-exported: the colour generator and the text normalisation belong to the class-table API.
+__all__ = ["BUILTIN_VOCABULARIES", "Color", "Vocabulary", "builtin_vocabulary", "generated_colors", "load_vocabulary",
+           "load_vocabulary_file", "normalize_class_text", "resolve_vocabulary_spec"]
 
 # Built-in vocabularies: accepted spellings -> data file in possam_label/vocab_data/.
 BUILTIN_VOCABULARIES: dict[str, str] = {
@@ -49,29 +60,6 @@ BUILTIN_VOCABULARIES: dict[str, str] = {
     "ade20k_150": "ade20k_150.yaml",
     "ade": "ade20k_150.yaml",
 }
-
-_ENTRY_KEYS = {"name", "synonyms", "isthing", "id", "color"}
-_INFORMATIONAL_KEYS = {"supercategory", "coco_name"}
-_MARKER_RE = re.compile(r"\[\s*([^\[\]]*?)\s*\]\s*$")
-_FORBIDDEN_CHARS = (",", "\n", "\r", "\t")
-
-
-def normalize_class_text(text: str) -> str:
-    """The form in which names and synonyms are compared: lower case, inner spaces collapsed."""
-    return " ".join(text.strip().lower().split())
-
-
-@dataclass(frozen=True)
-class _ClassSpec:
-    """One class as parsed from a file, before ids and colors are filled in."""
-
-    name: str
-    synonyms: tuple[str, ...]
-    isthing: bool
-    category_id: Optional[int]
-    color: Optional[Color]
-    where: str  # "line 3" / "entry 2 ('cat')": for error messages
-
 
 @dataclass(frozen=True)
 class Vocabulary:
@@ -109,13 +97,13 @@ class Vocabulary:
                 )
         seen_names: dict[str, int] = {}
         for i, (name, syns) in enumerate(zip(self.names, self.synonyms)):
-            _check_text(name, f"class {i} name")
+            check_text(name, f"class {i} name")
             if not syns:
                 raise ValueError(f"class {i} ({name!r}) has no synonyms")
             if syns[0] != name:
                 raise ValueError(f"class {i}: synonyms[0] is {syns[0]!r}, must equal the name {name!r}")
             for s in syns:
-                _check_text(s, f"class {i} ({name!r}) synonym")
+                check_text(s, f"class {i} ({name!r}) synonym")
             key = normalize_class_text(name)
             if key in seen_names:
                 raise ValueError(
@@ -235,7 +223,7 @@ class Vocabulary:
         """Inverse of :meth:`to_dict`. Raises ValueError naming the faulty entry."""
         if not isinstance(d, dict) or "classes" not in d:
             raise ValueError("a vocabulary dict must be a mapping with a 'classes' list")
-        return _build_vocabulary(_parse_yaml_entries(d["classes"], source="vocabulary dict"), "vocabulary dict")
+        return _build_vocabulary(parse_yaml_entries(d["classes"], source="vocabulary dict"), "vocabulary dict")
 
     def identity(self) -> str:
         """SHA-256 hex digest of the canonical JSON of :meth:`to_dict` (stable across processes)."""
@@ -290,169 +278,13 @@ class Vocabulary:
             entry["isthing"] = cat.get("isthing", 1)
             if cat.get("color") is not None:
                 entry["color"] = cat["color"]
-            specs.append(_parse_yaml_entry(entry, f"{where} ({parts[0]!r})"))
+            specs.append(parse_yaml_entry(entry, f"{where} ({parts[0]!r})"))
         return _build_vocabulary(specs, "COCO categories")
 
 
-# ---------------------------------------------------------------------------------- parsing
-def _check_text(text: Any, what: str) -> None:
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"{what} must be a non-empty string, got {text!r}")
-    if text != text.strip():
-        raise ValueError(f"{what} {text!r} has leading or trailing whitespace")
-    for ch in _FORBIDDEN_CHARS:
-        if ch in text:
-            raise ValueError(f"{what} {text!r} contains {ch!r}")
-
-
-def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
-    out: list[str] = []
-    seen: set[str] = set()
-    for item in items:
-        key = normalize_class_text(item)
-        if key not in seen:
-            seen.add(key)
-            out.append(item)
-    return tuple(out)
-
-
-def _parse_class_line(text: str, where: str) -> _ClassSpec:
-    """Parse ``name, synonym, ... [stuff]``; raises ValueError mentioning ``where``."""
-    isthing = True
-    body = text.strip()
-    marker = _MARKER_RE.search(body)
-    if marker:
-        tag = marker.group(1).lower()
-        if tag not in ("thing", "stuff"):
-            raise ValueError(f"{where}: unknown marker [{marker.group(1)}] (use [thing] or [stuff])")
-        isthing = tag == "thing"
-        body = body[: marker.start()].strip()
-    if "[" in body or "]" in body:
-        raise ValueError(f"{where}: stray '[' or ']' in {text.strip()!r}; a [thing]/[stuff] marker goes last")
-    items = [item.strip() for item in body.split(",")]
-    if not body or any(not item for item in items):
-        raise ValueError(f"{where}: empty class name or synonym in {text.strip()!r}")
-    items = [" ".join(item.split()) for item in items]
-    return _ClassSpec(items[0], _dedupe(items), isthing, None, None, where)
-
-
-def _parse_text_lines(lines: Iterable[str], source: str) -> list[_ClassSpec]:
-    specs = []
-    for lineno, raw in enumerate(lines, start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        try:
-            specs.append(_parse_class_line(line, f"line {lineno}"))
-        except ValueError as err:
-            raise ValueError(f"{source}: {err}") from None
-    if not specs:
-        raise ValueError(f"{source}: no classes")
-    return specs
-
-
-def _parse_yaml_entry(entry: Any, where: str) -> _ClassSpec:
-    if isinstance(entry, str):
-        return _parse_class_line(entry, where)
-    if not isinstance(entry, dict):
-        raise ValueError(f"{where}: expected a mapping or a string, got {type(entry).__name__}")
-    unknown = set(entry) - _ENTRY_KEYS - _INFORMATIONAL_KEYS
-    if unknown:
-        raise ValueError(
-            f"{where}: unknown key(s) {sorted(map(str, unknown))} (allowed: {sorted(_ENTRY_KEYS)})"
-        )
-    if "name" not in entry:
-        raise ValueError(f"{where}: missing 'name'")
-    name = entry["name"]
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{where}: 'name' must be a non-empty string, got {name!r}")
-    name = " ".join(name.split())
-    synonyms = entry.get("synonyms", [])
-    if synonyms is None:
-        synonyms = []
-    if not isinstance(synonyms, (list, tuple)) or not all(isinstance(s, str) and s.strip() for s in synonyms):
-        raise ValueError(f"{where}: 'synonyms' must be a list of non-empty strings, got {synonyms!r}")
-    isthing = entry.get("isthing", True)
-    if isinstance(isthing, bool):
-        pass
-    elif isinstance(isthing, int) and isthing in (0, 1):  # COCO files write 0/1
-        isthing = bool(isthing)
-    else:
-        raise ValueError(f"{where}: 'isthing' must be true/false (or 0/1), got {isthing!r}")
-    category_id = entry.get("id")
-    if category_id is not None and (isinstance(category_id, bool) or not isinstance(category_id, int) or category_id < 0):
-        raise ValueError(f"{where}: 'id' must be an int >= 0, got {category_id!r}")
-    color = entry.get("color")
-    if color is not None:
-        if (
-            not isinstance(color, (list, tuple))
-            or len(color) != 3
-            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in color)
-        ):
-            raise ValueError(f"{where}: 'color' must be [r, g, b] ints in [0, 255], got {color!r}")
-        color = (int(color[0]), int(color[1]), int(color[2]))
-    all_names = _dedupe([name] + [" ".join(s.split()) for s in synonyms])
-    for text in all_names:
-        for ch in _FORBIDDEN_CHARS:
-            if ch in text:
-                raise ValueError(f"{where}: {text!r} contains {ch!r}; give synonyms as a list")
-    return _ClassSpec(name, all_names, isthing, category_id, color, where)
-
-
-def _parse_yaml_entries(entries: Any, source: str) -> list[_ClassSpec]:
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{source}: expected a non-empty list of classes")
-    specs = []
-    for j, entry in enumerate(entries, start=1):
-        label = entry.get("name") if isinstance(entry, dict) else entry
-        where = f"entry {j} ({label!r})" if isinstance(label, str) else f"entry {j}"
-        try:
-            specs.append(_parse_yaml_entry(entry, where))
-        except ValueError as err:
-            raise ValueError(f"{source}: {err}") from None
-    return specs
-
-
-def _parse_yaml_file(path: Path) -> list[_ClassSpec]:
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-    if isinstance(data, dict):
-        unknown = set(data) - {"classes"}
-        if "classes" not in data or unknown:
-            raise ValueError(f"{path}: a YAML mapping must have exactly one key 'classes' (got {sorted(map(str, data))})")
-        data = data["classes"]
-    return _parse_yaml_entries(data, str(path))
-
-
-# ------------------------------------------------------------------------------------ colors
-def _generated_colors(count: int, taken: set[Color]) -> list[Color]:
-    """``count`` deterministic, saturated colors, distinct from each other and from ``taken``.
-
-    Hues step by the golden ratio so neighbours in the list differ strongly; saturation and
-    value cycle over a few levels so that many classes still get distinct RGB triples.
-    """
-    out: list[Color] = []
-    used = set(taken) | {(0, 0, 0)}  # black reads as void in panoptic renderings
-    step = 0
-    while len(out) < count:
-        hue = (step * 0.6180339887498949) % 1.0
-        sat = (0.85, 0.6, 0.95, 0.45)[(step // 7) % 4]
-        val = (0.95, 0.75, 0.55)[(step // 3) % 3]
-        r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
-        color = (int(round(r * 255)), int(round(g * 255)), int(round(b * 255)))
-        step += 1
-        if color in used:
-            continue
-        used.add(color)
-        out.append(color)
-    return out
-
-
-def _build_vocabulary(specs: list[_ClassSpec], source: str) -> Vocabulary:
+def _build_vocabulary(specs: list[ClassSpec], source: str) -> Vocabulary:
     """Fill ids (1-based position) and colors, check duplicates, build the Vocabulary."""
-    seen_names: dict[str, _ClassSpec] = {}
+    seen_names: dict[str, ClassSpec] = {}
     for spec in specs:
         key = normalize_class_text(spec.name)
         if key in seen_names:
@@ -461,7 +293,7 @@ def _build_vocabulary(specs: list[_ClassSpec], source: str) -> Vocabulary:
             )
         seen_names[key] = spec
     ids: list[int] = []
-    seen_ids: dict[int, _ClassSpec] = {}
+    seen_ids: dict[int, ClassSpec] = {}
     for position, spec in enumerate(specs, start=1):
         cid = spec.category_id if spec.category_id is not None else position
         if cid in seen_ids:
@@ -472,7 +304,7 @@ def _build_vocabulary(specs: list[_ClassSpec], source: str) -> Vocabulary:
         seen_ids[cid] = spec
         ids.append(cid)
     explicit = [spec.color for spec in specs if spec.color is not None]
-    fresh = iter(_generated_colors(sum(spec.color is None for spec in specs), set(explicit)))
+    fresh = iter(generated_colors(sum(spec.color is None for spec in specs), set(explicit)))
     colors = [spec.color if spec.color is not None else next(fresh) for spec in specs]
     try:
         return Vocabulary(
@@ -501,7 +333,7 @@ def builtin_vocabulary(name: str) -> Vocabulary:
     if file_name not in _BUILTIN_CACHE:
         resource = resources.files("possam_label") / "vocab_data" / file_name
         with resources.as_file(resource) as path:
-            _BUILTIN_CACHE[file_name] = _build_vocabulary(_parse_yaml_file(Path(path)), str(path))
+            _BUILTIN_CACHE[file_name] = _build_vocabulary(parse_yaml_file(Path(path)), str(path))
     return _BUILTIN_CACHE[file_name]
 
 
@@ -511,16 +343,26 @@ def load_vocabulary_file(path: Union[str, os.PathLike]) -> Vocabulary:
     if not path.is_file():
         raise FileNotFoundError(f"vocabulary file not found: {path}")
     if path.suffix.lower() in (".yaml", ".yml"):
-        specs = _parse_yaml_file(path)
+        specs = parse_yaml_file(path)
     else:
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             raise ValueError(f"{path}: not a UTF-8 text file ({err})") from None
-        specs = _parse_text_lines(text.splitlines(), str(path))
+        specs = parse_text_lines(text.splitlines(), str(path))
     vocab = _build_vocabulary(specs, str(path))
     logger.debug("loaded vocabulary of %d classes from %s", len(vocab), path)
     return vocab
+
+
+def resolve_vocabulary_spec(spec: str, resolve_path: Callable[[str], Optional[str]]) -> str:
+    """A config's vocabulary spec with a file name resolved by ``resolve_path`` (files named in a
+    config are relative to the config file; ``PosSAMConfig.resolve_path``); built-in names and
+    comma lists are returned as they are."""
+    if spec in ("coco", "ade20k") or "," in spec:
+        return spec
+    resolved = resolve_path(spec)
+    return resolved if resolved and Path(resolved).exists() else spec
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -568,7 +410,7 @@ def load_vocabulary(spec: Union[str, os.PathLike, Vocabulary]) -> Vocabulary:
     specs = []
     for j, item in enumerate(items, start=1):
         try:
-            spec_j = _parse_class_line(item, f"item {j}")
+            spec_j = parse_class_line(item, f"item {j}")
         except ValueError as err:
             raise ValueError(f"vocabulary list {text!r}: {err}") from None
         specs.append(spec_j)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from possam_label.engine.autolabel import AutolabelError, AutolabelOptions, run_autolabel
-from possam_label.io.coco_panoptic_writer import validate_coco_panoptic
+from possam_label.io.coco_panoptic_validate import validate_coco_panoptic
 from possam_label.io.panoptic_png import read_panoptic_png
 from possam_label.io.rle import decode_rle
 from possam_label.io.tables import IMAGES_SCHEMA, SEGMENTS_SCHEMA, OutputDirError, image_id_for_path, read_images_table, read_segments_table

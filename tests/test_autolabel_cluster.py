@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from possam_label.io.coco_panoptic_writer import validate_coco_panoptic
+from possam_label.io.coco_panoptic_validate import validate_coco_panoptic
 from possam_label.io.tables import read_images_table
 
 REPO = Path(__file__).resolve().parents[1]

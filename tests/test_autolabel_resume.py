@@ -17,7 +17,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from possam_label.io.coco_panoptic_writer import validate_coco_panoptic
+from possam_label.io.coco_panoptic_validate import validate_coco_panoptic
 from possam_label.io.tables import read_images_table, read_segments_table
 
 REPO = Path(__file__).resolve().parents[1]

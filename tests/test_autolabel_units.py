@@ -21,12 +21,8 @@ from possam_label.engine.autolabel import (
     unique_inputs,
     upsample_ids,
 )
-from possam_label.io.coco_panoptic_writer import (
-    CocoPanopticValidationError,
-    panoptic_png_bytes,
-    validate_coco_panoptic,
-    write_coco_panoptic_json,
-)
+from possam_label.io.coco_panoptic_validate import CocoPanopticValidationError, validate_coco_panoptic
+from possam_label.io.coco_panoptic_writer import panoptic_png_bytes, write_coco_panoptic_json
 from possam_label.io.panoptic_png import read_panoptic_png, rgb2id
 from possam_label.io.rle import decode_rle, encode_mask, encode_panoptic_map, mask_bbox, rle_area, rle_bbox
 from possam_label.io.tables import (

@@ -14,7 +14,6 @@ producer itself held in memory), never by the size of the run.
 
 from __future__ import annotations
 
-import colorsys
 import json
 import logging
 import os
@@ -26,27 +25,12 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..io.rle import decode_rle
-from ..io.tables import OutputStore
+from ..io.tables import SEGMENT_COLUMNS, OutputStore
 from ..types import PanopticPrediction, SegmentInfo
+from ..vocab import generated_colors
 
 logger = logging.getLogger(__name__)
 
-SEGMENT_COLUMNS = (
-    "image_id",
-    "file_path",
-    "segment_id",
-    "category_id",
-    "category",
-    "isthing",
-    "score",
-    "mask_quality",
-    "in_vocab_prob",
-    "out_vocab_prob",
-    "area",
-    "bbox",
-    "rle",
-    "run_id",
-)
 IMAGE_COLUMNS = ("image_id", "file_path", "width", "height", "status", "error", "num_segments")
 
 Color = tuple[int, int, int]
@@ -75,18 +59,6 @@ class Category:
             "isthing": int(bool(self.isthing)),
             "color": [int(c) for c in self.color],
         }
-
-
-def _distinct_color(index: int, taken: set[Color]) -> Color:
-    """A saturated color not in ``taken`` (golden-ratio hue walk; deterministic in ``index``)."""
-    step = index
-    while True:
-        hue = (step * 0.6180339887498949) % 1.0
-        r, g, b = colorsys.hsv_to_rgb(hue, (0.9, 0.65, 0.5)[step % 3], (0.95, 0.7)[(step // 3) % 2])
-        color = (int(round(r * 255)), int(round(g * 255)), int(round(b * 255)))
-        if color not in taken and color != (0, 0, 0):
-            return color
-        step += 1
 
 
 class CategoryTable:
@@ -147,7 +119,7 @@ class CategoryTable:
         if not name:
             raise ValueError("a class name must be a non-empty string")
         new_id = max(self._by_id, default=0) + 1
-        color = _distinct_color(len(self), {c.color for c in self})
+        color = generated_colors(1, {c.color for c in self})[0]
         category = Category(id=new_id, name=name, isthing=bool(isthing), color=color)
         self._insert(category)
         return category, True
@@ -163,9 +135,11 @@ class CategoryTable:
         """From COCO-panoptic ``categories`` (id, name, isthing, optional color)."""
         table = cls()
         taken: set[Color] = {tuple(int(v) for v in e["color"]) for e in entries if isinstance(e, Mapping) and e.get("color")}
+        missing = sum(1 for e in entries if not (isinstance(e, Mapping) and e.get("color")))
+        fresh = iter(generated_colors(missing, taken))
         for j, entry in enumerate(entries):
             try:
-                color = tuple(int(v) for v in entry["color"]) if entry.get("color") else _distinct_color(j, taken)
+                color = tuple(int(v) for v in entry["color"]) if entry.get("color") else next(fresh)
                 table._insert(Category(int(entry["id"]), str(entry["name"]), bool(entry.get("isthing", 1)), color))  # type: ignore[arg-type]
             except (KeyError, TypeError, ValueError) as err:
                 raise AutolabelOutputError(f"{where}: bad category entry {j} ({entry!r:.120}): {err}") from None

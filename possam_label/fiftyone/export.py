@@ -27,19 +27,20 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 from tqdm import tqdm
 
+from ..io.coco_panoptic_validate import validate_coco_panoptic
+from ..io.coco_panoptic_writer import JsonArrayBuffer, write_coco_json
 from ..io.panoptic_png import id2rgb
 from ..io.rle import encode_panoptic_map
 from ..io.tables import image_id_for_path
+from ..panoptic import areas_and_boxes, filter_by_score, restrict
 from ..types import PanopticPrediction, SegmentInfo
 from .autolabel_output import AutolabelOutput, Category, CategoryTable
 
@@ -141,51 +142,12 @@ def merge_stuff_segments(prediction: PanopticPrediction) -> PanopticPrediction:
             absorbed[seg.id] = keeper
         absorbed[keeper.id] = SegmentInfo(**{**best.to_dict(), "id": keeper.id, "area": 0, "bbox": []})
     panoptic_map = lut[prediction.panoptic_map]
-    slices = ndimage.find_objects(panoptic_map)
-    areas = np.bincount(panoptic_map.ravel(), minlength=len(lut))
-    segments = []
-    for seg in prediction.segments:
-        if seg.id in absorbed and absorbed[seg.id].id != seg.id:
-            continue  # merged into its class's keeper
-        base = absorbed.get(seg.id, seg)
-        rows, cols = slices[seg.id - 1]
-        segments.append(
-            SegmentInfo(**{**base.to_dict(), "area": int(areas[seg.id]),
-                           "bbox": [float(cols.start), float(rows.start), float(cols.stop - cols.start), float(rows.stop - rows.start)]})
-        )
+    kept = [s for s in prediction.segments if not (s.id in absorbed and absorbed[s.id].id != s.id)]
+    areas, boxes = areas_and_boxes(panoptic_map, [s.id for s in kept])
+    segments = [
+        SegmentInfo(**{**absorbed.get(seg.id, seg).to_dict(), "area": area, "bbox": box}) for seg, area, box in zip(kept, areas, boxes)
+    ]
     return PanopticPrediction(panoptic_map=panoptic_map.astype(np.int32), segments=segments)
-
-
-def _restrict(prediction: PanopticPrediction, keep_ids: set[int]) -> PanopticPrediction:
-    lut = np.zeros(int(prediction.panoptic_map.max(initial=0)) + 1, dtype=np.int32)
-    for seg_id in keep_ids:
-        if seg_id < lut.size:
-            lut[seg_id] = seg_id
-    return PanopticPrediction(lut[prediction.panoptic_map], [s for s in prediction.segments if s.id in keep_ids])
-
-
-class _JsonArray:
-    """Objects appended one by one to a temporary file, later spliced into a JSON array."""
-
-    def __init__(self, directory: Path, name: str) -> None:
-        self.handle: IO[str] = tempfile.NamedTemporaryFile("w+", dir=directory, prefix=f".tmp-{name}-", suffix=".json", delete=False, encoding="utf-8")
-        self.count = 0
-
-    def append(self, obj: Any) -> None:
-        self.handle.write(("," if self.count else "") + json.dumps(obj, separators=(",", ":")))
-        self.count += 1
-
-    def copy_to(self, out: IO[str]) -> None:
-        self.handle.flush()
-        self.handle.seek(0)
-        shutil.copyfileobj(self.handle, out)
-
-    def discard(self) -> None:
-        self.handle.close()
-        try:
-            os.unlink(self.handle.name)
-        except FileNotFoundError:
-            pass
 
 
 class TrainingSetWriter:
@@ -207,9 +169,9 @@ class TrainingSetWriter:
         self.category_ids = {c.id for c in self.categories}
         self.semantic_dtype = np.uint16 if max((c.id for c in self.categories), default=0) >= 256 else np.uint8
         self.summary = ExportSummary(out_dir=str(self.root), formats=self.formats)
-        self._images = _JsonArray(self.root, "images")
-        self._panoptic = _JsonArray(self.root, "panoptic") if "panoptic" in self.formats else None
-        self._instances = _JsonArray(self.root, "instances") if "instances" in self.formats else None
+        self._images = JsonArrayBuffer(self.root, "images")
+        self._panoptic = JsonArrayBuffer(self.root, "panoptic") if "panoptic" in self.formats else None
+        self._instances = JsonArrayBuffer(self.root, "instances") if "instances" in self.formats else None
         self._next_annotation_id = 1
         for sub in ("panoptic", "semantic"):
             if sub in self.formats:
@@ -238,7 +200,7 @@ class TrainingSetWriter:
     def add(self, image_id: int, file_path: str, prediction: PanopticPrediction) -> None:
         """Write one image's labels (already filtered by confidence and review status)."""
         image_id = int(image_id)
-        prediction = _restrict(prediction, {s.id for s in prediction.segments if self.keep_segment(s.category_id)})
+        prediction = restrict(prediction, {s.id for s in prediction.segments if self.keep_segment(s.category_id)})
         prediction = merge_stuff_segments(prediction)
         height, width = prediction.height, prediction.width
         self._images.append({"id": image_id, "file_name": file_path, "width": width, "height": height})
@@ -284,16 +246,9 @@ class TrainingSetWriter:
             semantic = lut[prediction.panoptic_map].astype(self.semantic_dtype)
             Image.fromarray(semantic).save(safe_output_path(self.root, "semantic", f"{image_id}.png"), format="PNG")
 
-    def _write_coco(self, name: str, annotations: _JsonArray, categories: list[dict[str, Any]], info: dict[str, Any]) -> None:
+    def _write_coco(self, name: str, annotations: JsonArrayBuffer, categories: list[dict[str, Any]], info: dict[str, Any]) -> None:
         final = safe_output_path(self.root, name)
-        tmp = safe_output_path(self.root, f".tmp-{name}")
-        with open(tmp, "w", encoding="utf-8") as out:
-            out.write('{"info":' + json.dumps(info) + ',"images":[')
-            self._images.copy_to(out)
-            out.write('],"annotations":[')
-            annotations.copy_to(out)
-            out.write('],"categories":' + json.dumps(categories) + "}\n")
-        os.replace(tmp, final)
+        write_coco_json(final, self._images, annotations, categories, info=info, durable=False)
         self.summary.files[name.split(".")[0]] = str(final)
 
     def close(self, source: dict[str, Any]) -> ExportSummary:
@@ -362,9 +317,7 @@ def export_from_output_dir(
                 writer.summary.num_skipped_images += 1
                 continue
             prediction = item.prediction
-            if options.min_confidence is not None:
-                keep = {s.id for s in prediction.segments if s.score >= options.min_confidence}
-                prediction = _restrict(prediction, keep)
+            prediction = filter_by_score(prediction, options.min_confidence)
             writer.add(item.record.image_id, item.record.file_path, prediction)
     except BaseException:
         writer.abort()
@@ -462,82 +415,13 @@ def export_from_dataset(
 
 # ------------------------------------------------------------------------------------- checks
 def check_coco_panoptic(panoptic_json: Union[str, os.PathLike], png_dir: Union[str, os.PathLike, None] = None) -> dict[str, int]:
-    """Check a COCO-panoptic export against the format rules panopticapi relies on.
-
-    Every image has one annotation; every annotation's PNG exists and is RGB; the PNG's non-zero
-    ids are exactly the ``segments_info`` ids; ids are unique and positive; categories exist;
-    ``area`` and ``bbox`` match the pixels; a stuff class has at most one segment per image.
+    """Check a COCO-panoptic export with the project's validator
+    (:func:`~possam_label.io.coco_panoptic_validate.validate_coco_panoptic`), including the
+    training-set rule that a stuff class has at most one segment per image.
 
     Returns:
-        ``{"images": n, "segments": m}``.
+        ``{"images", "annotations", "segments", "categories"}`` counts.
     Raises:
-        ValueError: listing (up to 20 of) the problems found, each naming the file or image.
+        ValueError: listing the problems found, each naming the file or image.
     """
-    from ..io.panoptic_png import read_panoptic_png
-
-    path = Path(panoptic_json)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    png_dir = Path(png_dir) if png_dir is not None else path.with_suffix("")
-    problems: list[str] = []
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ValueError(f"{path}: '{key}' must be a list")
-    categories = {}
-    for cat in data["categories"]:
-        missing = [k for k in ("id", "name", "isthing", "color") if k not in cat]
-        if missing:
-            problems.append(f"{path}: category {cat!r:.80} lacks {missing}")
-        categories[cat.get("id")] = cat
-    image_ids = [im["id"] for im in data["images"]]
-    if len(set(image_ids)) != len(image_ids):
-        problems.append(f"{path}: duplicate image ids")
-    annotated = [ann["image_id"] for ann in data["annotations"]]
-    if sorted(annotated) != sorted(image_ids):
-        problems.append(f"{path}: images and annotations do not correspond one to one")
-    sizes = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
-    num_segments = 0
-    for ann in data["annotations"]:
-        where = f"{png_dir / ann['file_name']} (image {ann['image_id']})"
-        png = png_dir / ann["file_name"]
-        if not png.is_file():
-            problems.append(f"{where}: PNG missing")
-            continue
-        try:
-            id_map = read_panoptic_png(png)
-        except ValueError as err:
-            problems.append(f"{where}: {err}")
-            continue
-        if ann["image_id"] in sizes and id_map.shape != sizes[ann["image_id"]]:
-            problems.append(f"{where}: PNG size {id_map.shape} differs from the image size {sizes[ann['image_id']]}")
-        ids, inverse, counts = np.unique(id_map, return_inverse=True, return_counts=True)
-        pixel_ids = {int(i): int(c) for i, c in zip(ids, counts) if i != 0}
-        # Compact labels 1..K so find_objects stays small whatever the id values (COCO's are ~1e7).
-        compact = (inverse.reshape(id_map.shape) + (0 if ids[0] == 0 else 1)).astype(np.int32)
-        compact_of = {int(i): k + (0 if ids[0] == 0 else 1) for k, i in enumerate(ids)}
-        seg_ids = [s["id"] for s in ann["segments_info"]]
-        if len(set(seg_ids)) != len(seg_ids) or any(i <= 0 for i in seg_ids):
-            problems.append(f"{where}: segment ids must be unique and positive, got {seg_ids}")
-        if set(seg_ids) != set(pixel_ids):
-            problems.append(f"{where}: ids in the PNG {sorted(pixel_ids)} != ids in segments_info {sorted(seg_ids)}")
-        slices = ndimage.find_objects(compact)
-        stuff_seen: set[int] = set()
-        for seg in ann["segments_info"]:
-            num_segments += 1
-            cat = categories.get(seg["category_id"])
-            if cat is None:
-                problems.append(f"{where}: segment {seg['id']} has unknown category {seg['category_id']}")
-                continue
-            if not cat.get("isthing"):
-                if seg["category_id"] in stuff_seen:
-                    problems.append(f"{where}: stuff class {cat['name']!r} has more than one segment")
-                stuff_seen.add(seg["category_id"])
-            if seg["id"] in pixel_ids:
-                if seg.get("area") != pixel_ids[seg["id"]]:
-                    problems.append(f"{where}: segment {seg['id']} area {seg.get('area')} != {pixel_ids[seg['id']]} pixels")
-                rows, cols = slices[compact_of[seg["id"]] - 1]
-                expected = [cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start]
-                if [int(v) for v in seg.get("bbox", [])] != expected:
-                    problems.append(f"{where}: segment {seg['id']} bbox {seg.get('bbox')} != {expected}")
-    if problems:
-        raise ValueError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(problems[:20]))
-    return {"images": len(data["images"]), "segments": num_segments}
+    return validate_coco_panoptic(panoptic_json, png_dir, one_segment_per_stuff_class=True)

@@ -1,4 +1,6 @@
-"""COCO-panoptic output: PNG bytes, a streamed ``panoptic.json`` writer and a strict validator.
+"""COCO-panoptic output: PNG bytes, segment entries and the one streaming COCO JSON writer.
+
+The validator is :mod:`possam_label.io.coco_panoptic_validate`.
 
 Format (COCO 2018 panoptic, as read by panopticapi and detectron2):
 
@@ -13,31 +15,22 @@ Format (COCO 2018 panoptic, as read by panopticapi and detectron2):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
-import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 from PIL import Image
 
-from .panoptic_png import rgb2id
-from .tables import temporary_path_for, fsync_directory
+from .tables import fsync_directory, temporary_path_for
 
 logger = logging.getLogger(__name__)
-
-
-class CocoPanopticValidationError(ValueError):
-    """A COCO-panoptic JSON + PNG folder that breaks the format; ``problems`` lists every finding."""
-
-    def __init__(self, problems: list[str], total: int) -> None:
-        self.problems = problems
-        self.total = total
-        more = f"\n  ... and {total - len(problems)} more" if total > len(problems) else ""
-        super().__init__(f"{total} COCO-panoptic problem(s):\n  " + "\n  ".join(problems) + more)
 
 
 def panoptic_png_bytes(id_map: np.ndarray, compress_level: int = 1) -> bytes:
@@ -99,6 +92,112 @@ def coco_categories(categories: Iterable[Mapping[str, Any]]) -> list[dict[str, A
     return out
 
 
+class JsonArrayBuffer:
+    """Objects appended one by one to a temporary file, later streamed into a JSON array by
+    :func:`write_coco_json` (for writers that produce several arrays side by side).
+
+    Args:
+        directory: where the temporary file lives (the output's directory: same filesystem).
+        name: part of the temporary file's name.
+    """
+
+    def __init__(self, directory: Union[str, Path], name: str) -> None:
+        self.handle: IO[str] = tempfile.NamedTemporaryFile(
+            "w+", dir=directory, prefix=f".tmp-{name}-", suffix=".json", delete=False, encoding="utf-8"
+        )
+        self.count = 0
+
+    def append(self, obj: Any) -> None:
+        self.handle.write(("" if self.count == 0 else ",\n") + json.dumps(obj))
+        self.count += 1
+
+    def copy_to(self, out: IO[str]) -> None:
+        self.handle.flush()
+        self.handle.seek(0)
+        shutil.copyfileobj(self.handle, out)
+
+    def discard(self) -> None:
+        self.handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.handle.name)
+
+
+JsonArray = Union[Iterable[Mapping[str, Any]], JsonArrayBuffer]
+
+
+def _write_array(fh: IO[str], items: JsonArray) -> int:
+    """Write ``[...]`` one item at a time; returns the number of items."""
+    fh.write("[")
+    if isinstance(items, JsonArrayBuffer):
+        if items.count:
+            fh.write("\n")
+            items.copy_to(fh)
+        count = items.count
+    else:
+        count = 0
+        for count, item in enumerate(items, start=1):
+            fh.write(("\n" if count == 1 else ",\n") + json.dumps(dict(item)))
+    fh.write("\n]")
+    return count
+
+
+def write_coco_json(
+    path: Union[str, Path],
+    images: JsonArray,
+    annotations: JsonArray,
+    categories: list[Mapping[str, Any]],
+    info: Optional[Mapping[str, Any]] = None,
+    durable: bool = True,
+    count_segments: bool = True,
+) -> dict[str, int]:
+    """Stream a COCO JSON (panoptic or instances) to ``path`` atomically, one entry in memory at a time.
+
+    The one streaming COCO writer: ``{"info", "licenses", "categories", "images", "annotations"}``.
+
+    Args:
+        images: ``{id, file_name, width, height}`` entries (an iterable consumed once, first, or
+            a :class:`JsonArrayBuffer`).
+        annotations: COCO annotations, consumed after the images (same two forms).
+        categories: COCO categories, written as given.
+        info: the ``info`` object.
+        durable: fsync the file and the directory.
+        count_segments: count ``segments_info`` entries of iterated (panoptic) annotations.
+
+    Returns:
+        counts ``{"images", "annotations", "segments"}`` (segments: 0 for buffered annotations).
+    """
+    path = Path(path)
+    tmp = temporary_path_for(path)
+    counts = {"images": 0, "annotations": 0, "segments": 0}
+    if count_segments and not isinstance(annotations, JsonArrayBuffer):
+        annotations = _counting(annotations, counts)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write('{"info": ' + json.dumps(dict(info or {})) + ', "licenses": [], ')
+            fh.write('"categories": ' + json.dumps([dict(c) for c in categories]) + ', "images": ')
+            counts["images"] = _write_array(fh, images)
+            fh.write(', "annotations": ')
+            counts["annotations"] = _write_array(fh, annotations)
+            fh.write("}\n")
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if durable:
+        fsync_directory(path.parent)
+    return counts
+
+
+def _counting(annotations: Iterable[Mapping[str, Any]], counts: dict[str, int]) -> Iterator[Mapping[str, Any]]:
+    for annotation in annotations:
+        counts["segments"] += len(annotation["segments_info"])
+        yield annotation
+
+
 def write_coco_panoptic_json(
     path: Union[str, Path],
     images: Iterable[Mapping[str, Any]],
@@ -107,245 +206,10 @@ def write_coco_panoptic_json(
     info: Optional[Mapping[str, Any]] = None,
     durable: bool = True,
 ) -> dict[str, int]:
-    """Stream a COCO-panoptic JSON to ``path`` atomically, one entry in memory at a time.
-
-    Args:
-        images: iterable of ``{id, file_name, width, height}`` (consumed once, first).
-        annotations: iterable of ``{image_id, file_name, segments_info}`` (consumed once, after images).
-        categories: COCO-panoptic categories.
-        info: the ``info`` object.
+    """Stream a COCO-panoptic JSON to ``path`` atomically (:func:`write_coco_json`), with the
+    categories normalised by :func:`coco_categories`.
 
     Returns:
         counts ``{"images", "annotations", "segments"}``.
     """
-    path = Path(path)
-    tmp = temporary_path_for(path)
-    counts = {"images": 0, "annotations": 0, "segments": 0}
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write('{"info": ' + json.dumps(dict(info or {})) + ', "licenses": [], ')
-            fh.write('"categories": ' + json.dumps(coco_categories(categories)) + ', "images": [')
-            for i, image in enumerate(images):
-                fh.write(("\n" if i == 0 else ",\n") + json.dumps(dict(image)))
-                counts["images"] += 1
-            fh.write('\n], "annotations": [')
-            for i, annotation in enumerate(annotations):
-                fh.write(("\n" if i == 0 else ",\n") + json.dumps(dict(annotation)))
-                counts["annotations"] += 1
-                counts["segments"] += len(annotation["segments_info"])
-            fh.write("\n]}\n")
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-    if durable:
-        fsync_directory(path.parent)
-    return counts
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def validate_coco_panoptic(
-    panoptic_json: Union[str, Path, Mapping[str, Any]],
-    png_dir: Union[str, Path],
-    check_bbox_area: bool = True,
-    max_problems: int = 50,
-) -> dict[str, int]:
-    """Strictly validate a COCO-panoptic JSON and its PNG folder.
-
-    Checks the structure and types of ``images``/``annotations``/``categories``; unique image and
-    category ids; exactly one annotation per image and one image per annotation; unique PNG file
-    names; every PNG exists, is RGB and has the image's width and height; segment ids unique,
-    non-zero and < 256^3; every ``category_id`` is a category; ``iscrowd`` is 0/1; the set of
-    non-zero PNG ids equals the set of ``segments_info`` ids (panopticapi's rule); with
-    ``check_bbox_area`` also that ``area`` is the PNG's pixel count and ``bbox`` its tight box.
-
-    Args:
-        panoptic_json: path of the JSON, or the loaded mapping.
-        png_dir: folder holding the annotation PNGs.
-        max_problems: problems listed in the error (all are counted).
-
-    Returns:
-        counts ``{"images", "annotations", "segments", "categories"}`` when valid.
-
-    Raises:
-        CocoPanopticValidationError: listing the problems.
-    """
-    problems: list[str] = []
-    total = 0
-
-    def problem(message: str) -> None:
-        nonlocal total
-        total += 1
-        if len(problems) < max_problems:
-            problems.append(message)
-
-    if isinstance(panoptic_json, Mapping):
-        data = panoptic_json
-    else:
-        try:
-            with open(panoptic_json, "r", encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CocoPanopticValidationError([f"{panoptic_json}: cannot read JSON: {exc}"], 1) from exc
-    if not isinstance(data, Mapping):
-        raise CocoPanopticValidationError(["top level is not a JSON object"], 1)
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            problem(f"top-level '{key}' must be a list")
-    if total:
-        raise CocoPanopticValidationError(problems, total)
-
-    categories: dict[int, Mapping[str, Any]] = {}
-    for i, cat in enumerate(data["categories"]):
-        where = f"categories[{i}]"
-        if not isinstance(cat, Mapping):
-            problem(f"{where}: not an object")
-            continue
-        if not _is_int(cat.get("id")):
-            problem(f"{where}: 'id' must be an integer, got {cat.get('id')!r}")
-            continue
-        if cat["id"] in categories:
-            problem(f"{where}: duplicate category id {cat['id']}")
-        if not isinstance(cat.get("name"), str) or not cat["name"]:
-            problem(f"{where}: 'name' must be a non-empty string")
-        if cat.get("isthing") not in (0, 1) or isinstance(cat.get("isthing"), bool):
-            problem(f"{where}: 'isthing' must be 0 or 1, got {cat.get('isthing')!r}")
-        color = cat.get("color")
-        if not (isinstance(color, list) and len(color) == 3 and all(_is_int(c) and 0 <= c <= 255 for c in color)):
-            problem(f"{where}: 'color' must be [r, g, b] with integers 0..255, got {color!r}")
-        if "supercategory" in cat and not isinstance(cat["supercategory"], str):
-            problem(f"{where}: 'supercategory' must be a string")
-        categories[cat["id"]] = cat
-    if not categories:
-        problem("no categories")
-
-    images: dict[Any, Mapping[str, Any]] = {}
-    for i, image in enumerate(data["images"]):
-        where = f"images[{i}]"
-        if not isinstance(image, Mapping):
-            problem(f"{where}: not an object")
-            continue
-        image_id = image.get("id")
-        if not (_is_int(image_id) or (isinstance(image_id, str) and image_id)):
-            problem(f"{where}: 'id' must be an integer or a non-empty string, got {image_id!r}")
-            continue
-        if image_id in images:
-            problem(f"{where}: duplicate image id {image_id!r}")
-        for key in ("width", "height"):
-            if not (_is_int(image.get(key)) and image[key] > 0):
-                problem(f"{where} (id {image_id!r}): '{key}' must be a positive integer, got {image.get(key)!r}")
-        if not isinstance(image.get("file_name"), str) or not image["file_name"]:
-            problem(f"{where} (id {image_id!r}): 'file_name' must be a non-empty string")
-        images[image_id] = image
-
-    png_dir = Path(png_dir)
-    annotated: set[Any] = set()
-    png_names: set[str] = set()
-    num_segments = 0
-    for i, ann in enumerate(data["annotations"]):
-        where = f"annotations[{i}]"
-        if not isinstance(ann, Mapping):
-            problem(f"{where}: not an object")
-            continue
-        image_id = ann.get("image_id")
-        where = f"{where} (image_id {image_id!r})"
-        if image_id not in images:
-            problem(f"{where}: no image with this id")
-            continue
-        if image_id in annotated:
-            problem(f"{where}: second annotation for this image")
-            continue
-        annotated.add(image_id)
-        file_name = ann.get("file_name")
-        if not isinstance(file_name, str) or not file_name.endswith(".png") or os.path.basename(file_name) != file_name:
-            problem(f"{where}: 'file_name' must be a plain '<name>.png', got {file_name!r}")
-            continue
-        if file_name in png_names:
-            problem(f"{where}: PNG {file_name} used by two annotations")
-        png_names.add(file_name)
-        segments = ann.get("segments_info")
-        if not isinstance(segments, list):
-            problem(f"{where}: 'segments_info' must be a list")
-            continue
-        seg_by_id: dict[int, Mapping[str, Any]] = {}
-        for j, seg in enumerate(segments):
-            swhere = f"{where} segments_info[{j}]"
-            if not isinstance(seg, Mapping):
-                problem(f"{swhere}: not an object")
-                continue
-            seg_id = seg.get("id")
-            if not (_is_int(seg_id) and 0 < seg_id < 256**3):
-                problem(f"{swhere}: 'id' must be an integer in 1..{256**3 - 1}, got {seg_id!r}")
-                continue
-            if seg_id in seg_by_id:
-                problem(f"{swhere}: duplicate segment id {seg_id}")
-            seg_by_id[seg_id] = seg
-            if seg.get("category_id") not in categories or not _is_int(seg.get("category_id")):
-                problem(f"{swhere}: category_id {seg.get('category_id')!r} is not a category")
-            if seg.get("iscrowd", 0) not in (0, 1) or isinstance(seg.get("iscrowd"), bool):
-                problem(f"{swhere}: 'iscrowd' must be 0 or 1")
-            if not (_is_int(seg.get("area")) and seg["area"] > 0):
-                problem(f"{swhere}: 'area' must be a positive integer, got {seg.get('area')!r}")
-            bbox = seg.get("bbox")
-            if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) and v >= 0 for v in bbox)):
-                problem(f"{swhere}: 'bbox' must be [x, y, w, h] of non-negative numbers, got {bbox!r}")
-            if "score" in seg and not (_is_number(seg["score"])):
-                problem(f"{swhere}: 'score' must be a finite number")
-        num_segments += len(segments)
-
-        png_path = png_dir / file_name
-        try:
-            with Image.open(png_path) as png:
-                mode, size = png.mode, png.size
-                rgb = np.asarray(png.convert("RGB")) if mode == "RGB" else None
-        except FileNotFoundError:
-            problem(f"{where}: PNG {png_path} does not exist")
-            continue
-        except OSError as exc:
-            problem(f"{where}: PNG {png_path} cannot be read: {exc}")
-            continue
-        if mode != "RGB":
-            problem(f"{where}: PNG {png_path} has mode {mode}, expected RGB")
-            continue
-        image = images[image_id]
-        if size != (image.get("width"), image.get("height")):
-            problem(f"{where}: PNG {file_name} is {size[0]}x{size[1]} but the image is {image.get('width')}x{image.get('height')}")
-            continue
-        id_map = rgb2id(rgb)
-        present, counts = np.unique(id_map, return_counts=True)
-        present_ids = {int(v): int(c) for v, c in zip(present, counts) if v != 0}
-        missing_in_json = sorted(set(present_ids) - set(seg_by_id))
-        missing_in_png = sorted(set(seg_by_id) - set(present_ids))
-        if missing_in_json:
-            problem(f"{where}: PNG ids {missing_in_json[:10]} have no segments_info entry")
-        if missing_in_png:
-            problem(f"{where}: segments_info ids {missing_in_png[:10]} do not appear in the PNG")
-        if check_bbox_area:
-            for seg_id, seg in seg_by_id.items():
-                if seg_id not in present_ids:
-                    continue
-                if seg.get("area") != present_ids[seg_id]:
-                    problem(f"{where}: segment {seg_id} area {seg.get('area')!r} != {present_ids[seg_id]} pixels in the PNG")
-                ys, xs = np.nonzero(id_map == seg_id)
-                expected = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-                bbox = seg.get("bbox")
-                if not isinstance(bbox, list) or [float(v) for v in bbox] != [float(v) for v in expected]:
-                    problem(f"{where}: segment {seg_id} bbox {bbox!r} != tight box {expected} in the PNG")
-
-    for image_id in images:
-        if image_id not in annotated:
-            problem(f"image {image_id!r} has no annotation")
-    if total:
-        raise CocoPanopticValidationError(problems, total)
-    return {"images": len(images), "annotations": len(annotated), "segments": num_segments, "categories": len(categories)}
+    return write_coco_json(path, images, annotations, coco_categories(categories), info=info, durable=durable)

@@ -38,31 +38,60 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..types import SegmentInfo, segment_fields
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 
 RLE_TYPE = pa.struct([pa.field("size", pa.list_(pa.int32())), pa.field("counts", pa.string())])
 
+# Arrow type of each storage type a SegmentInfo field declares (types.STORAGE_TYPES).
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float32": pa.float32(),
+    "bool": pa.bool_(),
+    "string": pa.string(),
+    "bbox": pa.list_(pa.float32(), 4),
+}
+
+# The SegmentInfo fields as table columns, in declaration order: (attribute, column) pairs.
+SEGMENT_INFO_COLUMNS: tuple[tuple[str, str], ...] = tuple((attr, column) for attr, column, _ in segment_fields())
+
 SEGMENTS_SCHEMA = pa.schema(
-    [
-        pa.field("image_id", pa.int64(), nullable=False),
-        pa.field("file_path", pa.string(), nullable=False),
-        pa.field("segment_id", pa.int32(), nullable=False),
-        pa.field("category_id", pa.int32(), nullable=False),
-        pa.field("category", pa.string(), nullable=False),
-        pa.field("isthing", pa.bool_(), nullable=False),
-        pa.field("score", pa.float32(), nullable=False),
-        pa.field("mask_quality", pa.float32(), nullable=False),
-        pa.field("in_vocab_prob", pa.float32(), nullable=False),
-        pa.field("out_vocab_prob", pa.float32(), nullable=False),
-        pa.field("area", pa.int64(), nullable=False),
-        pa.field("bbox", pa.list_(pa.float32(), 4), nullable=False),
-        pa.field("rle", RLE_TYPE, nullable=False),
-        pa.field("run_id", pa.string(), nullable=False),
-    ],
+    [pa.field("image_id", pa.int64(), nullable=False), pa.field("file_path", pa.string(), nullable=False)]
+    + [pa.field(column, ARROW_TYPES[storage], nullable=False) for _, column, storage in segment_fields()]
+    + [pa.field("rle", RLE_TYPE, nullable=False), pa.field("run_id", pa.string(), nullable=False)],
     metadata={b"possam_label.table": b"segments", b"possam_label.schema_version": SCHEMA_VERSION.encode()},
 )
+SEGMENT_COLUMNS: tuple[str, ...] = tuple(SEGMENTS_SCHEMA.names)
+
+# Predicted segments in flight between the model and the encode stage: the SegmentInfo columns,
+# floats kept in float64 (the model's values, exactly) until the segments table stores float32.
+PREDICTED_SEGMENTS_SCHEMA = pa.schema(
+    [pa.field(column, pa.float64() if storage == "float32" else ARROW_TYPES[storage], nullable=False) for _, column, storage in segment_fields()]
+)
+
+
+def predicted_segments_table(segments: Sequence[SegmentInfo]) -> pa.Table:
+    """:class:`SegmentInfo` objects -> a :data:`PREDICTED_SEGMENTS_SCHEMA` table (one row per segment)."""
+    columns = {column: [getattr(s, attr) for s in segments] for attr, column in SEGMENT_INFO_COLUMNS}
+    return pa.Table.from_pydict(columns, schema=PREDICTED_SEGMENTS_SCHEMA)
+
+
+def table_to_ipc(table: pa.Table) -> bytes:
+    """A table as Arrow IPC stream bytes (how tables travel in a Ray numpy batch column)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def table_from_ipc(data: bytes) -> pa.Table:
+    """Inverse of :func:`table_to_ipc`."""
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
 
 IMAGES_SCHEMA = pa.schema(
     [
