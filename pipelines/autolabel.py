@@ -21,9 +21,10 @@ import logging
 import sys
 
 from pipelines._cli import add_set_argument
-from possam_label.engine.autolabel import AutolabelError, AutolabelOptions, AutolabelSummary, run_autolabel
+from possam_label.engine.autolabel import OPTION_GROUPS, AutolabelError, AutolabelOptions, AutolabelSummary, run_autolabel
 from possam_label.io.images import DEFAULT_MAX_PIXELS
 from possam_label.io.tables import OutputDirError
+from possam_label.predictors import PREDICTOR_REGISTRY
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,79 +38,86 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
+    # One argument group per AutolabelOptions group (OPTION_GROUPS), same titles, same order.
+    groups = {title: parser.add_argument_group(title) for title in OPTION_GROUPS}
+    group = groups["inputs and outputs"]
+    group.add_argument(
         "--dataset", required=True, metavar="SOURCE",
         help="a directory of images (recursive; jpg, jpeg, png, webp, bmp, tif, tiff), an image file, a text "
         "file with one image path per line (relative paths are relative to the file), a glob pattern "
         "(quote it), or fiftyone://NAME (the filepaths of a FiftyOne dataset). Inputs are only read.",
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory; nothing is written outside it")
-    parser.add_argument(
+    group.add_argument("--out", required=True, metavar="DIR", help="output directory; nothing is written outside it")
+    mode = group.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="finish a previous run in --out: keep committed images, do the rest")
+    mode.add_argument("--overwrite", action="store_true", help="delete the previous outputs in --out and start again")
+    group.add_argument(
+        "--retry-errors", action="store_true",
+        help="with --resume: label again the images whose committed row has status error (e.g. after a transient failure)",
+    )
+    group = groups["model"]
+    group.add_argument(
         "--vocab", default=None, metavar="SPEC",
         help="class vocabulary: coco, ade20k, a vocabulary file (.yaml or .txt), or a comma list such as "
         "'cat,dog,grass [stuff]' (default: the config's vocabulary)",
     )
-    parser.add_argument("--config", default=None, help="PosSAM YAML config (default: the shipped default config)")
-    add_set_argument(parser, "--set baseline.points_per_side=16 --set mase.mode=fc_clip")
-    parser.add_argument(
-        "--model", choices=("possam", "sam-clip"), default="possam",
+    group.add_argument("--config", default=None, help="PosSAM YAML config (default: the shipped default config)")
+    add_set_argument(group, "--set baseline.points_per_side=16 --set mase.mode=fc_clip")
+    group.add_argument(
+        "--model", choices=tuple(PREDICTOR_REGISTRY), default="possam",
         help="possam: PosSAM (one pass of each encoder per image, trained heads); sam-clip: the training-free "
         "two-stage baseline (SAM automatic mask generator, then CLIP on every mask, settings in the config's "
         "baseline section), for labeling without PosSAM head weights",
     )
-    parser.add_argument(
+    group.add_argument(
         "--checkpoint", default=None,
         help="PosSAM head weights (.safetensors) overriding the config's; with --model sam-clip, a full SAM checkpoint",
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="images per model call and per decode/encode task")
-    parser.add_argument(
+    group = groups["labels"]
+    group.add_argument("--min-score", type=float, default=0.0, help="drop segments whose MASE score is below this (their pixels become void)")
+    group.add_argument(
+        "--max-side", type=int, default=None,
+        help="downscale images in the decode stage so the longest side is at most this many pixels; outputs are "
+        "always at the original size (default: the model's input size; 0: never downscale)",
+    )
+    group.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels (decompression bombs)")
+    group = groups["cluster"]
+    group.add_argument("--batch-size", type=int, default=4, help="images per model call and per decode/encode task")
+    group.add_argument(
         "--workers", type=int, default=None,
         help="model actors (default: one per GPU of the cluster, or 1 on a CPU-only cluster)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--gpus-per-worker", type=float, default=None,
         help="GPUs per model actor, fractions allowed (default: 1 when the cluster has GPUs, else 0 = run on CPU)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--worker-resources", type=json.loads, default=None, metavar="JSON",
         help="custom Ray resources each model actor needs, e.g. '{\"labeler\": 1}' to run the model only on nodes "
         "started with ray start --resources='{\"labeler\": 1}'",
     )
-    parser.add_argument(
+    group.add_argument(
         "--ray-address", default=None,
         help="address of an existing Ray cluster ('auto', 'HOST:PORT' or 'ray://HOST:10001'); default: RAY_ADDRESS "
         "if set (as under 'ray job submit'), else start a local Ray",
     )
-    parser.add_argument(
+    group.add_argument(
         "--wait-for-workers", type=float, default=None, metavar="SECONDS",
         help="wait this long for all model workers to start before labeling, and fail clearly if the cluster cannot "
         "host them (0: start with the first ready worker; default: 0 when the cluster has the resources for all "
         "workers now, so images are decoded while the model loads, else 900)",
     )
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all); ignored with a cluster")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="finish a previous run in --out: keep committed images, do the rest")
-    mode.add_argument("--overwrite", action="store_true", help="delete the previous outputs in --out and start again")
-    parser.add_argument(
-        "--retry-errors", action="store_true",
-        help="with --resume: label again the images whose committed row has status error (e.g. after a transient failure)",
-    )
-    parser.add_argument("--min-score", type=float, default=0.0, help="drop segments whose MASE score is below this (their pixels become void)")
-    parser.add_argument(
-        "--max-side", type=int, default=None,
-        help="downscale images in the decode stage so the longest side is at most this many pixels; outputs are "
-        "always at the original size (default: the model's input size; 0: never downscale)",
-    )
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels (decompression bombs)")
-    parser.add_argument("--rows-per-part", type=int, default=64, help="images per committed Parquet part")
-    parser.add_argument("--commit-interval", type=float, default=30.0, help="commit a part at least every this many seconds")
-    parser.add_argument("--torch-threads", type=int, default=None, help="CPU inference threads per actor (default: (CPUs - 1) / workers)")
-    parser.add_argument(
+    group.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all); ignored with a cluster")
+    group.add_argument("--torch-threads", type=int, default=None, help="CPU inference threads per actor (default: (CPUs - 1) / workers)")
+    group.add_argument(
         "--ship-code", action="store_true",
         help="send the possam_label package to the Ray workers (for clusters whose nodes do not have it installed)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--no-fsync", action="store_true", help="skip fsync on commit (faster; safe against process kills, not power loss)")
+    group = groups["commits"]
+    group.add_argument("--rows-per-part", type=int, default=64, help="images per committed Parquet part")
+    group.add_argument("--commit-interval", type=float, default=30.0, help="commit a part at least every this many seconds")
+    group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    group.add_argument("--no-fsync", action="store_true", help="skip fsync on commit (faster; safe against process kills, not power loss)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
     return parser
 

@@ -1,4 +1,4 @@
-"""Auto-labeling building blocks without Ray: inputs, encoding, RLE, tables, store, COCO validation, CLI."""
+"""Auto-labeling building blocks without Ray: inputs, stages, the panoptic toolkit, RLE, tables, store, COCO validation, CLI."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from PIL import Image
 
 from pipelines.autolabel import build_parser, main as cli_main
 from possam_label.engine.autolabel import (
+    OPTION_GROUPS,
     AutolabelError,
-    decode_batch,
-    encode_batch,
-    finalize_prediction,
+    AutolabelOptions,
+    DecodeImages,
+    EncodeOutputs,
     list_inputs,
+    to_original_size,
     unique_inputs,
-    upsample_ids,
 )
 from possam_label.io.coco_panoptic_validate import CocoPanopticValidationError, validate_coco_panoptic
 from possam_label.io.coco_panoptic_writer import panoptic_png_bytes, write_coco_panoptic_json
@@ -33,9 +34,13 @@ from possam_label.io.tables import (
     image_id_for_path,
     images_table,
     read_images_table,
+    predicted_segments_table,
     read_segments_table,
     segments_table,
+    table_from_ipc,
+    table_to_ipc,
 )
+from possam_label.types import SegmentInfo
 
 DATA = Path(__file__).resolve().parent / "data" / "autolabel"
 # Every image-extension file under tests/data/autolabel (README.txt and the LICENSE are not inputs).
@@ -80,23 +85,24 @@ def test_unique_inputs_and_stable_ids(tmp_path: Path) -> None:
 
 
 def test_resume_compatibility_and_thread_rules() -> None:
-    from possam_label.engine.autolabel import _NON_INFERENCE_CONFIG_SECTIONS, _config_differences, default_torch_threads
+    from possam_label.engine.autolabel import default_torch_threads
+    from possam_label.engine.autolabel.run_record import NON_INFERENCE_CONFIG_SECTIONS, config_differences
 
     before = {"sam": {"img_size": 128, "depth": 2}, "train": {"lr": 1.0}, "mase": {"alpha": 0.4}}
     after = {"sam": {"img_size": 128, "depth": 2}, "train": {"lr": 2.0}, "mase": {"alpha": 0.5}, "baseline": {"x": 1}}
     # Training settings and sections added by a newer code version do not block a resume.
-    assert _config_differences(before, after, skip=_NON_INFERENCE_CONFIG_SECTIONS["possam"]) == ["mase.alpha"]
-    assert _config_differences(before, before) == []
+    assert config_differences(before, after, skip=NON_INFERENCE_CONFIG_SECTIONS["possam"]) == ["mase.alpha"]
+    assert config_differences(before, before) == []
     # The baseline's settings matter to a sam-clip run, not to a PosSAM run.
     changed_baseline = {**after, "baseline": {"x": 2}}
-    assert _config_differences(after, changed_baseline, skip=_NON_INFERENCE_CONFIG_SECTIONS["possam"]) == []
-    assert _config_differences(after, changed_baseline, skip=_NON_INFERENCE_CONFIG_SECTIONS["sam-clip"]) == ["baseline.x"]
+    assert config_differences(after, changed_baseline, skip=NON_INFERENCE_CONFIG_SECTIONS["possam"]) == []
+    assert config_differences(after, changed_baseline, skip=NON_INFERENCE_CONFIG_SECTIONS["sam-clip"]) == ["baseline.x"]
     assert default_torch_threads(2, 1) == 1 and default_torch_threads(16, 1) == 15 and default_torch_threads(16, 4) == 3
     assert default_torch_threads(1, 1) == 1
 
 
 def test_actors_fit_decides_the_wait_for_workers() -> None:
-    from possam_label.engine.autolabel import _actors_fit
+    from possam_label.engine.autolabel import actors_fit as _actors_fit
 
     # One CPU actor plus a half-CPU decode/encode task.
     assert _actors_fit({"CPU": 2.0}, 1, 0.0, None) and not _actors_fit({"CPU": 1.0}, 1, 0.0, None)
@@ -107,42 +113,37 @@ def test_actors_fit_decides_the_wait_for_workers() -> None:
 
 
 # ------------------------------------------------------------------------------ encoding
-def _three_segment_map() -> tuple[np.ndarray, list[dict]]:
+def _three_segment_map() -> tuple[np.ndarray, list[SegmentInfo]]:
     id_map = np.zeros((32, 48), dtype=np.int32)
     id_map[:, :20] = 1  # stuff on the left
     id_map[5:15, 25:40] = 2  # a thing
     id_map[20:30, 30:46] = 3  # a low-score thing
-    segments = []
-    for seg_id, score, isthing in ((1, 0.9, False), (2, 0.8, True), (3, 0.2, True)):
-        segments.append(
-            {"id": seg_id, "category_id": 100 + seg_id, "category": f"class{seg_id}", "isthing": isthing, "score": score,
-             "mask_quality": 0.7, "in_vocab_prob": 0.5, "out_vocab_prob": 0.4, "area": -1, "bbox": [0, 0, 0, 0]}
-        )
+    segments = [
+        SegmentInfo(id=seg_id, category_id=100 + seg_id, category=f"class{seg_id}", isthing=isthing, score=score,
+                    mask_quality=0.7, in_vocab_prob=0.5, out_vocab_prob=0.4, area=-1, bbox=[0, 0, 0, 0])
+        for seg_id, score, isthing in ((1, 0.9, False), (2, 0.8, True), (3, 0.2, True))
+    ]
     return id_map, segments
 
 
-def test_finalize_prediction_upsamples_filters_and_recomputes_area_bbox() -> None:
+def test_to_original_size_upsamples_filters_and_recomputes_area_bbox() -> None:
     id_map, segments = _three_segment_map()
-    full, kept = finalize_prediction(id_map, segments, height=64, width=96, min_score=0.5)
-    assert full.shape == (64, 96)
-    assert [s["id"] for s in kept] == [1, 2]
+    full, kept = to_original_size(id_map, predicted_segments_table(segments), height=64, width=96, min_score=0.5)
+    assert full.shape == (64, 96) and full.dtype == np.int32
+    rows = kept.to_pylist()
+    assert [r["segment_id"] for r in rows] == [1, 2]
     assert set(np.unique(full).tolist()) == {0, 1, 2}  # segment 3 became void
-    assert kept[0]["area"] == 64 * 40 and kept[0]["bbox"] == [0.0, 0.0, 40.0, 64.0]
-    assert kept[1]["area"] == 20 * 30 and kept[1]["bbox"] == [50.0, 10.0, 30.0, 20.0]
+    assert rows[0]["area"] == 64 * 40 and rows[0]["bbox"] == [0.0, 0.0, 40.0, 64.0]
+    assert rows[1]["area"] == 20 * 30 and rows[1]["bbox"] == [50.0, 10.0, 30.0, 20.0]
+    assert rows[0]["score"] == 0.9  # float64 in flight: the model's value exactly
     # A segment listed by the model but absent from the map is dropped, and unknown map ids become void.
     id_map[0, 0] = 9
-    _, kept = finalize_prediction(id_map, segments + [dict(segments[1], id=7)], 32, 48, 0.0)
-    assert [s["id"] for s in kept] == [1, 2, 3]
+    extra = SegmentInfo(**{**segments[1].to_dict(), "id": 7})
+    full, kept = to_original_size(id_map, predicted_segments_table(segments + [extra]), 32, 48, 0.0)
+    assert kept.column("segment_id").to_pylist() == [1, 2, 3] and full[0, 0] == 0
 
 
-def test_upsample_ids_keeps_every_id() -> None:
-    ids = np.arange(12, dtype=np.int32).reshape(3, 4)
-    big = upsample_ids(ids, 7, 9)
-    assert set(np.unique(big).tolist()) == set(range(12))
-    assert upsample_ids(ids, 3, 4) is ids
-
-
-def test_encode_batch_outputs_agree_with_each_other() -> None:
+def test_encode_stage_outputs_agree_with_each_other() -> None:
     id_map, segments = _three_segment_map()
     batch = {
         "image_id": np.array([11, 12]),
@@ -152,29 +153,46 @@ def test_encode_batch_outputs_agree_with_each_other() -> None:
         "width": np.array([96, 0]),
         "height": np.array([64, 0]),
         "id_map": [id_map, np.zeros((1, 1), np.int32)],
-        "segments_json": np.array([json.dumps(segments), "[]"]),
+        "predicted_segments": np.array([table_to_ipc(predicted_segments_table(segments)), b""], dtype=object),
         "seconds": np.array([0.5, 0.1]),
         "model_identity": np.array(["{}", "{}"]),
         "model_ready_at": np.array([1.0, 1.0]),
         "model_done_at": np.array([2.0, 2.0]),
         "model_seconds": np.array([0.25, 0.0]),
     }
-    out = encode_batch(batch, min_score=0.0)
+    out = EncodeOutputs(min_score=0.0, run_id="run-x")(batch)
+    assert "id_map" not in out and "predicted_segments" not in out  # consumed by this stage
+    assert out["model_identity"].tolist() == ["{}", "{}"]  # earlier columns travel on
     assert out["status"].tolist() == ["ok", "error"] and out["num_segments"].tolist() == [3, 0]
     full = rgb2id(np.asarray(Image.open(__import__("io").BytesIO(out["png"][0]))))
-    rows = json.loads(out["segments_json"][0])
+    table = table_from_ipc(out["segments"][0])
+    assert table.schema.equals(SEGMENTS_SCHEMA, check_metadata=False)
+    rows = table.to_pylist()
     assert sorted(np.unique(full[full > 0]).tolist()) == [r["segment_id"] for r in rows]
+    assert {r["run_id"] for r in rows} == {"run-x"} and {r["image_id"] for r in rows} == {11}
     for row in rows:
         mask = decode_rle(row["rle"])
         assert np.array_equal(mask, full == row["segment_id"])
         assert row["area"] == int(mask.sum()) == rle_area(row["rle"])
         assert row["bbox"] == rle_bbox(row["rle"]) == mask_bbox(mask)
-    assert out["png"][1] == b""
+    assert out["png"][1] == b"" and out["segments"][1] == b""
 
 
-def test_decode_batch_records_errors_per_image() -> None:
+def test_options_groups_cover_every_field_once() -> None:
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(AutolabelOptions)]
+    grouped = [name for group in OPTION_GROUPS.values() for name in group]
+    assert sorted(grouped) == sorted(names) and len(grouped) == len(set(grouped))
+    options = AutolabelOptions(dataset="d", out_dir="o", min_score=0.25)
+    assert options.output_settings() == {"min_score": 0.25, "max_side": None, "max_pixels": options.max_pixels}
+    titles = [g.title for g in build_parser()._action_groups]
+    assert all(title in titles for title in OPTION_GROUPS)
+
+
+def test_decode_stage_records_errors_per_image() -> None:
     batch = {"image_id": np.array([1, 2, 3]), "file_path": np.array([str(DATA / "photos/truck.jpg"), str(DATA / "edge_cases/zero_bytes.png"), str(DATA / "edge_cases/exif_rotated_6.jpg")])}
-    out = decode_batch(batch, max_side=128, max_pixels=10**8)
+    out = DecodeImages(max_side=128, max_pixels=10**8)(batch)
     assert out["status"].tolist() == ["ok", "error", "ok"]
     assert out["error"][1].startswith("empty: ")
     assert (out["width"].tolist(), out["height"].tolist()) == ([1800, 0, 64], [1200, 0, 96])
@@ -210,7 +228,8 @@ def test_model_stage_isolates_a_failing_image(monkeypatch: pytest.MonkeyPatch) -
     assert out["error"][1] == "model_failed: RuntimeError: poisoned image"
     assert out["error"][3].startswith("empty: ")
     assert [np.asarray(m).shape for m in out["id_map"]] == [(64, 96), (1, 1), (64, 96), (1, 1)]
-    categories = {s["category"] for j in (0, 2) for s in json.loads(out["segments_json"][j])}
+    assert "image" not in out and out["predicted_segments"][1] == b"" and out["predicted_segments"][3] == b""
+    categories = {c for j in (0, 2) for c in table_from_ipc(out["predicted_segments"][j]).column("category").to_pylist()}
     assert categories <= {"cat", "dog", "grass"}
 
 

@@ -1,0 +1,312 @@
+"""The Ray Data stages of the auto-labeling job.
+
+Each stage is a callable class in Ray's ``map_batches`` pattern: it takes a numpy batch (a dict of
+columns), adds its columns, drops the ones nobody downstream needs, and returns the batch::
+
+    {image_id, file_path}
+      -> DecodeImages       + status, error, width, height (original size), image, seconds
+      -> PanopticModelActor - image; + id_map (model output size), predicted_segments (Arrow IPC),
+                              model_identity, model_ready_at, model_done_at, model_seconds
+      -> EncodeOutputs      - id_map, predicted_segments; + png, segments (Arrow IPC of the
+                              segments table rows), num_segments
+
+Predictions travel as arrays and Arrow tables (IPC bytes in a binary column), never as JSON.
+:func:`to_original_size` is the one place a prediction is brought to the original image size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from ...io.coco_panoptic_writer import panoptic_png_bytes
+from ...io.images import ImageDecodeError, load_image_for_model
+from ...io.rle import encode_panoptic_map
+from ...io.tables import (
+    ARROW_TYPES,
+    SEGMENTS_SCHEMA,
+    STATUS_ERROR,
+    STATUS_OK,
+    predicted_segments_table,
+    table_from_ipc,
+    table_to_ipc,
+)
+from ...panoptic import keep_ids, renumber, resize_ids, score_passes
+
+logger = logging.getLogger(__name__)
+
+PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), dtype=np.uint8)
+PLACEHOLDER_MAP = np.zeros((1, 1), dtype=np.int32)
+
+
+# ------------------------------------------------------------------------------ batch helpers
+def batch_column(batch: dict[str, Any], name: str) -> list[Any]:
+    """One column of a Ray numpy batch as a list: Python scalars, or one array per row for
+    tensor columns (ragged ones arrive as object arrays or lists)."""
+    values = batch[name]
+    if isinstance(values, np.ndarray) and values.dtype != object and values.ndim == 1:
+        return values.tolist()
+    return list(values)
+
+
+def numpy_column(values: list[Any]) -> Any:
+    """A list of row values as Ray's numpy batch format accepts it; arrays of different shapes
+    stay a list (ragged), bytes become an object array."""
+    if values and isinstance(values[0], np.ndarray):
+        return values if len({v.shape for v in values}) > 1 else np.stack(values)
+    if values and isinstance(values[0], (bytes, bytearray)):
+        return np.array(values, dtype=object)
+    return np.array(values)
+
+
+def set_columns(batch: dict[str, Any], columns: dict[str, list[Any]]) -> dict[str, Any]:
+    """Add (or replace) columns of a batch; returns the batch."""
+    for name, values in columns.items():
+        batch[name] = numpy_column(values)
+    return batch
+
+
+# ------------------------------------------------------------------------------------ decode
+class DecodeImages:
+    """CPU stage: decode the files of ``{image_id, file_path}`` rows.
+
+    Adds ``status, error, width, height`` (original size after EXIF orientation; 0 when
+    unreadable), ``image`` ((h, w, 3) uint8 with max(h, w) <= max_side; a 1x1 placeholder on
+    error) and ``seconds``.
+    """
+
+    def __init__(self, max_side: Optional[int], max_pixels: int) -> None:
+        self.max_side = max_side
+        self.max_pixels = max_pixels
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, list[Any]] = {k: [] for k in ("status", "error", "width", "height", "image", "seconds")}
+        for file_path in batch_column(batch, "file_path"):
+            start = time.perf_counter()
+            try:
+                image, width, height = load_image_for_model(file_path, max_side=self.max_side, max_pixels=self.max_pixels)
+                status, error = STATUS_OK, ""
+            except ImageDecodeError as exc:
+                image, status, error, width, height = PLACEHOLDER_IMAGE, STATUS_ERROR, f"{exc.reason}: {exc.detail}", 0, 0
+            except Exception as exc:  # never let one file stop the run
+                logger.exception("unexpected error decoding %s", file_path)
+                image, status, error, width, height = PLACEHOLDER_IMAGE, STATUS_ERROR, f"decode_failed: {type(exc).__name__}: {exc}", 0, 0
+            for name, value in zip(out, (status, error, int(width), int(height), image, time.perf_counter() - start)):
+                out[name].append(value)
+        batch["image_id"] = numpy_column([int(i) for i in batch_column(batch, "image_id")])
+        batch["file_path"] = numpy_column([str(p) for p in batch_column(batch, "file_path")])
+        return set_columns(batch, out)
+
+
+
+# ------------------------------------------------------------------------------------- model
+def localize(path_abs: Optional[str], path_rel: Optional[str]) -> Optional[str]:
+    """The driver's absolute path if it exists here, else the cwd-relative one (Ray working_dir)."""
+    if path_abs is None:
+        return None
+    if os.path.exists(path_abs) or path_rel is None:
+        return path_abs
+    candidate = os.path.abspath(path_rel)
+    return candidate if os.path.exists(candidate) else path_abs
+
+
+class PanopticModelActor:
+    """Actor stage: a predictor (:data:`possam_label.predictors.PREDICTOR_REGISTRY`) loaded once
+    per actor, applied to decoded batches.
+
+    Args:
+        model: a registered predictor name ("possam", "sam-clip").
+        config_path, config_rel: the YAML config (absolute on the driver; cwd-relative variant
+            for workers whose copy of the code lives elsewhere).
+        checkpoint, checkpoint_rel: weights override (None: the config's).
+        config_overrides: nested mapping merged over the YAML (``--set`` on the CLI).
+        vocabulary: ``Vocabulary.to_dict()`` of the labeling vocabulary.
+        device: "cpu", "cuda", ...
+        batch_size: images per forward pass.
+        torch_threads: intra-op threads on CPU (None: leave torch's default).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        config_path: str,
+        config_rel: Optional[str],
+        checkpoint: Optional[str],
+        checkpoint_rel: Optional[str],
+        config_overrides: Optional[dict[str, Any]],
+        vocabulary: dict[str, Any],
+        device: str,
+        batch_size: int,
+        torch_threads: Optional[int],
+    ) -> None:
+        import ray
+        import torch
+
+        from ...predictors import build_predictor
+        from ...vocab import Vocabulary
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        # Parts without weight files are randomly initialised (tests, speed benchmarks): seed them
+        # so every actor of a run builds the same model.
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        self.predictor = build_predictor(
+            model, localize(config_path, config_rel), checkpoint=localize(checkpoint, checkpoint_rel), device=device,
+            overrides=config_overrides or None,
+        )
+        self.vocabulary = Vocabulary.from_dict(vocabulary)
+        self.batch_size = batch_size
+        self.ready_at = time.time()  # wall clock: comparable across processes (and NTP-synced nodes)
+        self.identity = json.dumps(
+            {
+                "weights": self.predictor.weights_identity(),
+                "host": socket.gethostname(),
+                "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+                "pid": os.getpid(),
+                "device": str(device),
+                "torch_threads": torch.get_num_threads(),
+            },
+            sort_keys=True,
+        )
+        logger.info(model + " actor ready on %s (%s) in %.1fs", socket.gethostname(), device, time.perf_counter() - start)
+
+    def predict_isolated(self, images: list[np.ndarray]) -> list[Any]:
+        """Predict a batch; if the batch fails, image by image so only the culprit fails."""
+        try:
+            return list(self.predictor.predict(images, vocabulary=self.vocabulary, batch_size=self.batch_size))
+        except Exception as batch_exc:
+            if self.predictor.device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()  # an out-of-memory batch may fit image by image
+            if len(images) == 1:
+                return [batch_exc]
+            logger.warning("batch of %d failed (%s); retrying image by image", len(images), batch_exc)
+        results: list[Any] = []
+        for image in images:
+            try:
+                results.append(self.predictor.predict([image], vocabulary=self.vocabulary, batch_size=1)[0])
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        status = batch_column(batch, "status")
+        images = list(batch.pop("image"))
+        ok = [i for i, s in enumerate(status) if s == STATUS_OK]
+        start = time.perf_counter()
+        # Copies: Ray hands out read-only zero-copy arrays, which torch.from_numpy warns about.
+        predictions = self.predict_isolated([np.array(images[i], dtype=np.uint8) for i in ok]) if ok else []
+        per_image = (time.perf_counter() - start) / max(1, len(ok))
+        errors = batch_column(batch, "error")
+        id_maps: list[np.ndarray] = [PLACEHOLDER_MAP] * len(status)
+        predicted: list[bytes] = [b""] * len(status)
+        for i, prediction in zip(ok, predictions):
+            if isinstance(prediction, Exception):
+                status[i] = STATUS_ERROR
+                errors[i] = f"model_failed: {type(prediction).__name__}: {prediction}"
+                continue
+            id_maps[i] = np.ascontiguousarray(prediction.panoptic_map, dtype=np.int32)
+            predicted[i] = table_to_ipc(predicted_segments_table(prediction.segments))
+        ok_rows = set(ok)
+        model_seconds = [per_image if i in ok_rows else 0.0 for i in range(len(status))]
+        return set_columns(
+            batch,
+            {
+                "status": status,
+                "error": errors,
+                "id_map": id_maps,
+                "predicted_segments": predicted,
+                "seconds": [float(s) + m for s, m in zip(batch_column(batch, "seconds"), model_seconds)],
+                "model_identity": [self.identity] * len(status),
+                "model_ready_at": [self.ready_at] * len(status),
+                "model_done_at": [time.time()] * len(status),
+                "model_seconds": model_seconds,
+            },
+        )
+
+
+# ------------------------------------------------------------------------------------ encode
+def to_original_size(id_map: np.ndarray, predicted: pa.Table, height: int, width: int, min_score: float) -> tuple[np.ndarray, pa.Table]:
+    """Bring a model-output prediction to the original image size and make it self-consistent.
+
+    The one place this happens. Drops segments below ``min_score`` (their pixels become void, 0),
+    resizes the id map (nearest), zeroes pixels whose id has no segment, and recomputes every
+    ``area`` and ``bbox`` from the final map, so the PNG, the segment rows and the RLEs agree.
+
+    Args:
+        id_map: (h, w) int ids at the model's output size.
+        predicted: the prediction's segments (:data:`~possam_label.io.tables.PREDICTED_SEGMENTS_SCHEMA`).
+    Returns:
+        (height, width) int32 id map and the kept segments (id order) with exact area and bbox.
+    """
+    ids = predicted.column("segment_id").to_numpy()
+    keep = np.flatnonzero((ids > 0) & score_passes(predicted.column("score").to_numpy(), min_score))
+    keep = keep[np.argsort(ids[keep], kind="stable")]
+    kept_ids = [int(i) for i in ids[keep]]
+    full = resize_ids(keep_ids(np.asarray(id_map, dtype=np.int32), kept_ids), height, width)
+    full, kept = renumber(full, kept_ids, compact=False)
+    rows = predicted.take(pa.array([int(keep[k.index]) for k in kept], type=pa.int64()))
+    rows = rows.set_column(rows.schema.get_field_index("area"), "area", pa.array([k.area for k in kept], type=pa.int64()))
+    bbox = pa.array([k.bbox for k in kept], type=ARROW_TYPES["bbox"])
+    return full, rows.set_column(rows.schema.get_field_index("bbox"), "bbox", bbox)
+
+
+def segment_rows(full: np.ndarray, segments: pa.Table, image_id: int, file_path: str, run_id: str) -> pa.Table:
+    """The ``segments`` table rows of one image: its segments with their RLE masks."""
+    ids = [int(i) for i in segments.column("segment_id").to_pylist()]
+    rles = encode_panoptic_map(full, ids)
+    count = len(ids)
+    columns: dict[str, Any] = {name: segments.column(name) for name in segments.column_names}
+    columns.update(image_id=[image_id] * count, file_path=[file_path] * count, rle=[rles[i] for i in ids], run_id=[run_id] * count)
+    return pa.Table.from_pydict({name: columns[name] for name in SEGMENTS_SCHEMA.names}, schema=SEGMENTS_SCHEMA)
+
+
+class EncodeOutputs:
+    """CPU stage: model-output prediction -> original size, PNG bytes and ``segments`` rows (Arrow IPC).
+
+    Args:
+        min_score: the score threshold (``score >= min_score`` kept).
+        run_id: written into every segment row.
+    """
+
+    def __init__(self, min_score: float, run_id: str) -> None:
+        self.min_score = min_score
+        self.run_id = run_id
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        status, errors, seconds = batch_column(batch, "status"), batch_column(batch, "error"), batch_column(batch, "seconds")
+        id_maps, predicted = list(batch.pop("id_map")), batch_column(batch, "predicted_segments")
+        del batch["predicted_segments"]
+        image_ids, file_paths = batch_column(batch, "image_id"), batch_column(batch, "file_path")
+        heights, widths = batch_column(batch, "height"), batch_column(batch, "width")
+        pngs: list[bytes] = []
+        tables: list[bytes] = []
+        counts: list[int] = []
+        for i in range(len(status)):
+            start = time.perf_counter()
+            png, rows = b"", b""
+            count = 0
+            if status[i] == STATUS_OK:
+                try:
+                    full, segments = to_original_size(np.asarray(id_maps[i]), table_from_ipc(bytes(predicted[i])), int(heights[i]), int(widths[i]), self.min_score)
+                    png = panoptic_png_bytes(full)
+                    rows = table_to_ipc(segment_rows(full, segments, int(image_ids[i]), str(file_paths[i]), self.run_id))
+                    count = segments.num_rows
+                except Exception as exc:  # a malformed prediction must not stop the run
+                    logger.exception("encoding failed for %s", file_paths[i])
+                    status[i], errors[i], png, rows, count = STATUS_ERROR, f"encode_failed: {type(exc).__name__}: {exc}", b"", b"", 0
+            pngs.append(png)
+            tables.append(rows)
+            counts.append(count)
+            seconds[i] = float(seconds[i]) + time.perf_counter() - start
+        columns = {"status": status, "error": errors, "seconds": seconds, "num_segments": counts, "png": pngs, "segments": tables}
+        return set_columns(batch, columns)
