@@ -154,6 +154,12 @@ class LoadAutolabelOutput(foo.Operator):
         inputs.bool("create_dataset", default=False, label="Create the dataset if it does not exist")
         _label_field_input(inputs, ctx, new_allowed=True)
         inputs.bool("replace_reviewed", default=False, label="Also replace samples already marked reviewed")
+        inputs.float("review_below", required=False, min=0.0, max=1.0, label="Only images needing review: confidence below",
+                     description="Empty: every image. Else only images with a segment scored below this (plus the audit sample)")
+        inputs.float("audit_fraction", required=False, min=0.0, max=1.0, label="Audit sample (fraction of all images)",
+                     description="Also load this random fraction of the images (same draw on every load)")
+        inputs.enum("mask_storage", ["database", "files"], default="database", label="Masks",
+                    description="database: inside the samples; files: PNGs next to the output (faster, smaller database)")
         return types.Property(inputs, view=types.View(label="Load PosSAM autolabel output"))
 
     def execute(self, ctx):
@@ -164,6 +170,9 @@ class LoadAutolabelOutput(foo.Operator):
             label_field=_label_field(ctx),
             create=bool(ctx.params.get("create_dataset", False)),
             replace_reviewed=bool(ctx.params.get("replace_reviewed", False)),
+            review_below=ctx.params.get("review_below"),
+            audit_fraction=ctx.params.get("audit_fraction"),
+            mask_storage=ctx.params.get("mask_storage") or "database",
             progress=_progress(ctx),
         )
         if not ctx.delegated:
