@@ -7,14 +7,22 @@
   Read-only for tests: copy it before changing anything.
 - ``process_reaper``: kills, by pid, every process a test started (directly or through daemons
   such as ``ray start``), including orphans re-parented to the test process.
+- ``unavailable(reason)``, ``import_or_unavailable(module)``, ``private_fiftyone_database()``
+  (``from conftest import ...``): how a test says that something the README installs is missing
+  (mongod, Chromium, a shipped weight file, an extra's package): a skip on a developer's machine,
+  a failure under ``CI=true``, so that CI cannot pass by skipping. Under ``CI=true`` any other
+  skip fails too.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
+import os
 import signal
 from pathlib import Path
-from typing import Iterator
+from types import ModuleType
+from typing import Any, Iterator, NoReturn
 
 import psutil
 import pytest
@@ -22,6 +30,58 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO_ROOT / "configs" / "possam_tiny.yaml"
 AUTOLABEL_INPUTS = REPO_ROOT / "tests" / "data" / "autolabel"
+
+
+def under_ci() -> bool:
+    """``CI=true`` (set by CI services and by ``.ci/run``)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Stop a test that lacks something the README installs: a skip, a failure under CI=true."""
+    if under_ci():
+        pytest.fail(f"{reason} (CI=true: a missing requirement fails instead of skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+def import_or_unavailable(module: str, hint: str = "pip install -e '.[dev,fiftyone]'") -> ModuleType:
+    """``pytest.importorskip`` through :func:`unavailable`."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        reason = f"{module} not importable ({err}): {hint}"
+    unavailable(reason)
+
+
+def private_fiftyone_database() -> Any:
+    """Point FiftyOne at this process's own mongod (``use_private_database``), or :func:`unavailable`."""
+    from possam_label.fiftyone.testing import use_private_database
+
+    try:
+        return use_private_database()
+    except (FileNotFoundError, RuntimeError) as err:
+        reason = f"no runnable mongod for FiftyOne: {err}"
+    unavailable(reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Under CI=true a skip from anywhere else (a ``skipif``, a library's importorskip) fails too."""
+    outcome = yield
+    report = outcome.get_result()
+    if under_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which must run every test: {report.longrepr}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """The same for a whole module skipped while it is collected."""
+    outcome = yield
+    report = outcome.get_result()
+    if under_ci() and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which must run every test: {report.longrepr}"
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import import_or_unavailable, private_fiftyone_database
+
 from pipelines.autolabel import build_parser, main as cli_main
 from possam_label.engine.autolabel import (
     OPTION_GROUPS,
@@ -391,13 +393,8 @@ def test_cli_flags_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixture) -
 def test_fiftyone_source_reads_filepaths_only() -> None:
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-    fo = pytest.importorskip("fiftyone")
-    from possam_label.fiftyone.testing import use_private_database
-
-    try:
-        use_private_database()
-    except (FileNotFoundError, RuntimeError) as err:
-        pytest.skip(f"no runnable mongod for FiftyOne: {err}")
+    fo = import_or_unavailable("fiftyone")
+    private_fiftyone_database()
     name = "autolabel_source_check"
     if fo.dataset_exists(name):
         fo.delete_dataset(name)

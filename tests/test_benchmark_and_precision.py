@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import unavailable
+
 from pipelines import benchmark
 from possam_label.model.possam import clip_pooling_weights
 from possam_label.predictor import PosSAMPredictor, preprocess
@@ -164,8 +166,9 @@ BF16_PIXEL_AGREEMENT = 0.97  # mean over the images
 BF16_PIXEL_AGREEMENT_ANY = 0.9
 
 
-@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile on CPU needs a C compiler")
 def test_torch_compile_gives_the_eager_outputs() -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        unavailable("torch.compile on CPU needs a C compiler: apt-get install -y gcc")
     eager = PosSAMPredictor.from_config(TINY, device="cpu", load_backbones=False, precision="fp32")
     compiled = PosSAMPredictor.from_config(TINY, device="cpu", load_backbones=False, precision="fp32", compile=True)
     images = [np.random.default_rng(i).integers(0, 255, (96, 128, 3), dtype=np.uint8) for i in range(2)]

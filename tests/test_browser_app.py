@@ -28,11 +28,13 @@ os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 import pytest
 import yaml
 
-fo = pytest.importorskip("fiftyone")
+from conftest import import_or_unavailable, private_fiftyone_database, unavailable  # noqa: E402
+
+fo = import_or_unavailable("fiftyone")
 
 from possam_label.fiftyone.load import load_autolabel_output  # noqa: E402
 from possam_label.fiftyone.review import review_summary  # noqa: E402
-from possam_label.fiftyone.testing import use_private_database, write_coco_autolabel_output  # noqa: E402
+from possam_label.fiftyone.testing import write_coco_autolabel_output  # noqa: E402
 
 pytestmark = [pytest.mark.fiftyone, pytest.mark.browser]
 
@@ -50,8 +52,8 @@ DATASET = "browser_review"
 def _need_browser() -> None:
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
-        pytest.skip(f"chromium not installed ({', '.join(missing)} missing): apt-get install -y chromium chromium-driver")
-    pytest.importorskip("selenium", reason="selenium not installed: pip install selenium")
+        unavailable(f"chromium not installed ({', '.join(missing)} missing): apt-get install -y chromium chromium-driver")
+    import_or_unavailable("selenium")
 
 
 def _post(url: str, payload: dict) -> tuple[int, dict]:
@@ -67,10 +69,7 @@ def _post(url: str, payload: dict) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     _need_browser()
-    try:
-        use_private_database()
-    except (FileNotFoundError, RuntimeError) as err:
-        pytest.skip(f"no runnable mongod for FiftyOne: {err}")
+    private_fiftyone_database()
     out = tmp_path_factory.mktemp("autolabel") / "out"
     write_coco_autolabel_output(out, COCO, seed=5)
     if fo.dataset_exists(DATASET):

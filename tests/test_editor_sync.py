@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-fo = pytest.importorskip("fiftyone")
-starlette_testclient = pytest.importorskip("starlette.testclient")
+from conftest import import_or_unavailable, private_fiftyone_database  # noqa: E402
+
+fo = import_or_unavailable("fiftyone")
+starlette_testclient = import_or_unavailable("starlette.testclient")
 
 import fiftyone.core.utils as fou  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
@@ -34,7 +36,7 @@ from possam_label.fiftyone.convert import detection_mask_placement, label_attr  
 from possam_label.fiftyone.editor_sync import sync_editor_edits  # noqa: E402
 from possam_label.fiftyone.export import ExportOptions, check_coco_panoptic, export_from_dataset  # noqa: E402
 from possam_label.fiftyone.load import load_autolabel_output  # noqa: E402
-from possam_label.fiftyone.testing import use_private_database, write_coco_autolabel_output  # noqa: E402
+from possam_label.fiftyone.testing import write_coco_autolabel_output  # noqa: E402
 from possam_label.io.panoptic_png import read_panoptic_png  # noqa: E402
 
 pytestmark = pytest.mark.fiftyone
@@ -47,10 +49,7 @@ if not COCO.is_dir():
 
 @pytest.fixture(scope="module")
 def db():
-    try:
-        return use_private_database()
-    except (FileNotFoundError, RuntimeError) as err:
-        pytest.skip(f"no runnable mongod for FiftyOne: {err}")
+    return private_fiftyone_database()
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-fo = pytest.importorskip("fiftyone")
-pytest.importorskip("ray")
+from conftest import import_or_unavailable, private_fiftyone_database  # noqa: E402
+
+fo = import_or_unavailable("fiftyone")
 
 from possam_label.fiftyone.convert import detection_mask_placement  # noqa: E402
-from possam_label.fiftyone.testing import use_private_database  # noqa: E402
 from possam_label.io.rle import decode_rle  # noqa: E402
 
 pytestmark = [pytest.mark.fiftyone, pytest.mark.slow]
@@ -36,10 +36,7 @@ PLUGIN = "@possam/review"
 
 @pytest.fixture(scope="module")
 def db():
-    try:
-        server = use_private_database()
-    except (FileNotFoundError, RuntimeError) as err:
-        pytest.skip(f"no runnable mongod for FiftyOne: {err}")
+    server = private_fiftyone_database()
     fo.config.plugins_dir = str(REPO / "plugins")
     return server
 

@@ -19,7 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-fo = pytest.importorskip("fiftyone")
+from conftest import import_or_unavailable, private_fiftyone_database  # noqa: E402
+
+fo = import_or_unavailable("fiftyone")
 
 from possam_label.fiftyone import corrections as C  # noqa: E402
 from possam_label.fiftyone.autolabel_output import AutolabelOutput  # noqa: E402
@@ -27,7 +29,7 @@ from possam_label.fiftyone.bulk_load import LoadSelection  # noqa: E402
 from possam_label.fiftyone.convert import detection_mask_placement, prediction_to_labels  # noqa: E402
 from possam_label.fiftyone.export import check_coco_panoptic, export_from_dataset  # noqa: E402
 from possam_label.fiftyone.load import load_autolabel_output  # noqa: E402
-from possam_label.fiftyone.testing import use_private_database, write_coco_autolabel_output  # noqa: E402
+from possam_label.fiftyone.testing import write_coco_autolabel_output  # noqa: E402
 from possam_label.io.panoptic_png import read_panoptic_png  # noqa: E402
 from possam_label.io.rle import decode_rle  # noqa: E402
 
@@ -40,10 +42,7 @@ BROKEN = REPO / "tests" / "data" / "autolabel" / "edge_cases" / "corrupt_random_
 
 @pytest.fixture(scope="module")
 def db():
-    try:
-        return use_private_database()
-    except (FileNotFoundError, RuntimeError) as err:
-        pytest.skip(f"no runnable mongod for FiftyOne: {err}")
+    return private_fiftyone_database()
 
 
 @pytest.fixture(scope="module")

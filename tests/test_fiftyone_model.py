@@ -11,14 +11,16 @@ os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 import numpy as np
 import pytest
 
-fo = pytest.importorskip("fiftyone")
+from conftest import import_or_unavailable, private_fiftyone_database  # noqa: E402
+
+fo = import_or_unavailable("fiftyone")
 
 from possam_label.fiftyone.autolabel_output import AutolabelOutput  # noqa: E402
 from possam_label.fiftyone.convert import detection_mask_placement  # noqa: E402
 from possam_label.fiftyone.export import ExportOptions, check_coco_panoptic, export_from_dataset  # noqa: E402
 from possam_label.fiftyone.load import load_autolabel_output  # noqa: E402
 from possam_label.fiftyone.model import PosSAMModel, PosSAMModelConfig, load_possam_model, prepare_review_field  # noqa: E402
-from possam_label.fiftyone.testing import use_private_database, write_coco_autolabel_output  # noqa: E402
+from possam_label.fiftyone.testing import write_coco_autolabel_output  # noqa: E402
 from possam_label.vocab import Vocabulary  # noqa: E402
 
 pytestmark = pytest.mark.fiftyone
@@ -31,10 +33,7 @@ if not COCO.is_dir():
 
 @pytest.fixture(scope="module")
 def db():
-    try:
-        return use_private_database()
-    except (FileNotFoundError, RuntimeError) as err:
-        pytest.skip(f"no runnable mongod for FiftyOne: {err}")
+    return private_fiftyone_database()
 
 
 @pytest.fixture(scope="module")

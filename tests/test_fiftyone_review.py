@@ -20,7 +20,9 @@ import pytest
 import yaml
 from PIL import Image
 
-fo = pytest.importorskip("fiftyone")
+from conftest import import_or_unavailable, private_fiftyone_database  # noqa: E402
+
+fo = import_or_unavailable("fiftyone")
 
 from possam_label.eval.pq import pq_compute  # noqa: E402
 from possam_label.fiftyone import corrections as C  # noqa: E402
@@ -30,7 +32,7 @@ from possam_label.fiftyone.dataset import DatasetNotFoundError, get_categories, 
 from possam_label.fiftyone.export import ExportOptions, check_coco_panoptic, export_from_dataset  # noqa: E402
 from possam_label.fiftyone.load import load_autolabel_output  # noqa: E402
 from possam_label.fiftyone.review import needs_review_view, review_summary, save_review_views, tag_by_confidence  # noqa: E402
-from possam_label.fiftyone.testing import use_private_database, write_coco_autolabel_output  # noqa: E402
+from possam_label.fiftyone.testing import write_coco_autolabel_output  # noqa: E402
 from possam_label.io.panoptic_png import read_panoptic_png  # noqa: E402
 from possam_label.io.rle import decode_rle  # noqa: E402
 
@@ -46,10 +48,7 @@ PLUGIN = "@possam/review"
 
 @pytest.fixture(scope="module")
 def db():
-    try:
-        server = use_private_database()
-    except (FileNotFoundError, RuntimeError) as err:
-        pytest.skip(f"no runnable mongod for FiftyOne: {err}")
+    server = private_fiftyone_database()
     fo.config.plugins_dir = str(REPO / "plugins")
     os.environ["FIFTYONE_PLUGINS_DIR"] = str(REPO / "plugins")
     return server

@@ -20,6 +20,8 @@ os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 import numpy as np
 import pytest
 
+from conftest import import_or_unavailable, private_fiftyone_database  # noqa: E402
+
 from possam_label.data.sources import PanopticTargetDataset, TrainingDataError, open_training_source
 from possam_label.engine.train import resolve_training_source, training_vocabulary
 from possam_label.fiftyone.testing import write_coco_autolabel_output
@@ -112,15 +114,8 @@ def test_sources_that_cannot_train_name_the_cause(output_dir: Path, tmp_path: Pa
 
 @pytest.fixture(scope="module")
 def db():
-    pytest.importorskip("fiftyone")
-    from possam_label.fiftyone.testing import use_private_database
-
-    try:
-        return use_private_database()
-    except (FileNotFoundError, RuntimeError) as err:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"no runnable mongod for FiftyOne: {err}")
+    import_or_unavailable("fiftyone")
+    return private_fiftyone_database()
 
 
 @pytest.fixture(scope="module")
