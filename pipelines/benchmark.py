@@ -150,11 +150,11 @@ def known_peak_tflops(device_name: str) -> Optional[float]:
 
 
 def _build_predictor(model: str, config: str, device: Optional[str], precision: str, compile_model: bool) -> Any:
-    from possam_label.engine.autolabel import predictor_class
+    from possam_label.predictors import build_predictor
 
     if model == "possam":
-        return predictor_class(model).from_config(config, device=device, precision=precision, compile=compile_model)
-    return predictor_class(model).from_config(config, device=device)
+        return build_predictor(model, config, device=device, precision=precision, compile=compile_model)
+    return build_predictor(model, config, device=device)
 
 
 def _load_images(paths: list[str], config: str, presize: bool) -> list[Any]:

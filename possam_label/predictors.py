@@ -52,7 +52,7 @@ def build_possam_predictor(config: ConfigSource, checkpoint: Optional[str] = Non
 
 def build_sam_clip_predictor(config: ConfigSource, checkpoint: Optional[str] = None, **kwargs: Any) -> Predictor:
     """The training-free two-stage baseline (SAM masks, then CLIP); see ``SamClipPredictor.from_config``."""
-    from .model.sam_clip_baseline import SamClipPredictor
+    from .baselines.sam_clip import SamClipPredictor
 
     return SamClipPredictor.from_config(config, checkpoint=checkpoint, **kwargs)
 

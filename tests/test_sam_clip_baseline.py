@@ -1,4 +1,4 @@
-"""The training-free SAM + CLIP two-stage baseline (possam_label.model.sam_clip_baseline)."""
+"""The training-free SAM + CLIP two-stage baseline (possam_label.baselines.sam_clip)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from torch import nn
 
 from possam_label.config import load_config
-from possam_label.model.sam_clip_baseline import SamClipPredictor, build_sam, merge_masks
+from possam_label.baselines.sam_clip import SamClipPredictor, build_sam, merge_masks
 from possam_label.model.weights import WeightsError
 from possam_label.types import PanopticPrediction
 from possam_label.vocab import load_vocabulary

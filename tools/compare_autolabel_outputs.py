@@ -79,6 +79,9 @@ def panoptic_json_without_info(out_dir: Path) -> dict[str, Any]:
 
 def compare(before: Path, after: Path) -> list[str]:
     """Every difference between two output directories (empty when they agree)."""
+    missing = [str(d / name) for d in (before, after) for name in ("images", "segments", "panoptic", "panoptic.json") if not (d / name).exists()]
+    if missing:
+        return [f"not a finished autolabel output: {m} is missing" for m in missing]
     problems: list[str] = []
     for table in ("images", "segments"):
         a, b = table_rows(before, table), table_rows(after, table)
@@ -105,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("after", type=Path)
     args = parser.parse_args(argv)
     problems = compare(args.before, args.after)
+    if problems and problems[0].startswith("not a finished"):
+        print("\n".join(problems))
+        return 1
     images = len(table_rows(args.before, "images"))
     segments = len(table_rows(args.before, "segments"))
     pngs = len(png_files(args.before))

@@ -27,15 +27,14 @@ predicted IoU.
 
 Images whose longest side exceeds the SAM input size are first resized to it (SAM sees that
 resolution anyway); the panoptic map is made at that working size and resized back to the
-original size with nearest neighbour, as :class:`~possam_label.predictor.PosSAMPredictor` does.
+original size with nearest neighbour (:func:`possam_label.panoptic.resize_ids`), as
+:class:`~possam_label.predictor.PosSAMPredictor` does.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -43,19 +42,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from scipy import ndimage
-from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-from torch import nn
+from segment_anything import SamAutomaticMaskGenerator
+from segment_anything.modeling import Sam
 from torchvision.ops import roi_align
 
-from ..config import PosSAMConfig, SAMConfig, from_dict, load_config, merge
-from ..predictor import DEFAULT_CONFIG, _resize_ids, _resolve_vocab, preprocess, resize_longest_side_shape
+from ..config import DEFAULT_CONFIG, PosSAMConfig, from_dict, load_config, merge
+from ..model.clip_backbone import CLIPBackbone, TextClassifier
+from ..model.common import masked_average_pool
+from ..model.weights import SAM_CHECKPOINT_URLS, WeightsError, download
+from ..panoptic import renumber, resize_ids
+from ..predictor_base import BatchPredictor
+from ..transforms import check_rgb_image, preprocess, resize_longest_side_shape
 from ..types import PanopticPrediction, SegmentInfo
-from ..vocab import Vocabulary, load_vocabulary
-from .clip_backbone import CLIPBackbone, TextClassifier
-from .common import masked_average_pool
-from .weights import SAM_CHECKPOINT_URLS, WeightsError, download, load_state_dict, sha256_file
+from ..vocab import Vocabulary, load_vocabulary, resolve_vocabulary_spec
+from .merge import MergedSegment, merge_masks
+from .sam_model import BatchedImageEncoder, build_sam
+
+__all__ = ["CLASSIFY_MODES", "SamClipPredictor", "build_sam", "merge_masks"]  # build_sam, merge_masks: re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -65,252 +68,6 @@ CLASSIFY_MODES = ("mask_pooled", "crop")
 MASK_CHUNK = 16
 # Crops per clip.encode_image call.
 CROP_BATCH = 64
-
-
-# ----------------------------------------------------------------------------------- SAM model
-def _decoder_sizes(state: Optional[dict[str, torch.Tensor]], out_chans: int) -> dict[str, int]:
-    """Prompt-encoder / mask-decoder sizes, read from a ``Sam`` state dict where it has them.
-
-    Without a state dict (random weights) the sizes of the project's small SAM are used:
-    depth 2, MLP 4 x ``out_chans``, IoU head hidden ``out_chans``. The number of attention heads
-    is not visible in tensor shapes; it is ``out_chans // 32`` (head width 32), which gives the
-    official 8 heads at 256 channels and the small SAM's 4 heads at 128.
-    """
-    sizes = {
-        "depth": 2,
-        "mlp_dim": 4 * out_chans,
-        "num_heads": max(1, out_chans // 32),
-        "attention_downsample_rate": 2,
-        "num_multimask_outputs": 3,
-        "iou_head_depth": 3,
-        "iou_head_hidden_dim": out_chans,
-        "mask_in_chans": 16,
-    }
-    if state is None:
-        return sizes
-    layer_ids = {int(m.group(1)) for k in state if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k))}
-    iou_ids = {int(m.group(1)) for k in state if (m := re.match(r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\.weight$", k))}
-    shapes = {
-        "mlp_dim": ("mask_decoder.transformer.layers.0.mlp.lin1.weight", 0),
-        "iou_head_hidden_dim": ("mask_decoder.iou_prediction_head.layers.0.weight", 0),
-        "mask_in_chans": ("prompt_encoder.mask_downscaling.3.weight", 0),
-    }
-    for name, (key, dim) in shapes.items():
-        if key in state:
-            sizes[name] = int(state[key].shape[dim])
-    if layer_ids:
-        sizes["depth"] = max(layer_ids) + 1
-    if iou_ids:
-        sizes["iou_head_depth"] = max(iou_ids) + 1
-    if "mask_decoder.mask_tokens.weight" in state:
-        sizes["num_multimask_outputs"] = int(state["mask_decoder.mask_tokens.weight"].shape[0]) - 1
-    q_proj = state.get("mask_decoder.transformer.final_attn_token_to_image.q_proj.weight")
-    if q_proj is not None and q_proj.shape[0] > 0:
-        sizes["attention_downsample_rate"] = max(1, out_chans // int(q_proj.shape[0]))
-    return sizes
-
-
-def build_sam(cfg: SAMConfig, checkpoint: Optional[str] = None) -> Sam:
-    """The full segment_anything ``Sam`` of a config, with weights from ``checkpoint``.
-
-    Args:
-        cfg: SAM sizes (``variant`` vit_b / vit_l / vit_h, or custom sizes).
-        checkpoint: a resolved path to a full ``Sam`` state dict (.pth / .safetensors),
-            "official" (download the official checkpoint of ``variant``), or None (random weights).
-    Raises:
-        WeightsError: missing file, a checkpoint without prompt encoder / mask decoder (an
-            image-encoder-only file cannot drive the automatic mask generator), or tensors that
-            do not fit the config's sizes. The message names the file.
-    """
-    cfg = cfg.resolved()
-    if checkpoint == "official":
-        if cfg.variant not in SAM_CHECKPOINT_URLS:
-            raise WeightsError("sam.checkpoint 'official' needs sam.variant vit_b, vit_l or vit_h")
-        checkpoint = str(download(SAM_CHECKPOINT_URLS[cfg.variant], "sam.checkpoint"))
-    state = None
-    if checkpoint is not None:
-        state = load_state_dict(checkpoint)
-        missing = [p for p in ("image_encoder.", "prompt_encoder.", "mask_decoder.") if not any(k.startswith(p) for k in state)]
-        if missing:
-            raise WeightsError(
-                f"{checkpoint}: not a full segment_anything Sam checkpoint, it has no {', '.join(p + '*' for p in missing)} "
-                "weights; the SAM+CLIP baseline runs SAM's automatic mask generator and needs the image encoder, "
-                "prompt encoder and mask decoder"
-            )
-    if cfg.variant in sam_model_registry and cfg.variant != "custom":
-        if cfg.img_size != 1024 or cfg.patch_size != 16 or cfg.out_chans != 256 or cfg.window_size != 14:
-            raise ValueError(
-                f"sam.variant {cfg.variant} is the official 1024-pixel model (patch 16, window 14, 256 channels); "
-                f"got img_size={cfg.img_size}, patch_size={cfg.patch_size}, window_size={cfg.window_size}, "
-                f"out_chans={cfg.out_chans}: use variant: custom"
-            )
-        sam = sam_model_registry[cfg.variant](checkpoint=None)
-    else:
-        sizes = _decoder_sizes(state, cfg.out_chans)
-        grid = cfg.img_size // cfg.patch_size
-        sam = Sam(
-            image_encoder=ImageEncoderViT(
-                img_size=cfg.img_size,
-                patch_size=cfg.patch_size,
-                in_chans=3,
-                embed_dim=cfg.embed_dim,
-                depth=cfg.depth,
-                num_heads=cfg.num_heads,
-                mlp_ratio=4.0,
-                out_chans=cfg.out_chans,
-                qkv_bias=True,
-                norm_layer=partial(nn.LayerNorm, eps=1e-6),
-                act_layer=nn.GELU,
-                use_rel_pos=True,
-                rel_pos_zero_init=True,
-                window_size=cfg.window_size,
-                global_attn_indexes=tuple(cfg.global_attn_indexes),
-            ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=cfg.out_chans,
-                image_embedding_size=(grid, grid),
-                input_image_size=(cfg.img_size, cfg.img_size),
-                mask_in_chans=sizes["mask_in_chans"],
-            ),
-            mask_decoder=MaskDecoder(
-                transformer_dim=cfg.out_chans,
-                transformer=TwoWayTransformer(
-                    depth=sizes["depth"],
-                    embedding_dim=cfg.out_chans,
-                    num_heads=sizes["num_heads"],
-                    mlp_dim=sizes["mlp_dim"],
-                    attention_downsample_rate=sizes["attention_downsample_rate"],
-                ),
-                num_multimask_outputs=sizes["num_multimask_outputs"],
-                iou_head_depth=sizes["iou_head_depth"],
-                iou_head_hidden_dim=sizes["iou_head_hidden_dim"],
-            ),
-            pixel_mean=cfg.pixel_mean,
-            pixel_std=cfg.pixel_std,
-        )
-    sam.pixel_mean.copy_(torch.tensor(cfg.pixel_mean).view(-1, 1, 1))
-    sam.pixel_std.copy_(torch.tensor(cfg.pixel_std).view(-1, 1, 1))
-    if state is not None:
-        try:
-            sam.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-        except RuntimeError as exc:
-            raise WeightsError(f"{checkpoint}: does not fit the SAM of this config ({exc})") from exc
-        logger.info("loaded SAM weights (encoder, prompt encoder, mask decoder) from %s", checkpoint)
-    for p in sam.parameters():
-        p.requires_grad_(False)
-    return sam.eval()
-
-
-class BatchedImageEncoder(nn.Module):
-    """Stands in for ``Sam.image_encoder``: bf16 autocast on CUDA and features computed per batch.
-
-    The automatic mask generator encodes one image at a time through ``SamPredictor``.
-    :meth:`precompute` encodes a batch of already preprocessed images in one pass; when the
-    generator later calls :meth:`forward` with one of those inputs (compared exactly), the
-    stored features are returned instead of being recomputed.
-
-    Args:
-        encoder: segment_anything ``ImageEncoderViT`` (weights already loaded).
-        autocast: run the encoder under bf16 autocast (CUDA only).
-    """
-
-    def __init__(self, encoder: ImageEncoderViT, autocast: bool) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.img_size = encoder.img_size
-        self.autocast = autocast
-        self._ready: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised, padded -> (B, C, S/16, S/16) float32 embeddings."""
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            return self.encoder(pixels).float()
-
-    def precompute(self, pixels: torch.Tensor) -> None:
-        """Encode a batch (B, 3, S, S) now; :meth:`forward` hands the results out one by one."""
-        features = self.encode(pixels)
-        self._ready = list(zip(pixels.split(1), features.split(1)))
-
-    def clear(self) -> None:
-        self._ready = []
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        for i, (stored, features) in enumerate(self._ready):
-            if stored.shape == pixels.shape and torch.equal(stored, pixels):
-                del self._ready[i]
-                return features
-        return self.encode(pixels)
-
-
-# ------------------------------------------------------------------------------- panoptic merge
-@dataclass
-class MergedSegment:
-    """A segment of the merged map: its id, class index and the mask it was founded by."""
-
-    id: int
-    label: int
-    mask_index: int
-
-
-def merge_masks(
-    masks: Sequence[np.ndarray],
-    boxes: Sequence[Sequence[float]],
-    scores: np.ndarray,
-    labels: np.ndarray,
-    isthing: Sequence[bool],
-    overlap_threshold: float,
-    min_segment_area: int = 0,
-    min_score: float = 0.0,
-) -> tuple[np.ndarray, list[MergedSegment]]:
-    """Combine overlapping class-labelled masks into one panoptic map.
-
-    Masks are taken in decreasing score; each paints only the pixels still free. A mask is
-    skipped when its score is <= ``min_score``, when less than ``overlap_threshold`` of its
-    own area is free, or when the free part is smaller than ``min_segment_area``. The free part
-    of a stuff mask joins the segment of its class when there is one already.
-
-    Args:
-        masks: N (H, W) bool masks.
-        boxes: N [x, y, w, h] boxes enclosing each mask (only used to limit work to the box;
-            ``x + w`` and ``y + h`` are the last column / row, as SAM's records give them).
-        scores: (N,) float.
-        labels: (N,) int class index per mask.
-        isthing: (K,) per class.
-        overlap_threshold: min free fraction of a mask's area.
-        min_segment_area: min pixels a mask must add.
-        min_score: masks at or below this score are dropped.
-    Returns:
-        (H, W) int32 map (0 = void, segments 1..M) and the M segments in id order.
-    """
-    if not masks:
-        raise ValueError("merge_masks needs at least one mask to know the image size; handle empty images before")
-    height, width = masks[0].shape
-    panoptic = np.zeros((height, width), np.int32)
-    segments: list[MergedSegment] = []
-    stuff_segment: dict[int, int] = {}
-    for n in np.argsort(-np.asarray(scores), kind="stable"):
-        if scores[n] <= min_score:
-            break
-        x, y, w, h = (int(round(v)) for v in boxes[n])
-        window = (slice(max(y, 0), min(y + h + 1, height)), slice(max(x, 0), min(x + w + 1, width)))
-        own = masks[n][window]
-        area = int(own.sum())
-        if area == 0:
-            continue
-        free = own & (panoptic[window] == 0)
-        free_area = int(free.sum())
-        if free_area == 0 or free_area / area < overlap_threshold or free_area < min_segment_area:
-            continue
-        label = int(labels[n])
-        if not isthing[label] and label in stuff_segment:
-            panoptic[window][free] = stuff_segment[label]
-            continue
-        segment_id = len(segments) + 1
-        if not isthing[label]:
-            stuff_segment[label] = segment_id
-        panoptic[window][free] = segment_id
-        segments.append(MergedSegment(segment_id, label, int(n)))
-    return panoptic, segments
 
 
 # ------------------------------------------------------------------------------------ predictor
@@ -323,7 +80,7 @@ class _ImageMasks:
     predicted_iou: np.ndarray  # (N,)
 
 
-class SamClipPredictor:
+class SamClipPredictor(BatchPredictor):
     """SAM automatic masks + CLIP classification; same public API as ``PosSAMPredictor``.
 
     Args:
@@ -354,7 +111,6 @@ class SamClipPredictor:
         self.vocabulary = vocabulary
         self.device = device
         self.weight_files = weight_files or {}
-        self._identity: Optional[dict[str, Optional[str]]] = None
         use_autocast = device.type == "cuda"
         if not isinstance(sam.image_encoder, BatchedImageEncoder):
             sam.image_encoder = BatchedImageEncoder(sam.image_encoder, autocast=use_autocast)
@@ -413,7 +169,7 @@ class SamClipPredictor:
             is_file = "/" in p or p.endswith((".safetensors", ".bin", ".pt", ".pth"))
             clip_pretrained = cfg.resolve_path(p) if is_file else p
         clip = CLIPBackbone.from_config(cfg.clip, default_image_size=cfg.sam.img_size, pretrained=clip_pretrained)
-        vocabulary = load_vocabulary(_resolve_vocab(cfg, cfg.vocabulary))
+        vocabulary = load_vocabulary(resolve_vocabulary_spec(cfg.vocabulary, cfg.resolve_path))
         files = {
             "sam": sam_file,
             "clip": clip_pretrained if clip_pretrained and Path(clip_pretrained).is_file() else None,
@@ -422,55 +178,18 @@ class SamClipPredictor:
 
     def weights_identity(self) -> dict[str, Optional[str]]:
         """``method`` (the baseline and its classifier), and sha256 of each weight file (None for random)."""
-        if self._identity is None:
-            self._identity = {k: sha256_file(v) if v and Path(v).is_file() else None for k, v in self.weight_files.items()}
-            self._identity["heads"] = None
-        out = dict(self._identity)
+        out = super().weights_identity()
+        out["heads"] = None
         out["method"] = f"sam_clip_baseline/{self.config.baseline.classify}"
         return out
 
     def text_classifier(self, vocabulary: Vocabulary) -> TextClassifier:
         return self.clip.text_classifier(vocabulary)
 
-    @torch.inference_mode()
-    def predict(
-        self,
-        images: Sequence[np.ndarray],
-        vocabulary: Union[Vocabulary, str, None] = None,
-        batch_size: int = 8,
-    ) -> list[PanopticPrediction]:
-        """Panoptic segmentation of a list of images.
-
-        Args:
-            images: (H, W, 3) uint8 RGB arrays, any sizes.
-            vocabulary: a Vocabulary, a spec for ``load_vocabulary``, or None for the default.
-            batch_size: images per SAM-encoder / dense-CLIP pass (the mask generator's point
-                prompts are batched by ``baseline.points_per_batch``).
-        Returns:
-            One :class:`PanopticPrediction` per image at its original size.
-        """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        vocab = self._vocabulary(vocabulary)
-        text = self.text_classifier(vocab)
-        results: list[PanopticPrediction] = []
-        for start in range(0, len(images), batch_size):
-            results.extend(self._predict_batch(images[start : start + batch_size], vocab, text))
-        return results
-
-    def _vocabulary(self, vocabulary: Union[Vocabulary, str, None]) -> Vocabulary:
-        if vocabulary is None:
-            return self.vocabulary
-        if isinstance(vocabulary, Vocabulary):
-            return vocabulary
-        return load_vocabulary(vocabulary)
-
     # ---- stage 1: SAM ---------------------------------------------------------------------
     def _working_image(self, index: int, image: np.ndarray) -> np.ndarray:
         """Check the array; shrink it so that its longest side is at most the SAM input size."""
-        arr = np.asarray(image)
-        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-            raise ValueError(f"image {index}: expected an (H, W, 3) uint8 RGB array, got {arr.shape} {arr.dtype}")
+        arr = check_rgb_image(index, image)
         if max(arr.shape[:2]) <= self.img_size:
             return np.ascontiguousarray(arr)
         h, w = resize_longest_side_shape(arr.shape[0], arr.shape[1], self.img_size)
@@ -609,7 +328,7 @@ class SamClipPredictor:
         Returns:
             (N, K) probabilities over the vocabulary's classes (CPU float32).
         """
-        vocab = self._vocabulary(vocabulary)
+        vocab = self.vocabulary_for(vocabulary)
         work = self._working_image(0, image)
         height, width = work.shape[:2]
         work_masks = []
@@ -617,7 +336,7 @@ class SamClipPredictor:
             mask = np.asarray(mask, dtype=bool)
             if mask.shape != np.asarray(image).shape[:2] or not mask.any():
                 raise ValueError(f"mask {i}: expected a non-empty bool mask of the image's shape {np.asarray(image).shape[:2]}, got {mask.shape}")
-            work_masks.append(_resize_ids(mask.astype(np.int32), height, width).astype(bool))
+            work_masks.append(resize_ids(mask.astype(np.int32), height, width).astype(bool))
         boxes = []
         for mask in work_masks:
             rows, cols = np.nonzero(mask)
@@ -625,7 +344,9 @@ class SamClipPredictor:
         dense = self._dense_features([work])[0] if self.config.baseline.classify == "mask_pooled" else None
         return self._class_probs(work, dense, work_masks, boxes, self.text_classifier(vocab)).float().cpu()
 
-    def _predict_batch(self, images: Sequence[np.ndarray], vocab: Vocabulary, text: TextClassifier) -> list[PanopticPrediction]:
+    def predict_batch(self, images: Sequence[np.ndarray], vocab: Vocabulary, text: TextClassifier) -> list[PanopticPrediction]:
+        """Predictions of one batch (see :meth:`BatchPredictor.predict`; ``baseline.points_per_batch``
+        batches the mask generator's point prompts)."""
         base = self.config.baseline
         work = [self._working_image(i, image) for i, image in enumerate(images)]
         generated = self.generate_masks(work)
@@ -652,7 +373,7 @@ class SamClipPredictor:
                 self.config.postprocess.min_segment_area,
                 base.min_score,
             )
-            id_map = _resize_ids(panoptic, height, width)
+            id_map = resize_ids(panoptic, height, width)
             results.append(self._to_prediction(id_map, segments, scores, class_prob_np, gen.predicted_iou, vocab))
         return results
 
@@ -666,20 +387,14 @@ class SamClipPredictor:
         vocab: Vocabulary,
     ) -> PanopticPrediction:
         """Renumber the segments that survive resizing, with their areas and boxes at full size."""
-        areas = np.bincount(id_map.ravel(), minlength=len(segments) + 1)
-        slices = ndimage.find_objects(id_map)
-        remap = np.zeros(len(segments) + 1, dtype=np.int32)
+        panoptic_map, kept = renumber(id_map, [seg.id for seg in segments])
         infos: list[SegmentInfo] = []
-        for seg in segments:
-            if seg.id > len(slices) or slices[seg.id - 1] is None or areas[seg.id] == 0:
-                continue  # vanished when resizing to the original size
-            new_id = len(infos) + 1
-            remap[seg.id] = new_id
-            rows, cols = slices[seg.id - 1]
+        for k in kept:
+            seg = segments[k.index]
             n = seg.mask_index
             infos.append(
                 SegmentInfo(
-                    id=new_id,
+                    id=k.new_id,
                     category_id=int(vocab.category_ids[seg.label]),
                     category=vocab.names[seg.label],
                     isthing=bool(vocab.isthing[seg.label]),
@@ -688,8 +403,8 @@ class SamClipPredictor:
                     # One classifier: the CLIP probability fills both fields.
                     in_vocab_prob=float(class_prob[n]),
                     out_vocab_prob=float(class_prob[n]),
-                    area=int(areas[seg.id]),
-                    bbox=[float(cols.start), float(rows.start), float(cols.stop - cols.start), float(rows.stop - rows.start)],
+                    area=k.area,
+                    bbox=k.bbox,
                 )
             )
-        return PanopticPrediction(panoptic_map=remap[id_map].astype(np.int32), segments=infos)
+        return PanopticPrediction(panoptic_map=panoptic_map, segments=infos)
