@@ -1,0 +1,300 @@
+"""Auto-accept at a measured precision: what the labels already reviewed say about the rest.
+
+Every reviewed label is an outcome of the model's confidence:
+
+* correct as predicted: ``accepted``, and (by default) the undecided labels of a sample a reviewer
+  marked reviewed, who fixed what was wrong and left the rest;
+* wrong as predicted: ``rejected``, ``relabeled`` (wrong class), ``edited`` (mask or box needed
+  fixing), deleted (in ``<field>_deleted``);
+* not outcomes: labels a reviewer drew (``added``, no model score) and ``auto_accepted`` ones.
+
+An isotonic regression of correct-vs-confidence (scikit-learn; per predicted class where that
+class has enough reviewed labels of both outcomes, else one for all classes) gives each unreviewed
+label a probability of being right; the estimated precision of accepting every unreviewed label
+at or above a threshold is the mean of theirs. Its 95 % interval is a bootstrap over the reviewed
+labels (refit, re-estimate). Because the calibration is conditional on confidence, a review that
+looked mostly at low-confidence labels (the needs-review queue) still estimates the precision of
+the high-confidence rest, as long as the reviewed labels span the confidences it is asked about.
+
+:func:`auto_accept` accepts them (``review_status="auto_accepted"``, the estimate stored on each
+label and in the corrections log); revert undoes it like any correction.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from sklearn.isotonic import IsotonicRegression
+
+import fiftyone as fo
+from fiftyone import ViewField as F
+from fiftyone.core.collections import SampleCollection
+
+from .corrections import (
+    ACCEPTED,
+    ADDED,
+    AUTO_ACCEPTED,
+    EDITED,
+    REJECTED,
+    RELABELED,
+    CorrectionResult,
+    _apply,
+    _set_status,
+)
+from .dataset import DEFAULT_LABEL_FIELD, ReviewFields
+
+logger = logging.getLogger(__name__)
+
+_CORRECT = {ACCEPTED}
+_WRONG = {REJECTED, RELABELED, EDITED}
+_NOT_OUTCOMES = {ADDED, AUTO_ACCEPTED}
+DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.linspace(0.0, 1.0, 101))
+
+
+@dataclass
+class ThresholdEstimate:
+    """Accepting the ``num_labels`` unreviewed labels at or above ``threshold``."""
+
+    threshold: float
+    num_labels: int
+    precision: Optional[float]  # estimated; None without labels above the threshold
+    low: Optional[float]  # 95 % bootstrap interval
+    high: Optional[float]
+
+    @property
+    def margin(self) -> Optional[float]:
+        """Half-width of the interval around the estimate (the larger side)."""
+        if self.precision is None:
+            return None
+        return max(self.precision - self.low, self.high - self.precision)
+
+    def describe(self) -> str:
+        if self.precision is None:
+            return f"no unreviewed labels at or above {self.threshold:.2f}"
+        return (f"accept the {self.num_labels:,} labels at or above {self.threshold:.2f}: estimated precision "
+                f"{100 * self.precision:.0f} % ± {100 * self.margin:.0f}")
+
+
+@dataclass
+class AutoAcceptEstimate:
+    """Estimated precision of auto-accepting, for each threshold."""
+
+    num_reviewed: int
+    num_correct: int
+    num_unreviewed: int
+    calibrated_classes: list[str]  # classes with their own calibration (the rest share one)
+    estimates: list[ThresholdEstimate] = field(default_factory=list)
+
+    def at(self, threshold: float) -> ThresholdEstimate:
+        """The estimate for the smallest tabulated threshold >= ``threshold``."""
+        for estimate in self.estimates:
+            if estimate.threshold >= threshold - 1e-9:
+                return estimate
+        return self.estimates[-1]
+
+    def lowest_threshold_for(self, precision: float, use_lower_bound: bool = True) -> Optional[ThresholdEstimate]:
+        """The lowest threshold whose estimate (its interval's lower end by default) reaches ``precision``."""
+        for estimate in self.estimates:
+            value = estimate.low if use_lower_bound else estimate.precision
+            if estimate.num_labels and value is not None and value >= precision:
+                return estimate
+        return None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- outcomes
+@dataclass
+class ReviewOutcomes:
+    """Reviewed labels (confidence, predicted class, correct) and the unreviewed ones."""
+
+    confidence: np.ndarray
+    label: np.ndarray
+    correct: np.ndarray
+    unreviewed_confidence: np.ndarray
+    unreviewed_label: np.ndarray
+
+
+def _predicted_class(label: Any, original: Any) -> str:
+    return str(original if original is not None else label)
+
+
+def review_outcomes(
+    samples: SampleCollection, label_field: str = DEFAULT_LABEL_FIELD, reviewed_samples_accept_rest: bool = True
+) -> ReviewOutcomes:
+    """Collect the outcomes (see the module docstring) with database projections, no masks loaded."""
+    fields = ReviewFields(label_field)
+    base = f"{label_field}.detections"
+    has_status = samples.has_field(f"{base}.review_status")
+    has_original = samples.has_field(f"{base}.original_label")
+    has_reviewed = samples.has_field(fields.reviewed)
+    columns = [f"{base}.confidence", f"{base}.label"]
+    columns += [f"{base}.review_status"] if has_status else []
+    columns += [f"{base}.original_label"] if has_original else []
+    values = samples.values(columns + ([fields.reviewed] if has_reviewed else []))
+    confs, labels = values[0], values[1]
+    statuses = values[2] if has_status else [None] * len(confs)
+    originals = values[2 + has_status] if has_original else [None] * len(confs)
+    reviewed_flags = values[-1] if has_reviewed else [False] * len(confs)
+    conf_r, label_r, ok_r, conf_u, label_u = [], [], [], [], []
+    for sample_confs, sample_labels, sample_status, sample_orig, reviewed in zip(confs, labels, statuses, originals, reviewed_flags):
+        if sample_confs is None:
+            continue
+        sample_status = sample_status or [None] * len(sample_confs)
+        sample_orig = sample_orig or [None] * len(sample_confs)
+        for conf, label, status, orig in zip(sample_confs, sample_labels, sample_status, sample_orig):
+            if conf is None or status in _NOT_OUTCOMES:
+                continue
+            name = _predicted_class(label, orig)
+            if status in _CORRECT or (status is None and reviewed and reviewed_samples_accept_rest):
+                conf_r.append(conf), label_r.append(name), ok_r.append(True)
+            elif status in _WRONG:
+                conf_r.append(conf), label_r.append(name), ok_r.append(False)
+            elif status is None:
+                conf_u.append(conf), label_u.append(name)
+    if samples.has_field(f"{fields.deleted}.detections.confidence"):
+        deleted = samples.values([f"{fields.deleted}.detections.confidence", f"{fields.deleted}.detections.label"]
+                                 + ([f"{fields.deleted}.detections.original_label"] if samples.has_field(f"{fields.deleted}.detections.original_label") else []))
+        for i, (sample_confs, sample_labels) in enumerate(zip(deleted[0], deleted[1])):
+            origs = deleted[2][i] if len(deleted) > 2 and deleted[2][i] is not None else [None] * len(sample_confs or [])
+            for conf, label, orig in zip(sample_confs or [], sample_labels or [], origs):
+                if conf is not None:
+                    conf_r.append(conf), label_r.append(_predicted_class(label, orig)), ok_r.append(False)
+    return ReviewOutcomes(
+        np.asarray(conf_r, dtype=np.float64), np.asarray(label_r, dtype=object), np.asarray(ok_r, dtype=bool),
+        np.asarray(conf_u, dtype=np.float64), np.asarray(label_u, dtype=object),
+    )
+
+
+# ---------------------------------------------------------------------------- estimation
+def _fit(conf: np.ndarray, correct: np.ndarray) -> IsotonicRegression:
+    model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+    model.fit(conf, correct.astype(np.float64))
+    return model
+
+
+def _calibrated_probabilities(
+    outcomes: ReviewOutcomes, index: np.ndarray, classes: Sequence[str]
+) -> np.ndarray:
+    """P(correct) of every unreviewed label from the reviewed labels ``index`` (a bootstrap draw)."""
+    conf, label, correct = outcomes.confidence[index], outcomes.label[index], outcomes.correct[index]
+    probs = _fit(conf, correct).predict(outcomes.unreviewed_confidence)
+    for name in classes:
+        mine = label == name
+        if mine.sum() < 2 or correct[mine].all() or not correct[mine].any():
+            continue  # this draw holds one outcome only for the class: the shared calibration stands
+        targets = outcomes.unreviewed_label == name
+        if targets.any():
+            probs[targets] = _fit(conf[mine], correct[mine]).predict(outcomes.unreviewed_confidence[targets])
+    return probs
+
+
+def estimate_auto_accept(
+    samples: SampleCollection,
+    label_field: str = DEFAULT_LABEL_FIELD,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    min_class_reviews: int = 40,
+    min_class_outcomes: int = 5,
+    num_bootstrap: int = 200,
+    seed: int = 0,
+    reviewed_samples_accept_rest: bool = True,
+    outcomes: Optional[ReviewOutcomes] = None,
+) -> AutoAcceptEstimate:
+    """Estimated precision (95 % bootstrap interval) of auto-accepting the unreviewed labels of
+    ``samples`` at or above each threshold.
+
+    Args:
+        min_class_reviews, min_class_outcomes: a class gets its own isotonic calibration when it
+            has this many reviewed labels, with at least ``min_class_outcomes`` right and wrong.
+        num_bootstrap: bootstrap draws of the reviewed labels for the interval.
+        reviewed_samples_accept_rest: undecided labels of samples marked reviewed count as correct.
+    Raises:
+        ValueError: no reviewed label, or reviewed labels of one outcome only (nothing to calibrate).
+    """
+    outcomes = outcomes if outcomes is not None else review_outcomes(samples, label_field, reviewed_samples_accept_rest)
+    n = len(outcomes.correct)
+    if n == 0:
+        raise ValueError("no reviewed labels yet: accept, reject, relabel or delete some labels (or mark reviewed samples) first")
+    if outcomes.correct.all() or not outcomes.correct.any():
+        kind = "correct" if outcomes.correct.all() else "wrong"
+        raise ValueError(f"all {n} reviewed labels are {kind}: the estimate needs reviewed labels of both outcomes")
+    classes = []
+    for name in sorted(set(outcomes.label.tolist())):
+        mine = outcomes.correct[outcomes.label == name]
+        if len(mine) >= min_class_reviews and mine.sum() >= min_class_outcomes and (~mine).sum() >= min_class_outcomes:
+            classes.append(name)
+    thresholds = np.asarray(sorted(float(t) for t in thresholds))
+    order = np.argsort(-outcomes.unreviewed_confidence, kind="stable")
+    sorted_conf = outcomes.unreviewed_confidence[order]
+    # Labels at or above each threshold are a prefix of the confidence-descending order.
+    counts = np.searchsorted(-sorted_conf, -thresholds, side="right")
+
+    def precisions(probs: np.ndarray) -> np.ndarray:
+        cumulative = np.concatenate([[0.0], np.cumsum(probs[order])])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(counts > 0, cumulative[counts] / np.maximum(counts, 1), np.nan)
+
+    point = precisions(_calibrated_probabilities(outcomes, np.arange(n), classes))
+    rng = np.random.default_rng(seed)
+    draws = np.stack([precisions(_calibrated_probabilities(outcomes, rng.integers(0, n, n), classes)) for _ in range(num_bootstrap)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # thresholds above every label: all-NaN columns
+        low, high = np.nanpercentile(draws, 2.5, axis=0), np.nanpercentile(draws, 97.5, axis=0)
+    estimates = [
+        ThresholdEstimate(
+            threshold=float(t), num_labels=int(c),
+            precision=None if c == 0 else float(p),
+            low=None if c == 0 else float(min(lo, p)),
+            high=None if c == 0 else float(max(hi, p)),
+        )
+        for t, c, p, lo, hi in zip(thresholds, counts, point, low, high)
+    ]
+    return AutoAcceptEstimate(
+        num_reviewed=n, num_correct=int(outcomes.correct.sum()), num_unreviewed=len(outcomes.unreviewed_confidence),
+        calibrated_classes=classes, estimates=estimates,
+    )
+
+
+# ------------------------------------------------------------------------------- action
+def unreviewed_above(samples: SampleCollection, threshold: float, label_field: str = DEFAULT_LABEL_FIELD,
+                     reviewed_samples_accept_rest: bool = True) -> SampleCollection:
+    """The unreviewed labels at or above ``threshold`` (a view showing only them)."""
+    fields = ReviewFields(label_field)
+    view = samples
+    if reviewed_samples_accept_rest and samples.has_field(fields.reviewed):
+        view = view.match(F(fields.reviewed) != True)  # noqa: E712
+    return view.filter_labels(label_field, (F("confidence") >= float(threshold)) & ~F("review_status").exists())
+
+
+def auto_accept(
+    samples: SampleCollection,
+    threshold: float,
+    label_field: str = DEFAULT_LABEL_FIELD,
+    estimate: Optional[AutoAcceptEstimate] = None,
+) -> CorrectionResult:
+    """Accept every unreviewed label of ``samples`` at or above ``threshold`` as ``auto_accepted``,
+    recording the estimate (computed here when not given) on each label and in the log."""
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    estimate = estimate if estimate is not None else estimate_auto_accept(samples, label_field)
+    at = estimate.at(threshold)
+    record = {"threshold": float(threshold), "precision": at.precision, "low": at.low, "high": at.high,
+              "num_reviewed": estimate.num_reviewed}
+    view = unreviewed_above(samples, threshold, label_field)
+    sample_ids, label_ids = view.values(["id", f"{label_field}.detections.id"])
+    selection = [(sid, lid) for sid, ids in zip(sample_ids, label_ids) for lid in (ids or [])]
+    if not selection:
+        return CorrectionResult(action="auto_accept")
+
+    def change(sample: fo.Sample, det: fo.Detection, when) -> None:
+        _set_status(det, AUTO_ACCEPTED, when)
+        det["auto_accept_estimate"] = at.precision
+
+    result = _apply(samples._dataset, selection, label_field, "auto_accept", change, repaint=False, extra_log={"estimate": record})
+    logger.info("auto-accepted %d labels at or above %.2f (estimated precision %s)", result.num_labels, threshold, at.precision)
+    return result
