@@ -485,3 +485,18 @@ def original_predictions(sample: fo.Sample, label_field: str = DEFAULT_LABEL_FIE
             }
         )
     return sorted(out, key=lambda d: (d["segment_id"] or 0))
+
+
+def describe_selection(dataset: fo.Dataset, selected: Iterable[LabelSelection], label_field: str = DEFAULT_LABEL_FIELD) -> list[dict[str, Any]]:
+    """The selected labels of ``label_field`` as ``{sample_id, filename, label_id, label, confidence}``
+    (what a confirmation form lists), in selection order; unknown ids are left out."""
+    grouped, _ = _group_selection(selected, label_field)
+    view = dataset.select(list(grouped))
+    ids, paths, label_ids, labels, confs = view.values(
+        ["id", "filepath", f"{label_field}.detections.id", f"{label_field}.detections.label", f"{label_field}.detections.confidence"]
+    )
+    by_label = {}
+    for sid, path, lids, names, scores in zip(ids, paths, label_ids, labels, confs):
+        for lid, name, score in zip(lids or [], names or [], scores or []):
+            by_label[(sid, lid)] = {"sample_id": sid, "filename": path.rsplit("/", 1)[-1], "label_id": lid, "label": name, "confidence": score}
+    return [by_label[(sid, lid)] for sid, lids in grouped.items() for lid in lids if (sid, lid) in by_label]
