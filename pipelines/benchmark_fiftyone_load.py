@@ -1,8 +1,12 @@
 """Loading speed into FiftyOne: possam-label's loader against FiftyOne's own ``add_samples``.
 
-On one autolabel output (an existing ``--output DIR``, or one made here: ``--make N`` renders N
-synthetic scenes and labels them with ``--config``), each method loads every image into a fresh
-dataset, and the segments (Detections) written per second are reported:
+On one autolabel output, each method loads every image into a fresh dataset, and the segments
+(Detections) written per second are reported. The output is an existing ``--output DIR``; or
+``--coco-repeat N``: N images whose masks are the COCO-panoptic ground truth of
+``tests/data/coco_panoptic_sample`` (its two photos under N distinct names, 25 segments per image
+on average, 640 px; written by ``possam_label.fiftyone.testing.write_coco_autolabel_output``); or
+``--make N``: N synthetic scenes labeled by the model of ``--config`` through the autolabel job.
+Methods:
 
 - ``loader_<storage>_w<N>``: :func:`possam_label.fiftyone.load.load_autolabel_output` with
   ``mask_storage`` "database" or "files" and N worker processes;
@@ -15,7 +19,8 @@ peak resident memory of the method's processes (workers included) is reported to
 
 Example::
 
-    python -m pipelines.benchmark_fiftyone_load --make 400 --config configs/possam_small.yaml --workers 1,2 --json load.json
+    python -m pipelines.benchmark_fiftyone_load --coco-repeat 400 --workers 1,2 --json load.json
+    python -m pipelines.benchmark_fiftyone_load --make 400 --config configs/possam_small.yaml
     python -m pipelines.benchmark_fiftyone_load --output /path/to/autolabel/out
 """
 
@@ -46,6 +51,32 @@ def make_output(workdir: Path, num_images: int, config: str, seed: int, size: in
         raise SystemExit("could not render the synthetic scenes")
     out = workdir / "out"
     run_autolabel(AutolabelOptions(dataset=str(scenes / "images"), out_dir=str(out), config=config, batch_size=4, rows_per_part=64, show_progress=False, durable=False))
+    return out
+
+
+def make_coco_output(workdir: Path, num_images: int) -> Path:
+    """``num_images`` images (the COCO sample's photos repeated under distinct names, through
+    symlinks) with their ground-truth panoptic masks, written as an autolabel output."""
+    from possam_label.fiftyone.testing import write_coco_autolabel_output
+
+    source = Path(__file__).resolve().parents[1] / "tests" / "data" / "coco_panoptic_sample"
+    examples = json.loads((source / "panoptic_examples.json").read_text())
+    coco = workdir / "coco_repeat"
+    (coco / "images").mkdir(parents=True)
+    (coco / "panoptic").mkdir()
+    (coco / "panoptic_coco_categories.json").symlink_to(source / "panoptic_coco_categories.json")
+    images, annotations = [], []
+    for i in range(num_images):
+        image = examples["images"][i % len(examples["images"])]
+        ann = next(a for a in examples["annotations"] if a["image_id"] == image["id"])
+        name = f"{i:07d}_{image['file_name']}"
+        (coco / "images" / name).symlink_to(source / "images" / image["file_name"])
+        (coco / "panoptic" / f"{i:07d}.png").symlink_to(source / "panoptic" / ann["file_name"])
+        images.append({**image, "id": i + 1, "file_name": name})
+        annotations.append({**ann, "image_id": i + 1, "file_name": f"{i:07d}.png"})
+    (coco / "panoptic_examples.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": examples["categories"]}))
+    out = workdir / "out"
+    write_coco_autolabel_output(out, coco, seed=0, run_id="coco-repeat", images_per_part=64)
     return out
 
 
@@ -104,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--output", type=Path, help="an existing autolabel output directory (only read)")
+    source.add_argument("--coco-repeat", type=int, metavar="N", help="N images with COCO ground-truth masks (tests/data)")
     source.add_argument("--make", type=int, metavar="N", help="render N synthetic scenes and label them first")
     parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "possam_tiny.yaml"), help="with --make: the PosSAM config")
     parser.add_argument("--size", type=int, default=256, help="with --make: scene side in pixels")
@@ -114,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-size", type=int, default=64, help="add_samples: images per call")
     parser.add_argument("--repeats", type=int, default=1, help="measure each method this many times (best rate reported)")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one, deleted afterwards)")
+    parser.add_argument("--shared-db", action="store_true",
+                        help="use FiftyOne's configured database (default: a private mongod in a temporary directory, stopped at exit)")
     parser.add_argument("--json", dest="json_out", type=Path, default=None, help="also write the results as JSON")
     return parser
 
@@ -122,6 +156,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    if not args.shared_db:
+        from possam_label.fiftyone.testing import use_private_database
+
+        use_private_database()
     import fiftyone as fo
 
     from pipelines.benchmark import machine_description
@@ -132,7 +170,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     created: list[str] = []
     with tempfile.TemporaryDirectory(prefix="possam_load_bench_", dir=args.workdir) as tmp:
         workdir = Path(tmp)
-        output_dir = args.output.resolve() if args.output else make_output(workdir, args.make, args.config, args.seed, args.size)
+        if args.output:
+            output_dir = args.output.resolve()
+        elif args.coco_repeat:
+            output_dir = make_coco_output(workdir, args.coco_repeat)
+        else:
+            output_dir = make_output(workdir, args.make, args.config, args.seed, args.size)
         from possam_label.fiftyone.autolabel_output import AutolabelOutput
 
         num_images, num_segments = AutolabelOutput.open(output_dir).count_rows()
@@ -162,7 +205,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         best[row["method"]] = max(best.get(row["method"], 0.0), row["segments_per_second"])
     result: dict[str, Any] = {
         "machine": machine_description(),
-        "output": str(args.output) if args.output else f"--make {args.make} --config {args.config} --size {args.size}",
+        "output": str(args.output) if args.output else (f"--coco-repeat {args.coco_repeat}" if args.coco_repeat else f"--make {args.make} --config {args.config} --size {args.size}"),
         "num_images": num_images,
         "num_segments": num_segments,
         "runs": rows,
