@@ -325,3 +325,60 @@ def test_cli_export_from_dataset(db, output_dir: Path, tmp_path: Path, capsys) -
     assert main(["--dataset", "nope_nothing", "--out", str(tmp_path / "x")]) == 2
     assert "FiftyOne dataset 'nope_nothing' does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_queue_one_click_and_auto_accept_operators(db, output_dir: Path) -> None:
+    import fiftyone.operators as foo
+
+    from possam_label.fiftyone.review_queue import next_in_queue, queue_status
+
+    name = _fresh("queue_check")
+    load_autolabel_output(output_dir, name, progress=False)
+    ds = fo.load_dataset(name)
+    first, second = list(ds.exists("possam"))[:2]
+    d1, d2 = first.possam.detections[0], second.possam.detections[0]
+
+    # One-click actions act on the open sample only; a selection left from another sample is refused.
+    done = foo.execute_operator(f"{PLUGIN}/quick_accept", ctx={"dataset": name, "current_sample": first.id, "selected_labels": _sel(first, d1), "params": {}}).result
+    assert done["label_ids"] == [d1.id]
+    with pytest.raises(Exception, match="other sample"):
+        foo.execute_operator(f"{PLUGIN}/quick_reject", ctx={"dataset": name, "current_sample": first.id,
+                                                           "selected_labels": _sel(first, first.possam.detections[1]) + _sel(second, d2), "params": {}})
+    with pytest.raises(Exception, match="spans 2 samples|confirm_multi"):  # refused: the form requires the confirmation
+        foo.execute_operator(f"{PLUGIN}/reject_labels", ctx={"dataset": name, "selected_labels": _sel(first, first.possam.detections[1]) + _sel(second, d2), "params": {}})
+    both = foo.execute_operator(f"{PLUGIN}/reject_labels", ctx={"dataset": name, "selected_labels": _sel(first, first.possam.detections[1]) + _sel(second, d2),
+                                                              "params": {"confirm_multi": True}}).result
+    assert both["num_samples"] == 2
+    rows = C.describe_selection(ds, _sel(first, d1) + _sel(second, d2))
+    assert [(r["label"], r["filename"]) for r in rows] == [(d1.label, os.path.basename(first.filepath)), (d2.label, os.path.basename(second.filepath))]
+
+    # The queue: undecided labels below the threshold in samples not marked reviewed.
+    status = queue_status(ds, 1.0)
+    undecided = sum(1 for s in ds.exists("possam") for d in s.possam.detections if C.label_attr(d, "review_status") is None)
+    assert status.labels_left == undecided and status.samples_left == 2 and status.labels_decided == 3
+    following = next_in_queue(ds, 1.0, first.id)
+    assert following == second.id
+    opened = foo.execute_operator(f"{PLUGIN}/next_in_queue", ctx={"dataset": name, "current_sample": first.id, "params": {"threshold": 1.0}}).result
+    assert opened["sample_id"] == second.id
+    C.mark_reviewed(ds, [second.id])
+    assert next_in_queue(ds, 1.0, first.id) == first.id and queue_status(ds, 1.0).samples_left == 1
+    C.mark_reviewed(ds, [first.id])
+    assert next_in_queue(ds, 1.0, first.id) is None
+    C.mark_reviewed(ds, [first.id, second.id], reviewed=False)
+
+    # Auto-accept from the two reviewed outcomes so far: every undecided label at or above 0.5.
+    expected = {d.id for s in ds.exists("possam") for d in s.possam.detections if C.label_attr(d, "review_status") is None and d.confidence >= 0.5}
+    accepted = foo.execute_operator(f"{PLUGIN}/auto_accept", ctx={"dataset": name, "params": {"threshold": 0.5}}).result
+    assert set(accepted["label_ids"]) == expected
+
+    # An edit written straight to the database (as the App's editor does) is recorded by the operator.
+    sample = ds[first.id]
+    target = sample.possam.detections[2]
+    mask = target.get_mask().copy()
+    mask[0, :] = ~mask[0, :]
+    target.mask = mask
+    sample.save()
+    synced = foo.execute_operator(f"{PLUGIN}/sync_editor_edits", ctx={"dataset": name, "params": {}}).result
+    assert synced["edited"] == 1
+    sample.reload()
+    assert any(e["action"] == "edit" and e["label_id"] == target.id and e["source"] == "editor" for e in sample.possam_corrections)

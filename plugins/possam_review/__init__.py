@@ -13,14 +13,18 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from possam_label.fiftyone.autolabel_output import AutolabelOutput, AutolabelOutputError
+from possam_label.fiftyone.auto_accept import auto_accept, estimate_auto_accept
 from possam_label.fiftyone.corrections import (
     accept_labels,
     delete_segments,
+    describe_selection,
     mark_reviewed,
     reject_labels,
     relabel_segments,
     revert_corrections,
 )
+from possam_label.fiftyone.editor_sync import sync_editor_edits
+from possam_label.fiftyone.review_queue import next_in_queue, queue_status
 from possam_label.fiftyone.dataset import DEFAULT_LABEL_FIELD, get_categories, has_possam_field, possam_label_fields
 from possam_label.fiftyone.export import EXPORT_FORMATS, ExportOptions, export_from_dataset
 from possam_label.fiftyone.load import load_autolabel_output
@@ -80,12 +84,66 @@ def _progress(ctx):
 
 
 def _require_labels(inputs: types.Object, ctx) -> bool:
-    """Adds a warning and returns False when nothing of the label field is selected."""
+    """Lists the selected labels (class, confidence, image); adds a warning and returns False when
+    nothing is selected, and a required confirmation when the selection spans several samples."""
     if not ctx.selected_labels:
         inputs.view("no_selection", types.Warning(label="No labels selected", description="Open a sample and click the segments to correct (or select them in the grid), then run this again."))
         return False
-    inputs.view("selection", types.Notice(label=f"{len(ctx.selected_labels)} label(s) selected"))
+    try:
+        rows = describe_selection(ctx.dataset, ctx.selected_labels, _label_field(ctx))
+    except ValueError as err:
+        inputs.view("bad_selection", types.Warning(label="Selection", description=str(err)))
+        return False
+    shown = "\n".join(f"- **{r['label']}** {r['confidence']:.2f} · {r['filename']}" for r in rows[:20])
+    more = f"\n- … and {len(rows) - 20} more" if len(rows) > 20 else ""
+    inputs.md(f"{len(rows)} label(s) selected:\n\n{shown}{more}", name="selection")
+    num_samples = len({r["sample_id"] for r in rows})
+    if num_samples > 1:
+        inputs.bool("confirm_multi", default=False, required=True, label=f"Yes, act on labels of {num_samples} samples",
+                    description="The selection spans several samples (selections persist across samples)")
     return True
+
+
+def _check_multi_sample(ctx) -> None:
+    """Refuse a selection spanning several samples unless the form's confirmation was given."""
+    samples = {item.get("sample_id") for item in ctx.selected_labels or []}
+    if len(samples) > 1 and not ctx.params.get("confirm_multi"):
+        raise ValueError(f"the selection spans {len(samples)} samples; confirm it in the form, or clear the selection and select again")
+
+
+def _shared_threshold(ctx) -> float:
+    """The review threshold shared by the grid and modal panels and the queue operators."""
+    try:
+        value = ctx.store("possam_review").get(f"threshold:{_label_field(ctx)}")
+    except Exception:  # no execution store (old database): per-call default
+        value = None
+    return float(value) if value is not None else DEFAULT_THRESHOLD
+
+
+def _set_shared_threshold(ctx, value: float) -> None:
+    try:
+        ctx.store("possam_review").set(f"threshold:{_label_field(ctx)}", float(value))
+    except Exception:
+        logger.warning("could not store the review threshold", exc_info=True)
+
+
+def _current_sample_selection(ctx) -> list:
+    """The selected labels of the open sample; refuses selections of other samples."""
+    if not ctx.current_sample:
+        raise ValueError("open a sample first: this action works in the sample view")
+    others = {s.get("sample_id") for s in ctx.selected_labels or []} - {ctx.current_sample}
+    if others:
+        raise ValueError(f"the selection holds labels of {len(others)} other sample(s); clear it and select labels of this sample")
+    if not ctx.selected_labels:
+        raise ValueError("select labels of this sample first (click them)")
+    return list(ctx.selected_labels)
+
+
+def _after_correction(ctx, message: str) -> None:
+    """Immediate feedback: the consumed selection is cleared and the changed samples reloaded."""
+    ctx.ops.clear_selected_labels()
+    ctx.ops.reload_samples()
+    ctx.ops.notify(message, variant="success")
 
 
 def _scope_input(inputs: types.Object, ctx) -> None:
@@ -255,10 +313,10 @@ class RelabelSegments(foo.Operator):
         return types.Property(inputs, view=types.View(label="Relabel segments"))
 
     def execute(self, ctx):
+        _check_multi_sample(ctx)
         isthing = ctx.params.get("isthing")
         result = relabel_segments(ctx.dataset, ctx.selected_labels, ctx.params["new_label"], _label_field(ctx), isthing=None if isthing is None else bool(isthing))
-        ctx.ops.reload_samples()
-        ctx.ops.notify(f"Relabeled {result.num_labels} segment(s) as {ctx.params['new_label']}", variant="success")
+        _after_correction(ctx, f"Relabeled {result.num_labels} segment(s) as {ctx.params['new_label']}")
         return result.to_dict()
 
 
@@ -275,10 +333,9 @@ class _SelectionOperator(foo.Operator):
         return types.Property(inputs, view=types.View(label=self.config.label))
 
     def execute(self, ctx):
+        _check_multi_sample(ctx)
         result = type(self).function(ctx.dataset, ctx.selected_labels, _label_field(ctx))
-        ctx.ops.clear_selected_labels()
-        ctx.ops.reload_samples()
-        ctx.ops.notify(f"{self.action_label} {result.num_labels} label(s) in {result.num_samples} sample(s)", variant="success")
+        _after_correction(ctx, f"{self.action_label} {result.num_labels} label(s) in {result.num_samples} sample(s)")
         return result.to_dict()
 
 
@@ -348,9 +405,120 @@ class RevertCorrections(foo.Operator):
 
     def execute(self, ctx):
         count = revert_corrections(ctx.dataset, _scope_sample_ids(ctx), _label_field(ctx))
+        ctx.ops.clear_selected_labels()
         ctx.ops.reload_samples()
         ctx.ops.notify(f"Reverted {count} sample(s) to the original predictions", variant="success")
         return {"num_samples": count}
+
+
+# ------------------------------------------------------------------- sample-viewer one-clicks
+class _QuickAction(foo.Operator):
+    """One click in the sample viewer's action bar on the selected labels of the open sample."""
+
+    action_label = ""
+    function = None
+    button = ""
+
+    def resolve_placement(self, ctx):
+        return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS,
+                               types.Button(label=self.config.label, icon="/assets/icon.svg", prompt=False))
+
+    def execute(self, ctx):
+        selection = _current_sample_selection(ctx)
+        result = type(self).function(ctx.dataset, selection, _label_field(ctx))
+        _after_correction(ctx, f"{self.action_label} {result.num_labels} label(s)")
+        return result.to_dict()
+
+
+class QuickAccept(_QuickAction):
+    action_label = "Accepted"
+    function = staticmethod(accept_labels)
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="quick_accept", label="PosSAM: accept", description="Accept the selected labels of this sample")
+
+
+class QuickReject(_QuickAction):
+    action_label = "Rejected"
+    function = staticmethod(reject_labels)
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="quick_reject", label="PosSAM: reject", description="Reject the selected labels of this sample")
+
+
+class QuickDelete(_QuickAction):
+    action_label = "Deleted"
+    function = staticmethod(delete_segments)
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="quick_delete", label="PosSAM: delete", description="Delete the selected labels of this sample")
+
+
+class NextInQueue(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="next_in_queue", label="PosSAM: next in queue",
+                                  description="Open the next sample of the view that still has labels needing review")
+
+    def resolve_placement(self, ctx):
+        return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS,
+                               types.Button(label="PosSAM: next in queue", icon="/assets/icon.svg", prompt=False))
+
+    def execute(self, ctx):
+        threshold = float(ctx.params.get("threshold", _shared_threshold(ctx)))
+        label_field = _label_field(ctx)
+        sync_editor_edits(ctx.dataset, label_field)
+        sample_id = next_in_queue(ctx.view, threshold, ctx.current_sample, label_field)
+        ctx.ops.clear_selected_labels()
+        if sample_id is None:
+            ctx.ops.notify(f"The queue is empty: no undecided label below {threshold:.2f} in this view", variant="success")
+            return {"sample_id": None}
+        ctx.ops.open_sample(id=sample_id)
+        return {"sample_id": sample_id}
+
+
+class SyncEditorEdits(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="sync_editor_edits", label="PosSAM: record App-editor edits",
+                                  description="Log the edits made in the Annotate tab as corrections (the panel, export and revert also do this)")
+
+    def execute(self, ctx):
+        result = sync_editor_edits(ctx.dataset, _label_field(ctx), full=bool(ctx.params.get("full", False)))
+        if result.num_edits:
+            ctx.ops.reload_samples()
+        ctx.ops.notify(f"Recorded {result.num_edits} editor edit(s) in {result.num_samples_changed} sample(s)", variant="success")
+        return result.to_dict()
+
+
+class AutoAccept(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="auto_accept", label="PosSAM: auto-accept above a threshold",
+                                  description="Accept every unreviewed label at or above a threshold, with the precision estimated from the labels already reviewed",
+                                  dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.float("threshold", default=_shared_threshold(ctx), min=0.0, max=1.0, required=True, label="Accept labels with confidence at or above")
+        _label_field_input(inputs, ctx)
+        threshold = float(ctx.params.get("threshold", _shared_threshold(ctx)))
+        try:
+            estimate = estimate_auto_accept(ctx.view, _label_field(ctx), thresholds=[threshold], num_bootstrap=100)
+            inputs.view("estimate", types.Notice(label=estimate.at(threshold).describe(),
+                                                 description=f"from {estimate.num_reviewed} reviewed labels (95 % bootstrap interval)"))
+        except ValueError as err:
+            inputs.view("no_estimate", types.Warning(label="No estimate yet", description=str(err)))
+        return types.Property(inputs, view=types.View(label="Auto-accept"))
+
+    def execute(self, ctx):
+        threshold = float(ctx.params.get("threshold", _shared_threshold(ctx)))
+        result = auto_accept(ctx.view, threshold, _label_field(ctx))
+        _after_correction(ctx, f"Auto-accepted {result.num_labels} label(s) at or above {threshold:.2f}")
+        return result.to_dict()
 
 
 # ------------------------------------------------------------------------------------- export
@@ -476,10 +644,10 @@ class ReviewPanel(foo.Panel):
 
     # ---------------------------------------------------------------- state
     def on_load(self, ctx):
-        if ctx.panel.state.threshold is None:
-            ctx.panel.state.threshold = DEFAULT_THRESHOLD
         if ctx.panel.state.label_field is None:
             ctx.panel.state.label_field = _default_label_field(ctx)
+        # One threshold for the grid and the modal panel (and the queue operators).
+        ctx.panel.state.threshold = _shared_threshold(ctx)
         self._refresh(ctx)
 
     def _refresh(self, ctx):
@@ -488,8 +656,18 @@ class ReviewPanel(foo.Panel):
             ctx.panel.state.ready = False
             return
         threshold = float(ctx.panel.state.threshold if ctx.panel.state.threshold is not None else DEFAULT_THRESHOLD)
+        # Edits made in the Annotate tab since the last refresh become corrections (incremental).
+        synced = sync_editor_edits(ctx.dataset, label_field)
+        if synced.num_edits:
+            ctx.ops.reload_samples()
         summary = review_summary(ctx.view, threshold, label_field)
         ctx.panel.state.ready = True
+        ctx.panel.state.queue_md = queue_status(ctx.view, threshold, label_field).describe()
+        try:
+            estimate = estimate_auto_accept(ctx.view, label_field, thresholds=[threshold], num_bootstrap=100)
+            ctx.panel.state.auto_accept_md = estimate.at(threshold).describe() + f" (from {estimate.num_reviewed:,} reviewed labels)"
+        except ValueError as err:
+            ctx.panel.state.auto_accept_md = f"Auto-accept estimate: {err}"
         ctx.panel.state.summary_md = (
             f"**{summary.num_labels}** labels in **{summary.num_samples}** samples &nbsp;·&nbsp; "
             f"below {threshold:.2f}: **{summary.num_below}** &nbsp;·&nbsp; at or above: **{summary.num_above}** &nbsp;·&nbsp; "
@@ -513,7 +691,8 @@ class ReviewPanel(foo.Panel):
     def set_threshold(self, ctx):
         value = ctx.params.get("value")
         if value is not None:
-            ctx.panel.state.threshold = float(value)
+            ctx.panel.state.threshold = round(float(value), 2)
+            _set_shared_threshold(ctx, ctx.panel.state.threshold)
         self._refresh(ctx)
 
     def set_label_field(self, ctx):
@@ -549,11 +728,27 @@ class ReviewPanel(foo.Panel):
         if not ctx.selected_labels:
             ctx.ops.notify("Select labels first (click segments in the sample view)", variant="warning")
             return
+        if len({s.get("sample_id") for s in ctx.selected_labels}) > 1:
+            # Per-sample buttons never act on a selection left over from other samples; the
+            # operator form lists such a selection and asks for confirmation.
+            ctx.prompt(f"{PLUGIN}/{self._operators[verb]}", params={"label_field": ctx.panel.state.label_field})
+            return
         result = function(ctx.dataset, ctx.selected_labels, ctx.panel.state.label_field)
-        ctx.ops.clear_selected_labels()
-        ctx.ops.reload_samples()
-        ctx.ops.notify(f"{verb} {result.num_labels} label(s)", variant="success")
+        _after_correction(ctx, f"{verb} {result.num_labels} label(s)")
         self._refresh(ctx)
+
+    _operators = {"Accepted": "accept_labels", "Rejected": "reject_labels", "Deleted": "delete_segments"}
+
+    def next_sample(self, ctx):
+        sample_id = next_in_queue(ctx.view, self._threshold(ctx), ctx.current_sample, ctx.panel.state.label_field)
+        ctx.ops.clear_selected_labels()
+        if sample_id is None:
+            ctx.ops.notify("The queue is empty", variant="success")
+            return
+        ctx.ops.open_sample(id=sample_id)
+
+    def open_auto_accept(self, ctx):
+        ctx.prompt(f"{PLUGIN}/auto_accept", params={"threshold": self._threshold(ctx), "label_field": ctx.panel.state.label_field})
 
     def accept_selected(self, ctx):
         self._selection_action(ctx, accept_labels, "Accepted")
@@ -609,7 +804,11 @@ class ReviewPanel(foo.Panel):
             view=types.SliderView(label="Threshold", componentsProps={"slider": {"min": 0, "max": 1, "step": 0.01}}),
             on_change=self.set_threshold,
         )
-        panel.md(ctx.panel.state.summary_md or "", name="summary")
+        panel.md(f"Threshold **{self._threshold(ctx):.2f}** &nbsp;·&nbsp; " + (ctx.panel.state.summary_md or ""), name="summary")
+        panel.md(ctx.panel.state.queue_md or "", name="queue")
+        auto = panel.h_stack("auto", gap=1)
+        auto.md(ctx.panel.state.auto_accept_md or "", name="auto_accept_md")
+        auto.btn("auto_accept", label="Auto-accept…", on_click=self.open_auto_accept)
 
         views = panel.h_stack("views", gap=1)
         views.btn("needs_review", label="Show needs review", on_click=self.show_needs_review, variant="contained")
@@ -624,6 +823,7 @@ class ReviewPanel(foo.Panel):
         actions.btn("relabel", label="Relabel selected…", on_click=self.relabel_selected)
         actions.btn("delete", label="Delete selected", on_click=self.delete_selected)
         actions.btn("reviewed", label="Mark reviewed", on_click=self.mark_current_reviewed)
+        actions.btn("next", label="Next in queue", on_click=self.next_sample)
         actions.btn("export", label="Export…", on_click=self.open_export, variant="contained")
 
         panel.plot(
@@ -661,6 +861,16 @@ def register(p):
         RevertCorrections,
         ExportTrainingSet,
         RunAutolabel,
+        QuickAccept,
+        QuickReject,
+        QuickDelete,
+        NextInQueue,
+        SyncEditorEdits,
+        AutoAccept,
         ReviewPanel,
     ):
+        p.register(cls)
+    from .train_ops import OPERATORS as TRAIN_OPERATORS  # train on reviewed samples, relabel with these heads
+
+    for cls in TRAIN_OPERATORS:
         p.register(cls)
