@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from possam_label.data.synthetic import classes_for_split, generate_dataset
+from possam_label.synthetic import classes_for_split, generate_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:

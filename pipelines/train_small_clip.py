@@ -16,7 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from possam_label.train.small_clip import ClipSampling, ClipTrainConfig, train_small_clip
+from possam_label.synthetic.clip_data import ClipSampling
+from possam_label.synthetic.small_clip import ClipTrainConfig, train_small_clip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
-from possam_label.train.small_sam import GeometryWarmup, PromptSampling, SamTrainConfig, train_small_sam
+from possam_label.synthetic.sam_prompts import PromptSampling
+from possam_label.synthetic.sam_warmup import GeometryWarmup
+from possam_label.synthetic.small_sam import SamTrainConfig, train_small_sam
 
 
 def build_parser() -> argparse.ArgumentParser:

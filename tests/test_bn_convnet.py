@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from possam_label.data.synthetic import render_scene
 from possam_label.model.bn_convnet import TIMM_NAME, BatchNormConvNet, register_with_timm
-from possam_label.train.small_clip import SMALL_CLIP_CONFIG, CaptionGenerator, ClipSampling, WorldIndex, build_small_clip, make_clip_batch
+from possam_label.synthetic import WorldIndex, render_scene
+from possam_label.synthetic.captions import CaptionGenerator
+from possam_label.synthetic.clip_data import ClipSampling, make_clip_batch
+from possam_label.synthetic.small_clip import SMALL_CLIP_CONFIG, build_small_clip
 
 
 def test_registered_with_timm_and_built_by_open_clip():

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from possam_label.config import load_config
-from possam_label.data.synthetic import generate_dataset
+from possam_label.synthetic import generate_dataset
 from possam_label.engine.crop_pretrain import run_crop_encoder_pretraining
 from possam_label.engine.train import TrainData, _collate, build_dataset
 from possam_label.model.possam import PosSAM, load_heads, save_heads

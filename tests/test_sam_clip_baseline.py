@@ -273,7 +273,7 @@ def _require_small_model() -> None:
 
 
 def _held_out_scenes(count: int) -> list[tuple[np.ndarray, np.ndarray, list[dict]]]:
-    from possam_label.data.synthetic import render_scene, scene_rng
+    from possam_label.synthetic import render_scene, scene_rng
 
     return [render_scene(scene_rng(HELD_OUT_SEED, i), size=256) for i in range(count)]
 

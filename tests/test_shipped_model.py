@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from possam_label.config import DEFAULT_CONFIG
-from possam_label.data.synthetic import generate_dataset
+from possam_label.synthetic import generate_dataset
 from possam_label.eval.model_eval import evaluate_predictor
 from possam_label.predictor import PosSAMPredictor
 

@@ -9,27 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from possam_label.data.synthetic import render_scene, scene_rng, world_classes
 from possam_label.model.weights import WeightsError
-from possam_label.train.small_clip import (
-    SMALL_CLIP_CONFIG,
-    CaptionGenerator,
-    ClipSampling,
-    WorldIndex,
-    build_small_clip,
-    class_text_embeddings,
-    evaluate_dense_classification,
-    make_clip_batch,
-    small_clip_tokenizer,
-)
-from possam_label.train.small_sam import (
-    HELD_OUT_SEED,
-    PromptSampling,
-    build_small_sam,
-    mask_box,
-    prompt_scene,
-    read_checkpoint_metadata,
-)
+from possam_label.synthetic import HELD_OUT_SEED, WorldIndex, render_scene, scene_rng, world_classes
+from possam_label.synthetic.captions import CaptionGenerator
+from possam_label.synthetic.clip_data import ClipSampling, make_clip_batch
+from possam_label.synthetic.clip_dense import class_text_embeddings
+from possam_label.synthetic.sam_prompts import PromptSampling, mask_box, prompt_scene
+from possam_label.synthetic.small_clip import SMALL_CLIP_CONFIG, build_small_clip, evaluate_dense_classification, small_clip_tokenizer
+from possam_label.synthetic.small_sam import build_small_sam
+from possam_label.train.checkpoints import read_checkpoint_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "possam_label" / "assets" / "small"
@@ -238,7 +226,7 @@ def test_image_tower_only_training_keeps_the_text_tower(tmp_path):
     text tower and temperature (hence PosSAM's class embeddings) come back bit for bit."""
     from safetensors.torch import load_file
 
-    from possam_label.train.small_clip import ClipTrainConfig, train_small_clip
+    from possam_label.synthetic.small_clip import ClipTrainConfig, train_small_clip
 
     tiny = ClipSampling(scenes_per_step=2, max_thing_crops=4, max_stuff_patches=2)
     config = ClipTrainConfig(
@@ -265,7 +253,7 @@ def test_new_image_tower_under_the_shipped_text_tower(tmp_path):
     starts from scratch (how the BatchNorm tower was trained under the first CLIP's text tower)."""
     from safetensors.torch import load_file
 
-    from possam_label.train.small_clip import ClipTrainConfig, train_small_clip
+    from possam_label.synthetic.small_clip import ClipTrainConfig, train_small_clip
 
     tiny = ClipSampling(scenes_per_step=2, max_thing_crops=4, max_stuff_patches=2)
     config = ClipTrainConfig(

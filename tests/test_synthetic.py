@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pipelines import make_synthetic
-from possam_label.data import synthetic
+from possam_label import synthetic
 from possam_label.data.coco_panoptic import CocoPanopticDataset
 from possam_label.io.panoptic_png import read_panoptic_png
 

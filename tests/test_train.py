@@ -15,7 +15,7 @@ import torch
 
 from possam_label.config import load_config
 from possam_label.data.coco_panoptic import CocoPanopticDataset
-from possam_label.data.synthetic import generate_dataset
+from possam_label.synthetic import generate_dataset
 from possam_label.engine.train import TrainData, _collate, build_dataset
 from possam_label.model.possam import PosSAM
 from possam_label.train.trainer import (

@@ -1,6 +1,6 @@
 """A full-resolution BatchNorm CNN registered as a timm model, the small CLIP's image tower.
 
-Why not an off-the-shelf timm layout: measured with ``docs/experiments/shape_tower_probe.py`` on the
+Why not an off-the-shelf timm layout: measured with a shape-tower probe (docs/small_model.md) on the
 synthetic world, timm's ``convnext_atto`` (patchify stem) and ``resnet10t`` (strided stem) name
 held-out shapes from mask-pooled features at 11-16 %, while this CNN (3x3 convolutions from the
 first pixel, downsampling only by max-pooling) names 84 % base / 85 % novel shapes after 1500 steps.

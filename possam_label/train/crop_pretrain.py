@@ -30,7 +30,7 @@ from torch import nn
 
 from ..model.mask_shape import MaskShapeEncoder
 from .criterion import target_coverage_fraction
-from .small_sam import cosine_lr
+from .schedules import cosine_lr
 from .trainer import fill_padding
 
 logger = logging.getLogger(__name__)
