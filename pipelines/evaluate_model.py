@@ -20,7 +20,9 @@ from pipelines._cli import add_set_argument
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.evaluate_model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="model YAML (configs/*.yaml)")
-    parser.add_argument("--checkpoint", default=None, help="PosSAM head weights (default: the config's checkpoint)")
+    parser.add_argument("--model", default="possam", choices=["possam", "sam-clip"],
+                        help="possam, or the training-free two-stage baseline sam-clip (its settings: the config's baseline section; --modes do not apply)")
+    parser.add_argument("--checkpoint", default=None, help="PosSAM head weights, or a full SAM with --model sam-clip (default: the config's)")
     parser.add_argument("--data", required=True, help="COCO-panoptic folder: panoptic.json, images/, panoptic/")
     parser.add_argument("--vocab", default=None, help="vocabulary to predict with (default: the config's); its category ids must be the dataset's")
     parser.add_argument("--splits", default=None, help="YAML mapping group name -> class names (e.g. base/novel) for per-group PQ")
@@ -37,16 +39,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from possam_label.config import parse_assignments
     from possam_label.eval.model_eval import evaluate_predictor
-    from possam_label.predictor import PosSAMPredictor
+    from possam_label.predictors import build_predictor
 
     groups = None
     if args.splits:
         with open(args.splits) as fh:
             groups = yaml.safe_load(fh)
-    predictor = PosSAMPredictor.from_config(args.config, checkpoint=args.checkpoint, device=args.device, overrides=parse_assignments(args.assignments))
+    predictor = build_predictor(args.model, args.config, checkpoint=args.checkpoint, device=args.device, overrides=parse_assignments(args.assignments))
+    modes = args.modes if args.model == "possam" else [args.model]
     report = {}
-    for mode in args.modes:
-        predictor.config.mase.mode = mode
+    for mode in modes:
+        if args.model == "possam":
+            predictor.config.mase.mode = mode
         start = time.time()
         results = evaluate_predictor(predictor, args.data, vocabulary=args.vocab, batch_size=args.batch_size, limit=args.limit, groups=groups)
         results["seconds"] = time.time() - start

@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--num-threads", type=int, default=defaults.num_threads, help="torch compute threads (default: %(default)s)")
     parser.add_argument("--eval-scenes", type=int, default=defaults.eval_scenes, help="held-out scenes evaluated at the end (default: %(default)s)")
+    parser.add_argument("--eval-amg-scenes", type=int, default=defaults.eval_amg_scenes,
+                        help="held-out scenes also run through SamAutomaticMaskGenerator at the end (default: %(default)s)")
+    parser.add_argument("--save-every", type=int, default=defaults.save_every,
+                        help="write OUT/sam_small_latest.safetensors every N steps, 0: only at the end (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         num_workers=args.num_workers,
         num_threads=args.num_threads,
         eval_scenes=args.eval_scenes,
+        eval_amg_scenes=args.eval_amg_scenes,
+        save_every=args.save_every,
         sampling=PromptSampling(prompts_per_image=args.prompts_per_image),
     )
     try:

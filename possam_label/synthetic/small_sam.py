@@ -54,7 +54,8 @@ from ..train.plots import plot_loss_curve
 from ..train.schedules import cosine_lr
 from .classes import thing_category_ids
 from .sam_losses import SamLossWeights, forward_prompted_batch
-from .sam_prompts import PromptSampling, SyntheticPromptStream, mask_box
+from .sam_eval import evaluate_small_sam
+from .sam_prompts import PromptSampling, SyntheticPromptStream
 from .sam_warmup import GeometryWarmup, warm_up_decoder
 from .world import SceneRenderer, held_out_scenes
 
@@ -201,6 +202,11 @@ class SamTrainConfig:
     # machine, 2 OpenMP threads next to the worker ran up to 10x slower (threads spin-waiting).
     num_threads: int = 1
     eval_scenes: int = 50
+    # Held-out scenes run through SamAutomaticMaskGenerator after training (0: skip).
+    eval_amg_scenes: int = 0
+    # Write OUT/sam_small_latest.safetensors every this many steps (0: only at the end), so a
+    # long run that is stopped still leaves its last weights.
+    save_every: int = 0
     sampling: PromptSampling = field(default_factory=PromptSampling)
     loss: SamLossWeights = field(default_factory=SamLossWeights)
     warmup: GeometryWarmup = field(default_factory=GeometryWarmup)
@@ -292,9 +298,11 @@ def train_small_sam(
                 "step %d loss %.4f mask %.4f iou %.4f segment %.4f miou(out0) %.3f",
                 offset + step + 1, row["loss"], row["mask"], row["iou"], row["segment"], row["miou_single"],
             )
+        if config.save_every and (step + 1) % config.save_every == 0:
+            save_fp16_checkpoint(sam, out / "sam_small_latest.safetensors", {"steps": step + 1, "seed": config.seed})
     wall = time.time() - start
     sam.eval()
-    metrics = evaluate_small_sam(sam, num_scenes=config.eval_scenes, renderer=renderer, progress=progress)
+    metrics = evaluate_small_sam(sam, num_scenes=config.eval_scenes, renderer=renderer, progress=progress, amg_scenes=config.eval_amg_scenes)
     metadata = {
         "model": "segment_anything.Sam (small, possam_label.synthetic.small_sam)",
         "arch": SMALL_SAM_ARCH,
@@ -324,74 +332,3 @@ def _no_weight_decay(name: str, param: torch.Tensor) -> bool:
 def _single_thread_worker(worker_id: int) -> None:
     # Rendering is numpy work; keep the loader process from competing with training for threads.
     torch.set_num_threads(1)
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------------
-def center_point(mask: np.ndarray) -> np.ndarray:
-    """(x, y) of the mask pixel farthest from the mask boundary (a well-inside click)."""
-    from scipy.ndimage import distance_transform_edt
-
-    dist = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(np.argmax(dist), dist.shape)
-    return np.array([x, y], dtype=np.float32)
-
-
-
-@torch.no_grad()
-def evaluate_small_sam(
-    sam: Sam,
-    num_scenes: int = 50,
-    renderer: Optional[SceneRenderer] = None,
-    min_area: int = 64,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Mean IoU of box and single-point prompts on held-out scenes, via ``SamPredictor``.
-
-    Every GT segment of at least ``min_area`` pixels is prompted with its tight box
-    (``multimask_output=False``) and with one click at its most interior pixel
-    (``multimask_output=True``, the mask with the highest predicted IoU is kept, as SAM does).
-    Returns mean IoUs overall and for things / stuff, and the number of segments.
-    """
-    from segment_anything import SamPredictor
-    from tqdm import tqdm
-
-    predictor = SamPredictor(sam)
-    things_ids = thing_category_ids()
-    rows: list[tuple[bool, float, float]] = []
-    for image, id_map, segments in tqdm(held_out_scenes(num_scenes, renderer), total=num_scenes, desc="eval SAM", disable=not progress):
-        predictor.set_image(image)
-        for seg in segments:
-            gt = id_map == seg["id"]
-            if gt.sum() < min_area:
-                continue
-            box_masks, _, _ = predictor.predict(box=mask_box(gt), multimask_output=False)
-            point = center_point(gt)[None]
-            pt_masks, pt_scores, _ = predictor.predict(point_coords=point, point_labels=np.ones(1), multimask_output=True)
-            best = pt_masks[int(np.argmax(pt_scores))]
-            rows.append((seg["category_id"] in things_ids, _iou(box_masks[0], gt), _iou(best, gt)))
-    if not rows:
-        raise ValueError("evaluate_small_sam: the held-out scenes have no segment to prompt")
-    arr = np.array([(t, b, p) for t, b, p in rows], dtype=np.float64)
-    things, stuff = arr[:, 0] == 1, arr[:, 0] == 0
-
-    def mean(col: int, sel: np.ndarray) -> Optional[float]:
-        return round(float(arr[sel, col].mean()), 4) if sel.any() else None
-
-    everything = np.ones(len(arr), dtype=bool)
-    return {
-        "num_scenes": num_scenes,
-        "num_segments": int(len(arr)),
-        "box_miou": mean(1, everything),
-        "point_miou": mean(2, everything),
-        "box_miou_things": mean(1, things),
-        "point_miou_things": mean(2, things),
-        "box_miou_stuff": mean(1, stuff),
-        "point_miou_stuff": mean(2, stuff),
-    }
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
