@@ -22,6 +22,8 @@ from possam_label.eval import pq_compute
 from possam_label.eval.matching import image_key
 from possam_label.synthetic import generate_dataset
 
+pytestmark = pytest.mark.slow  # one real autolabel run of the small model
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO / "configs" / "possam_small.yaml"
 NUM_SCENES = 5

@@ -151,6 +151,7 @@ def _labels(dataset) -> dict[tuple[str, int], tuple]:
     return out
 
 
+@pytest.mark.fiftyone
 def test_simulated_review_matches_the_plugin_exactly(db, files, tmp_path):
     import fiftyone.operators as foo
 

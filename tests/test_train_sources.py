@@ -168,6 +168,7 @@ def _full_masks(sample) -> dict[str, tuple[str, np.ndarray]]:
     return out
 
 
+@pytest.mark.fiftyone
 def test_fiftyone_targets_reflect_every_correction_pixel_by_pixel(reviewed: dict, tmp_path: Path):
     import fiftyone as fo
 
@@ -216,6 +217,7 @@ def test_fiftyone_targets_reflect_every_correction_pixel_by_pixel(reviewed: dict
     assert np.array_equal(_label_map(PanopticTargetDataset(exported, vocabulary)[other]), expected)
 
 
+@pytest.mark.fiftyone
 def test_fiftyone_source_errors_name_the_cause(reviewed: dict, tmp_path: Path):
     import fiftyone as fo
 
@@ -265,6 +267,8 @@ def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
+@pytest.mark.fiftyone
 def test_pipelines_train_runs_from_each_new_source(reviewed: dict, output_dir: Path, tmp_path: Path, ray_session):
     import fiftyone as fo
 
@@ -315,3 +319,21 @@ def test_data_that_cannot_train_fails_before_any_worker(output_dir: Path, tmp_pa
     assert not (out / "ray").exists() and not (out / "metrics.jsonl").exists()  # Ray Train never started
     code, log = _train(tmp_path / "nothing", "--data", str(tmp_path / "missing"))
     assert code == 1 and "no such folder" in log
+
+
+def test_finetune_schedule_preset():
+    from possam_label.config import load_config
+    from possam_label.engine.train import finetune_schedule
+
+    cfg = load_config(REPO / "configs" / "possam_small.yaml")
+    chosen = finetune_schedule(cfg, num_images=300)
+    assert chosen["init_heads"] == cfg.resolve_path(cfg.checkpoint) and Path(chosen["init_heads"]).is_file()
+    assert (cfg.train.max_iters, cfg.train.lr_steps, cfg.train.checkpoint_every) == (1500, [1200], 150)  # 40 epochs at batch 8
+    assert cfg.train.lr == pytest.approx(0.2 * 5e-4) and cfg.train.warmup_iters == 20
+    few = load_config(REPO / "configs" / "possam_small.yaml")
+    assert finetune_schedule(few, num_images=5)["max_iters"] == 100  # clamped
+    given = load_config(REPO / "configs" / "possam_small.yaml", {"train": {"max_iters": 7, "lr": 1e-3}})
+    chosen = finetune_schedule(given, num_images=300, explicit={"max_iters": 7, "lr": 1e-3})
+    assert "max_iters" not in chosen and "lr" not in chosen and given.train.lr_steps == [5]
+    with pytest.raises(ValueError, match="--schedule finetune needs trained heads"):
+        finetune_schedule(load_config(TINY), num_images=10)
