@@ -1,4 +1,5 @@
-"""A wheel built from the checkout, installed into a fresh virtualenv, runs from another folder.
+"""Installable anywhere: shipped configs found by name, the plugin installer, and (slow) a wheel
+built from the checkout, installed into a fresh virtualenv, run from another folder.
 
 The wheel is built from a copy of the checkout's build inputs (so no stale ``build/`` of the
 checkout can leak into it) and installed with ``--no-deps --no-index`` into a new virtualenv. That
@@ -22,8 +23,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[1]
 BUILD_INPUTS = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "possam_label", "pipelines", "configs", "plugins")
 DEMO_IMAGES = ("909_000000.png", "909_000001.png")
@@ -46,6 +45,36 @@ def _dependencies_view(target: Path) -> Path:
             continue
         (target / entry.name).symlink_to(entry)
     return target
+
+
+def test_configs_are_found_by_name_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from possam_label.config import CONFIG_DIR, ConfigError, find_config, load_config
+
+    monkeypatch.chdir(tmp_path)
+    assert find_config("possam_tiny") == find_config("configs/possam_tiny.yaml") == CONFIG_DIR / "possam_tiny.yaml"
+    cfg = load_config("possam_small")
+    assert Path(cfg.resolve_path(cfg.checkpoint)).resolve() == REPO / "possam_label" / "assets" / "small" / "possam_small_heads.safetensors"
+    # A file of that path in the current folder wins over the shipped one.
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "possam_tiny.yaml").write_text((CONFIG_DIR / "possam_tiny.yaml").read_text())
+    assert find_config("configs/possam_tiny.yaml") == tmp_path / "configs" / "possam_tiny.yaml"
+    with pytest.raises(ConfigError, match=f"cannot read config {tmp_path / 'no_such_config'}"):
+        load_config("no_such_config")
+
+
+def test_install_review_plugin_copies_replaces_and_refuses(tmp_path: Path) -> None:
+    from possam_label.fiftyone.plugin_install import PluginInstallError, install_review_plugin, plugin_name
+
+    target = install_review_plugin(tmp_path / "plugins")
+    assert target == tmp_path / "plugins" / "possam_review" and plugin_name(target) == "@possam/review"
+    assert (target / "assets" / "icon.svg").is_file() and not list(target.rglob("__pycache__"))
+    (target / "stale.txt").write_text("from an earlier version")
+    assert install_review_plugin(tmp_path / "plugins") == target and not (target / "stale.txt").exists()
+    (tmp_path / "other" / "possam_review").mkdir(parents=True)
+    (tmp_path / "other" / "possam_review" / "notes.txt").write_text("not a plugin")
+    with pytest.raises(PluginInstallError, match="is not the @possam/review plugin"):
+        install_review_plugin(tmp_path / "other")
+    assert (tmp_path / "other" / "possam_review" / "notes.txt").read_text() == "not a plugin"
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +107,7 @@ def fresh_env(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"python": python, "site": venv_site.resolve(), "wheel": wheel, "cwd": elsewhere, "env": env}
 
 
+@pytest.mark.slow
 def test_the_wheel_carries_configs_assets_and_plugin(fresh_env: dict) -> None:
     import zipfile
 
@@ -104,6 +134,7 @@ def test_the_wheel_carries_configs_assets_and_plugin(fresh_env: dict) -> None:
     assert Path(found["heads"]).resolve() == site / "possam_label" / "assets" / "small" / "possam_small_heads.safetensors"
 
 
+@pytest.mark.slow
 def test_the_installed_main_job_runs_from_another_folder(fresh_env: dict, process_reaper) -> None:
     dataset = fresh_env["cwd"] / "images"
     dataset.mkdir()
@@ -126,6 +157,7 @@ def test_the_installed_main_job_runs_from_another_folder(fresh_env: dict, proces
     assert Path(run["model"]["checkpoint"]).resolve().is_relative_to(site)
 
 
+@pytest.mark.slow
 def test_the_installed_plugin_is_listed_by_fiftyone(fresh_env: dict) -> None:
     plugins = fresh_env["cwd"] / "fo_plugins"
     _run([str(fresh_env["python"]), "-m", "pipelines.install_plugin", "--plugins-dir", str(plugins)], fresh_env["cwd"], fresh_env["env"], 300)

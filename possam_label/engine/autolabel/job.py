@@ -110,10 +110,10 @@ class RunSetup:
 
 def prepare_run(options: AutolabelOptions) -> RunSetup:
     """Load the config and vocabulary, check the checkpoint, list the inputs (before any Ray)."""
-    from ...config import DEFAULT_CONFIG, load_config
+    from ...config import DEFAULT_CONFIG, find_config, load_config
     from ...vocab import load_vocabulary, resolve_vocabulary_spec
 
-    config_path = os.path.abspath(options.config) if options.config else str(DEFAULT_CONFIG)
+    config_path = str(find_config(options.config)) if options.config else str(DEFAULT_CONFIG)
     try:
         cfg = load_config(config_path, options.config_overrides)
     except (ValueError, OSError) as exc:  # ConfigError is a ValueError
@@ -217,14 +217,23 @@ def label_pending(options: AutolabelOptions, store: OutputStore, record: RunReco
             ray.shutdown()
 
 
-def build_dataset(options: AutolabelOptions, setup: RunSetup, plan: WorkerPlan, pending: list[dict[str, Any]], run_id: str) -> Any:
-    """The Ray dataset of the three stages over the pending inputs (lazy; runs when iterated)."""
+def build_dataset(
+    options: AutolabelOptions, setup: RunSetup, plan: WorkerPlan, pending: list[dict[str, Any]], run_id: str,
+    batch_size: Optional[int] = None, isolate_batches: bool = False,
+) -> Any:
+    """The Ray dataset of the three stages over the pending inputs (lazy; runs when iterated).
+
+    ``batch_size``: images per batch (None: ``options.batch_size``; smaller in bisection rounds).
+    ``isolate_batches``: one batch in flight per model actor, so a dying actor fails only the
+    batch it runs (bisection rounds).
+    """
     import ray.data
 
+    batch_size = batch_size or options.batch_size
     # One input block per batch keeps decoding parallel; past MAX_INPUT_BLOCKS blocks carry
     # several batches each (a decode task streams them out one batch at a time).
-    num_blocks = max(1, min(MAX_INPUT_BLOCKS, math.ceil(len(pending) / options.batch_size)))
-    batches = {"batch_size": options.batch_size, "batch_format": "numpy"}
+    num_blocks = max(1, min(MAX_INPUT_BLOCKS, math.ceil(len(pending) / batch_size)))
+    batches = {"batch_size": batch_size, "batch_format": "numpy"}
     ds = ray.data.from_items(pending, override_num_blocks=num_blocks)
     # Decode and encode are stateless: instances run as Ray tasks; the model is an actor pool.
     ds = ds.map_batches(DecodeImages(setup.max_side, options.max_pixels), num_cpus=CPU_STAGE_CPUS, **batches)
@@ -242,8 +251,8 @@ def build_dataset(options: AutolabelOptions, setup: RunSetup, plan: WorkerPlan, 
             "batch_size": options.batch_size,
             "torch_threads": plan.torch_threads,
         },
-        **actor_pool_kwargs(plan.workers),
-        **plan.actor_args(),
+        **actor_pool_kwargs(plan.workers, max_tasks_in_flight=1 if isolate_batches else None),
+        **plan.actor_args(max_task_retries=options.max_worker_retries),
         **batches,
     )
     return ds.map_batches(EncodeOutputs(options.min_score, run_id), num_cpus=CPU_STAGE_CPUS, **batches)
@@ -265,15 +274,35 @@ def run_pipeline(options: AutolabelOptions, store: OutputStore, record: RunRecor
     if plan.wait_for_workers_s > 0 and hasattr(context, "wait_for_min_actors_s"):
         saved_context["wait_for_min_actors_s"] = context.wait_for_min_actors_s
         context.wait_for_min_actors_s = int(math.ceil(plan.wait_for_workers_s))
-    ds = build_dataset(options, setup, plan, pending, record.run_id)
+    # A model batch whose worker died more than max_worker_retries times fails its block; Ray Data
+    # then drops the block instead of aborting, and the rounds below bisect its images.
+    saved_context["max_errored_blocks"] = context.max_errored_blocks
+    context.max_errored_blocks = -1
     committer = PartCommitter(store, record, stats, options, total=len(pending))
     try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-            stats.see_batch(batch)
-            for row in iter_rows(batch):
-                committer.add(row)
-            committer.commit_if_due()
-        committer.commit()
+        todo, batch_size, isolated = pending, options.batch_size, False
+        while True:
+            ds = build_dataset(options, setup, plan, todo, record.run_id, batch_size=batch_size, isolate_batches=isolated)
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+                stats.see_batch(batch)
+                for row in iter_rows(batch):
+                    committer.add(row)
+                committer.commit_if_due()
+            committer.commit()
+            lost = [row for row in todo if row["image_id"] not in committer.seen]
+            if not lost:
+                break
+            if batch_size == 1 and isolated:  # alone on its worker, and it still died every time
+                for row in lost:
+                    committer.add(worker_lost_row(row, options.max_worker_retries))
+                committer.commit()
+                break
+            batch_size, isolated = (batch_size + 1) // 2, True
+            logger.warning(
+                "%d image(s) got no result (their model worker died %d times on their batch); bisecting: "
+                "labeling them again in batches of %d", len(lost), options.max_worker_retries + 1, batch_size,
+            )
+            todo = lost
     finally:
         committer.close()
         for name, value in saved_context.items():
@@ -379,6 +408,16 @@ def image_row(row: dict[str, Any], ok: bool, run_id: str) -> dict[str, Any]:
         "seconds": float(row["seconds"]),
         "panoptic_file": f"panoptic/{image_id}.png" if ok else None,
         "run_id": run_id,
+    }
+
+
+def worker_lost_row(row: dict[str, Any], max_worker_retries: int) -> dict[str, Any]:
+    """The result of an input whose model worker died on it alone every time (``worker_lost``)."""
+    return {
+        "image_id": row["image_id"], "file_path": row["file_path"], "status": STATUS_ERROR,
+        "error": f"worker_lost: the model worker process died on this image alone {max_worker_retries + 1} time(s) "
+        "(after bisecting its batch); see the Ray worker logs",
+        "width": 0, "height": 0, "num_segments": 0, "seconds": 0.0, "model_seconds": 0.0, "model_identity": "",
     }
 
 
