@@ -12,6 +12,7 @@ from typing import Optional
 
 import fiftyone as fo
 from fiftyone import ViewField as F
+from fiftyone.core.aggregations import Aggregation
 from fiftyone.core.collections import SampleCollection
 
 from .dataset import DEFAULT_LABEL_FIELD
@@ -126,19 +127,48 @@ class ReviewSummary:
         return asdict(self)
 
 
+class ClassConfidenceCounts(Aggregation):
+    """Per class: the number of labels and of those scored below ``threshold``, in one
+    ``$unwind``/``$group`` (so it joins the other aggregations of one ``aggregate`` call: a single
+    pass over the collection instead of one per count). Result: ``{label: (total, below)}``."""
+
+    def __init__(self, label_field: str, threshold: float) -> None:
+        super().__init__(f"{label_field}.detections")
+        self._label_field = label_field
+        self._threshold = float(threshold)
+
+    def _kwargs(self) -> list:
+        return [["label_field", self._label_field], ["threshold", self._threshold]]
+
+    def default_result(self) -> dict:
+        return {}
+
+    def parse_result(self, d: dict) -> dict:
+        return {row["label"]: (int(row["total"]), int(row["below"])) for row in d["result"] if row["label"] is not None}
+
+    def to_mongo(self, sample_collection: SampleCollection, context=None) -> list:
+        below = {"$cond": [{"$lt": ["$label.confidence", self._threshold]}, 1, 0]}  # None counts below, as F("confidence") < t
+        return [
+            {"$project": {"label": f"${self._label_field}.detections"}},
+            {"$unwind": "$label"},
+            {"$group": {"_id": "$label.label", "total": {"$sum": 1}, "below": {"$sum": below}}},
+            {"$group": {"_id": None, "result": {"$push": {"label": "$_id", "total": "$total", "below": "$below"}}}},
+        ]
+
+
 def review_summary(
     samples: SampleCollection, threshold: float, label_field: str = DEFAULT_LABEL_FIELD, bins: int = 20
 ) -> ReviewSummary:
     """Per-class label counts below/above ``threshold``, a confidence histogram over [0, 1] and
-    review progress, computed by database aggregations (no labels loaded into Python)."""
+    review progress, computed by one database aggregation (one ``$facet``: a single pass over the
+    samples, no labels loaded into Python)."""
     threshold = _check_threshold(threshold)
-    labels = f"{label_field}.detections.label"
     confidence = f"{label_field}.detections.confidence"
     status = f"{label_field}.detections.review_status"
     reviewed = f"{label_field}_reviewed"
     aggregations = [
         fo.Count(),
-        fo.CountValues(labels),
+        ClassConfidenceCounts(label_field, threshold),
         fo.HistogramValues(confidence, bins=bins, range=[0.0, 1.0]),
     ]
     has_status = samples.has_field(status)
@@ -147,15 +177,13 @@ def review_summary(
     if samples.has_field(reviewed):
         aggregations.append(fo.CountValues(reviewed))
     results = samples.aggregate(aggregations)
-    num_samples, totals, (hist_counts, hist_edges, _other) = results[0], results[1], results[2]
+    num_samples, counts, (hist_counts, hist_edges, _other) = results[0], results[1], results[2]
     rest = results[3:]
     statuses = {str(k): int(v) for k, v in (rest.pop(0) if has_status else {}).items() if k is not None}
     reviewed_counts = rest.pop(0) if rest else {}
-    below_totals = samples.filter_labels(label_field, F("confidence") < threshold, only_matches=False).count_values(labels)
     per_class = [
-        ClassCount(label=str(name), total=int(n), below=int(below_totals.get(name, 0)), above=int(n) - int(below_totals.get(name, 0)))
-        for name, n in sorted(totals.items(), key=lambda kv: (-kv[1], str(kv[0])))
-        if name is not None
+        ClassCount(label=str(name), total=total, below=below, above=total - below)
+        for name, (total, below) in sorted(counts.items(), key=lambda kv: (-kv[1][0], str(kv[0])))
     ]
     num_labels = sum(c.total for c in per_class)
     num_below = sum(c.below for c in per_class)
