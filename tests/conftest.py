@@ -3,7 +3,8 @@
 - ``repo_root``, ``tiny_config``: paths.
 - ``autolabel_inputs``: ``tests/data/autolabel`` (real photos plus broken and unusual files).
 - ``autolabel_run``: one auto-labeling run of the tiny random-weight model over
-  ``autolabel_inputs`` (local Ray, 2 CPUs), made once per session; returns the output directory.
+  ``autolabel_inputs`` (local Ray, 2 CPUs), made once per session (shared by pytest-xdist
+  workers); returns the output directory.
   Read-only for tests: copy it before changing anything.
 - ``process_reaper``: kills, by pid, every process a test started (directly or through daemons
   such as ``ray start``), including orphans re-parented to the test process.
@@ -17,8 +18,10 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import importlib
 import os
+import shutil
 import signal
 from pathlib import Path
 from types import ModuleType
@@ -99,11 +102,9 @@ def autolabel_inputs() -> Path:
     return AUTOLABEL_INPUTS
 
 
-@pytest.fixture(scope="session")
-def autolabel_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _make_autolabel_run(out: Path) -> None:
     from possam_label.engine.autolabel import AutolabelOptions, run_autolabel
 
-    out = tmp_path_factory.mktemp("autolabel") / "out"
     run_autolabel(
         AutolabelOptions(
             dataset=str(AUTOLABEL_INPUTS),
@@ -116,6 +117,25 @@ def autolabel_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             durable=False,
         )
     )
+
+
+@pytest.fixture(scope="session")
+def autolabel_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        out = tmp_path_factory.mktemp("autolabel") / "out"
+        _make_autolabel_run(out)
+        return out
+    # Under pytest-xdist the workers share one run, made by the first worker that needs it
+    # (getbasetemp().parent is this session's directory, common to its workers).
+    shared = tmp_path_factory.getbasetemp().parent / "autolabel_run"
+    shared.mkdir(exist_ok=True)
+    out = shared / "out"
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "done").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            _make_autolabel_run(out)
+            (shared / "done").touch()
     return out
 
 
