@@ -43,6 +43,7 @@ from possam_label.io.tables import (
     table_to_ipc,
 )
 from possam_label.types import SegmentInfo
+from test_panoptic import three_segments
 
 DATA = Path(__file__).resolve().parent / "data" / "autolabel"
 # Every image-extension file under tests/data/autolabel (README.txt and the LICENSE are not inputs).
@@ -115,21 +116,8 @@ def test_actors_fit_decides_the_wait_for_workers() -> None:
 
 
 # ------------------------------------------------------------------------------ encoding
-def _three_segment_map() -> tuple[np.ndarray, list[SegmentInfo]]:
-    id_map = np.zeros((32, 48), dtype=np.int32)
-    id_map[:, :20] = 1  # stuff on the left
-    id_map[5:15, 25:40] = 2  # a thing
-    id_map[20:30, 30:46] = 3  # a low-score thing
-    segments = [
-        SegmentInfo(id=seg_id, category_id=100 + seg_id, category=f"class{seg_id}", isthing=isthing, score=score,
-                    mask_quality=0.7, in_vocab_prob=0.5, out_vocab_prob=0.4, area=-1, bbox=[0, 0, 0, 0])
-        for seg_id, score, isthing in ((1, 0.9, False), (2, 0.8, True), (3, 0.2, True))
-    ]
-    return id_map, segments
-
-
 def test_to_original_size_upsamples_filters_and_recomputes_area_bbox() -> None:
-    id_map, segments = _three_segment_map()
+    id_map, segments = three_segments()
     full, kept = to_original_size(id_map, predicted_segments_table(segments), height=64, width=96, min_score=0.5)
     assert full.shape == (64, 96) and full.dtype == np.int32
     rows = kept.to_pylist()
@@ -146,7 +134,7 @@ def test_to_original_size_upsamples_filters_and_recomputes_area_bbox() -> None:
 
 
 def test_encode_stage_outputs_agree_with_each_other() -> None:
-    id_map, segments = _three_segment_map()
+    id_map, segments = three_segments()
     batch = {
         "image_id": np.array([11, 12]),
         "file_path": np.array(["/a.png", "/b.png"]),

@@ -13,7 +13,8 @@ from possam_label.panoptic import areas_and_boxes, filter_by_score, keep_ids, re
 from possam_label.types import PanopticPrediction, SegmentInfo, segment_fields
 
 
-def _three_segments() -> tuple[np.ndarray, list[SegmentInfo]]:
+def three_segments() -> tuple[np.ndarray, list[SegmentInfo]]:
+    """A (32, 48) map with a stuff segment (score 0.9), a thing (0.8) and a low-score thing (0.2); also used by test_autolabel_units."""
     id_map = np.zeros((32, 48), dtype=np.int32)
     id_map[:, :20] = 1  # stuff on the left
     id_map[5:15, 25:40] = 2  # a thing
@@ -37,7 +38,7 @@ def test_resize_ids_nearest_keeps_every_id() -> None:
 
 def test_keep_areas_boxes_and_renumber() -> None:
     assert keep_ids(np.array([[1, 2], [3, -1]]), [2, 3]).tolist() == [[0, 2], [3, 0]]
-    id_map, _ = _three_segments()
+    id_map, _ = three_segments()
     areas, boxes = areas_and_boxes(id_map, [2, 1, 5])
     assert areas == [150, 640, 0] and boxes == [[25.0, 5.0, 15.0, 10.0], [0.0, 0.0, 20.0, 32.0], None]
     # Present ids are renumbered 1..M in the order given; absent ones leave no gap; others become void.
@@ -49,7 +50,7 @@ def test_keep_areas_boxes_and_renumber() -> None:
 
 
 def test_score_filter_and_predictions() -> None:
-    id_map, segments = _three_segments()
+    id_map, segments = three_segments()
     assert score_passes(np.array([0.2, 0.5, 0.7]), 0.5).tolist() == [False, True, True]  # score >= threshold
     assert score_passes(np.array([0.2]), None).tolist() == [True]
     prediction = with_geometry(id_map, segments)
