@@ -108,7 +108,7 @@ def test_bf16_autocast_agrees_with_fp32(shipped_fp32: PosSAMPredictor) -> None:
     decided = stable & (top2[..., 0] - top2[..., 1] >= BF16_DECIDED_MARGIN)
     assert decided.float().mean() > BF16_DECIDED_QUERIES
     # Almost all decided queries keep their class probabilities; a rare one still flips (its crop
-    # and shape embeddings near a class boundary): with the heads of README step 7, 1 of 115 moved
+    # and shape embeddings near a class boundary): with the heads of step 7 (docs/small_model.md), 1 of 115 moved
     # 0.22 on the build machine (0.61 on the CI machine), the 95th percentile 0.013.
     moved = (prob_ref - prob_low).abs().amax(-1)[decided]
     assert (moved > BF16_PROB_TOL).float().mean() <= BF16_FLIPPED_QUERIES, moved.sort().values[-5:]
@@ -124,7 +124,7 @@ def test_bf16_autocast_agrees_with_fp32(shipped_fp32: PosSAMPredictor) -> None:
     same_cells = (cells_ref == cells_low).flatten(2).all(-1)
     assert (stable & same_cells).float().mean() > BF16_STABLE_QUERIES
     out_ref, out_low = ref_out.softmax(-1), low_out.softmax(-1)
-    # The same for the frozen CLIP's classes: with the BatchNorm CLIP of README step 7, a query
+    # The same for the frozen CLIP's classes: with the BatchNorm CLIP of step 7 (docs/small_model.md), a query
     # whose two best shape classes are near-tied may swap them (1 of 148 here, by 0.66; the 95th percentile 0.010).
     moved_out = (out_ref - out_low).abs().amax(-1)[stable & same_cells]
     assert (moved_out > BF16_PROB_TOL).float().mean() <= BF16_FLIPPED_QUERIES, moved_out.sort().values[-5:]

@@ -207,7 +207,7 @@ def test_pretraining_on_the_shipped_heads_predicted_masks(world, tmp_path):
     )
     # The shipped heads' masks match the base segments of these scenes (their novel shapes are not
     # in the vocabulary). Measured, starting from the shipped encoder (pretrained on thing segments
-    # only, README step 6): 76 crops, mean IoU 0.93; loss 1.11 -> 0.22; the encoder then names 97 %
+    # only, docs/small_model.md step 6): 76 crops, mean IoU 0.93; loss 1.11 -> 0.22; the encoder then names 97 %
     # of these (seen) crops (things 100 %, stuff 92 %), the shipped heads themselves 78 % (stuff 100 %).
     assert report["training_crops"] > 50
     validation = report["validation"]

@@ -150,7 +150,7 @@ def test_clip_text_embeddings(clip):
 def test_clip_mask_pooled_dense_classification_held_out(clip):
     result = evaluate_dense_classification(clip, small_clip_tokenizer(), num_scenes=8)
     assert result["n_things_novel"] > 0 and result["n_stuff_base"] > 0
-    # The shipped CLIP (BatchNorm image tower, README step 8) on 100 held-out scenes: stuff 100 %
+    # The shipped CLIP (BatchNorm image tower, docs/small_model.md step 8) on 100 held-out scenes: stuff 100 %
     # (novel "sand" 100 %), shapes 68 % base and 64 % novel (step 7: 45 % and 38 %; the ConvNeXt-atto
     # tower before it: 6 %, chance). On these 8 scenes: stuff 100 %, shapes 66.7 % (novel 8 of 11;
     # step 7: 38.5 %, novel 4 of 11).
