@@ -24,6 +24,7 @@ from possam_label.fiftyone.corrections import (
     revert_corrections,
 )
 from possam_label.fiftyone.editor_sync import sync_editor_edits
+from possam_label.fiftyone.mask_tools import merge_labels, split_label, undo_correction
 from possam_label.fiftyone.review_queue import next_in_queue, queue_status
 from possam_label.fiftyone.dataset import DEFAULT_LABEL_FIELD, get_categories, has_possam_field, possam_label_fields
 from possam_label.fiftyone.export import EXPORT_FORMATS, ExportOptions, export_from_dataset
@@ -367,6 +368,44 @@ class RejectLabels(_SelectionOperator):
     def config(self):
         return foo.OperatorConfig(name="reject_labels", label="PosSAM: reject selected labels",
                                   description="Mark the selected labels wrong (left out of exports)")
+
+
+class MergeLabels(_SelectionOperator):
+    action_label = "Merged"
+    function = staticmethod(merge_labels)
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="merge_labels", label="PosSAM: merge selected labels",
+                                  description="Merge the selected labels of one image into one (union of the masks; undoable)")
+
+
+class SplitLabel(_SelectionOperator):
+    action_label = "Split"
+    function = staticmethod(split_label)
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="split_label", label="PosSAM: split label into connected parts",
+                                  description="Each selected label becomes its connected parts (undoable)")
+
+
+class UndoCorrection(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="undo_correction", label="PosSAM: undo last mask correction",
+                                  description="Undo the latest merge or split of the open sample")
+
+    def resolve_placement(self, ctx):
+        return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS,
+                               types.Button(label="PosSAM: undo last mask correction", icon="/assets/icon.svg", prompt=False))
+
+    def execute(self, ctx):
+        if not ctx.current_sample:
+            raise ValueError("open a sample first")
+        entry = undo_correction(ctx.dataset, ctx.current_sample, _label_field(ctx))
+        _after_correction(ctx, f"Undid the {entry['action']}")
+        return {"undone": entry["action"]}
 
 
 class MarkReviewed(foo.Operator):
@@ -867,6 +906,9 @@ def register(p):
         NextInQueue,
         SyncEditorEdits,
         AutoAccept,
+        MergeLabels,
+        SplitLabel,
+        UndoCorrection,
         ReviewPanel,
     ):
         p.register(cls)
