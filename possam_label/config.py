@@ -234,6 +234,9 @@ class BaselineConfig:
     crop_size: int = 224
     crop_context: float = 0.1  # box margin as a fraction of its size
     min_score: float = 0.0
+    # SAM weights of this path when they differ from ``sam.checkpoint`` (same architecture;
+    # None: ``sam.checkpoint``). Resolved like every other path of the config.
+    sam_checkpoint: Optional[str] = None
 
 
 @dataclass

@@ -156,8 +156,11 @@ class SamClipPredictor(BatchPredictor):
         sam_file: Optional[str] = None
         if checkpoint is not None:
             sam_file = checkpoint
-        elif load_backbones and cfg.sam.checkpoint is not None:
-            sam_file = cfg.sam.checkpoint if cfg.sam.checkpoint == "official" else cfg.resolve_path(cfg.sam.checkpoint)
+        elif load_backbones and (cfg.baseline.sam_checkpoint or cfg.sam.checkpoint) is not None:
+            # The two-stage path may name its own SAM: the shipped small config pairs PosSAM's heads
+            # with the SAM they were trained on, and the baseline with the promptable one.
+            chosen = cfg.baseline.sam_checkpoint or cfg.sam.checkpoint
+            sam_file = chosen if chosen == "official" else cfg.resolve_path(chosen)
         if sam_file == "official":
             if cfg.sam.variant not in SAM_CHECKPOINT_URLS:
                 raise WeightsError("sam.checkpoint 'official' needs sam.variant vit_b, vit_l or vit_h")
