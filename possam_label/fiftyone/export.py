@@ -420,8 +420,9 @@ def check_coco_panoptic(panoptic_json: Union[str, os.PathLike], png_dir: Union[s
     training-set rule that a stuff class has at most one segment per image.
 
     Returns:
-        ``{"images", "annotations", "segments", "categories"}`` counts.
+        ``{"images": n, "segments": m}``.
     Raises:
         ValueError: listing the problems found, each naming the file or image.
     """
-    return validate_coco_panoptic(panoptic_json, png_dir, one_segment_per_stuff_class=True)
+    counts = validate_coco_panoptic(panoptic_json, png_dir, one_segment_per_stuff_class=True)
+    return {"images": counts["images"], "segments": counts["segments"]}
