@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ship-code", action="store_true",
         help="send the possam_label package to the Ray workers (for clusters whose nodes do not have it installed)",
     )
+    group.add_argument(
+        "--max-worker-retries", type=int, default=2, metavar="N",
+        help="retry a model batch at most N times when its worker process dies (OS kill, native crash); then its "
+        "images are labeled again in halves down to single images, and an image that still kills its worker is "
+        "recorded as error worker_lost (the run always ends)",
+    )
     group = groups["commits"]
     group.add_argument("--rows-per-part", type=int, default=64, help="images per committed Parquet part")
     group.add_argument("--commit-interval", type=float, default=30.0, help="commit a part at least every this many seconds")
@@ -141,7 +147,10 @@ def format_summary(summary: AutolabelSummary) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--rows-per-part", args.rows_per_part, 1), ("--workers", args.workers, 1)):
+    for flag, value, low in (
+        ("--batch-size", args.batch_size, 1), ("--rows-per-part", args.rows_per_part, 1), ("--workers", args.workers, 1),
+        ("--max-worker-retries", args.max_worker_retries, 0),
+    ):
         if value is not None and value < low:
             print(f"error: {flag} must be >= {low}", file=sys.stderr)
             return 2
@@ -183,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         rows_per_part=args.rows_per_part,
         commit_interval_s=args.commit_interval,
         ship_code=args.ship_code,
+        max_worker_retries=args.max_worker_retries,
         show_progress=not args.no_progress,
         durable=not args.no_fsync,
     )

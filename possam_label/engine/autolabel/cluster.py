@@ -26,14 +26,18 @@ def default_torch_threads(cpus: int, workers: int) -> int:
     return max(1, (cpus - 1) // max(1, workers))
 
 
-def actor_pool_kwargs(size: int) -> dict[str, Any]:
+def actor_pool_kwargs(size: int, max_tasks_in_flight: Optional[int] = None) -> dict[str, Any]:
     """Actor-pool sizing in the form the installed Ray prefers (``concurrency=`` in 2.9-2.50,
-    ``compute=ActorPoolStrategy`` before and after; see ray-project/ray PR #57035)."""
+    ``compute=ActorPoolStrategy`` before and after; see ray-project/ray PR #57035).
+
+    ``max_tasks_in_flight``: batches queued on one actor (None: Ray's default). 1 isolates
+    batches: when an actor dies only the batch it was running fails, not the ones queued behind it.
+    """
     import ray.data
 
     major, minor = (int(x) for x in ray.__version__.split(".")[:2])
-    if (major, minor) >= (2, 51) or (major, minor) < (2, 9):
-        return {"compute": ray.data.ActorPoolStrategy(size=size)}
+    if (major, minor) >= (2, 51) or (major, minor) < (2, 9) or max_tasks_in_flight is not None:
+        return {"compute": ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=max_tasks_in_flight)}
     return {"concurrency": size}
 
 
@@ -118,9 +122,10 @@ class WorkerPlan:
             wait_s = 0.0 if actors_fit(resources, workers, gpus, options.worker_resources) else DEFAULT_WAIT_FOR_WORKERS_S
         return cls(workers, gpus, device, threads, wait_s, options.worker_resources)
 
-    def actor_args(self) -> dict[str, Any]:
-        """Ray remote arguments of a model actor."""
-        args: dict[str, Any] = {"num_cpus": 1}
+    def actor_args(self, max_task_retries: int) -> dict[str, Any]:
+        """Ray remote arguments of a model actor: a dead actor is restarted (Ray Data's default),
+        and a batch is retried at most ``max_task_retries`` times (Ray Data's default: forever)."""
+        args: dict[str, Any] = {"num_cpus": 1, "max_restarts": -1, "max_task_retries": max_task_retries}
         if self.gpus_per_worker > 0:
             args["num_gpus"] = self.gpus_per_worker
         if self.worker_resources:

@@ -18,7 +18,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "labels": ("min_score", "max_side", "max_pixels"),
     "cluster": (
         "batch_size", "workers", "gpus_per_worker", "torch_threads", "worker_resources", "ray_address", "num_cpus",
-        "wait_for_workers_s", "ship_code",
+        "wait_for_workers_s", "ship_code", "max_worker_retries",
     ),
     "commits": ("rows_per_part", "commit_interval_s", "durable", "show_progress"),
 }
@@ -74,6 +74,11 @@ class AutolabelOptions:
             loads), else ``DEFAULT_WAIT_FOR_WORKERS_S`` (autoscaling or busy clusters).
         ship_code: send the ``possam_label`` package to the workers (``runtime_env.py_modules``)
             for clusters whose nodes do not have it installed.
+        max_worker_retries: how many times a model batch is retried when its worker process dies
+            (the OS killing it, a native crash). A batch still without a result is then bisected
+            (rerun in halves, down to single images) so one poisoned image cannot fail its
+            neighbours; an image that kills its worker alone is recorded as ``worker_lost``. The
+            run always ends.
 
     Commits:
         rows_per_part: images per committed part (the unit of loss on a crash).
@@ -107,6 +112,7 @@ class AutolabelOptions:
     num_cpus: Optional[int] = None
     wait_for_workers_s: Optional[float] = None
     ship_code: bool = False
+    max_worker_retries: int = 2
     # commits
     rows_per_part: int = 64
     commit_interval_s: float = 30.0
@@ -127,6 +133,8 @@ class AutolabelOptions:
             raise ValueError("batch_size must be >= 1")
         if self.rows_per_part < 1:
             raise ValueError("rows_per_part must be >= 1")
+        if self.max_worker_retries < 0:
+            raise ValueError("max_worker_retries must be >= 0")
         if self.model not in model_kinds:
             raise ValueError(f"model must be one of {', '.join(model_kinds)}, got {self.model!r}")
         if self.mode not in MODES:

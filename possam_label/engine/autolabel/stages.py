@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), dtype=np.uint8)
 PLACEHOLDER_MAP = np.zeros((1, 1), dtype=np.int32)
+# Test fault injection: a model worker whose batch holds a file with this base name exits at once,
+# as a native crash or the OS killing it would (tests/test_autolabel_worker_lost.py).
+TEST_KILL_ON_ENV = "POSSAM_TEST_KILL_ON"
 
 
 # ------------------------------------------------------------------------------ batch helpers
@@ -199,6 +202,9 @@ class PanopticModelActor:
         return results
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        kill_on = os.environ.get(TEST_KILL_ON_ENV)
+        if kill_on and any(os.path.basename(str(p)) == kill_on for p in batch_column(batch, "file_path")):
+            os._exit(17)  # test fault injection (TEST_KILL_ON_ENV): die like a crashed worker
         status = batch_column(batch, "status")
         images = list(batch.pop("image"))
         ok = [i for i, s in enumerate(status) if s == STATUS_OK]
