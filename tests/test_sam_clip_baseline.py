@@ -11,6 +11,8 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
+from conftest import unavailable
+
 from possam_label.config import load_config
 from possam_label.baselines.sam_clip import SamClipPredictor, build_sam, merge_masks
 from possam_label.model.weights import WeightsError
@@ -269,7 +271,7 @@ HELD_OUT_SEED = 777  # the synthetic world's held-out scenes (never used for tra
 def _require_small_model() -> None:
     missing = [str(p) for p in (SMALL_SAM, SMALL_CLIP) if not p.is_file()]
     if missing:
-        pytest.skip(f"shipped small model not built yet: {', '.join(missing)}")
+        unavailable(f"shipped small model not built yet: {', '.join(missing)}")
 
 
 def _held_out_scenes(count: int) -> list[tuple[np.ndarray, np.ndarray, list[dict]]]:
