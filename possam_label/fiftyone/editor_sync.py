@@ -369,7 +369,9 @@ def sync_editor_edits(
         sync_sample(sample, fields, categories, result=result)
     if len(categories) != num_classes:
         store_classes(dataset, label_field, categories)
-    if whole:
+    if whole and (since is None or result.num_samples_checked):
+        # Only when something was read: an unchanged stamp is still right, and no dataset write
+        # happens on a refresh that found nothing modified.
         _set_sync_stamp(dataset, label_field, started)
     if result.num_edits:
         logger.info("editor edits of %s.%s: %s", dataset.name, label_field, result.to_dict())
