@@ -10,7 +10,7 @@ Modules:
     textures: procedural stuff textures and the noise they are made of.
     world: :func:`render_scene`, :func:`generate_dataset` (COCO-panoptic files), held-out scenes.
     small_sam: a small segment_anything ``Sam`` trained from scratch on the world
-        (with sam_prompts, sam_losses, sam_warmup).
+        (with sam_prompts, sam_losses, sam_warmup, sam_eval).
     small_clip: a small open_clip CLIP trained on the world (with captions, clip_data, clip_dense).
 
 The world's public functions are importable from this package; the small models' modules import

@@ -116,6 +116,97 @@ class SyntheticCaptionStream(torch.utils.data.IterableDataset):
             yield make_clip_batch(rng, [render(rng) for _ in range(self.sampling.scenes_per_step)], world, captions, self.sampling)
 
 
+# (image, caption, is_thing, class index) of one crop or patch
+CropItem = tuple[torch.Tensor, str, bool, int]
+
+
+def _thing_crops(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    id_map: np.ndarray,
+    seg: dict[str, Any],
+    k: int,
+    colour: str,
+    seg_class: dict[int, int],
+    stuff_ids: Sequence[int],
+    captions: CaptionGenerator,
+    sampling: ClipSampling,
+) -> list[CropItem]:
+    """A thing with some context, captioned (naming the background stuff when one dominates), and
+    with ``sampling.cut_out_things`` the same window with everything but the thing set to one random
+    flat colour."""
+    size = id_map.shape[0]
+    x, y, w, h = seg["bbox"]
+    side = int(max(w, h) * rng.uniform(1.15, 1.8))
+    jitter = 0.1 * side
+    x0, y0, side = _square_window(x + w / 2 + rng.uniform(-jitter, jitter), y + h / 2 + rng.uniform(-jitter, jitter), side, size)
+    window_ids = id_map[y0 : y0 + side, x0 : x0 + side]
+    background = np.isin(window_ids, stuff_ids)
+    stuff_index = None
+    if background.any():
+        ids, counts = np.unique(window_ids[background], return_counts=True)
+        if counts.max() > 0.5 * background.sum():
+            stuff_index = seg_class[int(ids[np.argmax(counts)])]
+    caption = captions.thing(rng, k, colour, seg["area"] / (size * size), stuff_index)
+    items = [(_resize_uint8(image[y0 : y0 + side, x0 : x0 + side], sampling.crop_size), caption, True, k)]
+    if sampling.cut_out_things:
+        cut_out = image[y0 : y0 + side, x0 : x0 + side].copy()
+        cut_out[id_map[y0 : y0 + side, x0 : x0 + side] != seg["id"]] = rng.integers(0, 256, 3).astype(np.uint8)
+        caption = captions.thing(rng, k, colour, seg["area"] / (size * size), None)
+        items.append((_resize_uint8(cut_out, sampling.crop_size), caption, True, k))
+    return items
+
+
+def _stuff_patch(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    id_map: np.ndarray,
+    seg: dict[str, Any],
+    mask: np.ndarray,
+    k: int,
+    captions: CaptionGenerator,
+    sampling: ClipSampling,
+) -> Optional[CropItem]:
+    """A patch mostly (70 %) of this stuff segment, centred on one of its pixels (4 tries; None if none fits)."""
+    size = id_map.shape[0]
+    ys, xs = np.nonzero(mask)
+    for _ in range(4):
+        i = int(rng.integers(len(xs)))
+        side = int(rng.uniform(0.15, 0.4) * size)
+        x0, y0, side = _square_window(xs[i], ys[i], side, size)
+        if (id_map[y0 : y0 + side, x0 : x0 + side] == seg["id"]).mean() >= 0.7:
+            return (_resize_uint8(image[y0 : y0 + side, x0 : x0 + side], sampling.crop_size), captions.stuff(rng, k), False, k)
+    return None
+
+
+def _dense_window(
+    rng: np.random.Generator, image: np.ndarray, id_map: np.ndarray, seg_class: dict[int, int], sampling: ClipSampling
+) -> tuple[torch.Tensor, Optional[torch.Tensor], list[int]]:
+    """A random window fed at the inference scale.
+
+    Returns:
+        (3, s, s) float pixels, the (M, s/32, s/32) pooling weights of the M segments covering at
+        least ``sampling.min_dense_cells`` cells (None when none does), and their classes.
+    """
+    size = id_map.shape[0]
+    win = sampling.dense_window
+    fed = int(round(win * sampling.dense_scale))
+    x0, y0 = int(rng.integers(0, size - win + 1)), int(rng.integers(0, size - win + 1))
+    window = torch.from_numpy(np.ascontiguousarray(image[y0 : y0 + win, x0 : x0 + win])).permute(2, 0, 1)[None].float()
+    if fed != win:
+        window = F.interpolate(window, size=(fed, fed), mode="bilinear", align_corners=False)
+    ids_win = torch.from_numpy(id_map[y0 : y0 + win, x0 : x0 + win])
+    present = [int(v) for v in torch.unique(ids_win) if int(v) != 0]
+    if present:
+        masks = torch.stack([ids_win == v for v in present])
+        grid = fed // 32
+        coverage = F.adaptive_avg_pool2d(masks.float()[:, None], grid)[:, 0]
+        keep = coverage.sum(dim=(-2, -1)) >= sampling.min_dense_cells
+        if keep.any():
+            return window[0], cell_weights(masks[keep], grid), [seg_class[v] for v, kp in zip(present, keep.tolist()) if kp]
+    return window[0], None, []
+
+
 def make_clip_batch(
     rng: np.random.Generator,
     scenes: Sequence[tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]],
@@ -124,11 +215,10 @@ def make_clip_batch(
     sampling: ClipSampling,
 ) -> ClipBatch:
     """Cut crops, patches, small scenes and dense windows (with captions and labels) from scenes."""
-    crop_items: list[tuple[torch.Tensor, str, bool, int]] = []  # (image, caption, is_thing, class)
+    crop_items: list[CropItem] = []
     scene_items: list[tuple[torch.Tensor, str]] = []
     dense_pixels, dense_weights, dense_index, dense_labels = [], [], [], []
     for image, id_map, segments in scenes:
-        size = id_map.shape[0]
         seg_class = {s["id"]: world.index_of_category[s["category_id"]] for s in segments}
         stuff_ids = [s["id"] for s in segments if not world.isthing[seg_class[s["id"]]]]
         things_desc: list[tuple[int, str, int]] = []  # (class, colour, area)
@@ -138,58 +228,22 @@ def make_clip_batch(
             if world.isthing[k]:
                 colour = colour_name(image[mask].mean(axis=0))
                 things_desc.append((k, colour, int(seg["area"])))
-                x, y, w, h = seg["bbox"]
-                side = int(max(w, h) * rng.uniform(1.15, 1.8))
-                jitter = 0.1 * side
-                x0, y0, side = _square_window(x + w / 2 + rng.uniform(-jitter, jitter), y + h / 2 + rng.uniform(-jitter, jitter), side, size)
-                window_ids = id_map[y0 : y0 + side, x0 : x0 + side]
-                background = np.isin(window_ids, stuff_ids)
-                stuff_index = None
-                if background.any():
-                    ids, counts = np.unique(window_ids[background], return_counts=True)
-                    if counts.max() > 0.5 * background.sum():
-                        stuff_index = seg_class[int(ids[np.argmax(counts)])]
-                caption = captions.thing(rng, k, colour, seg["area"] / (size * size), stuff_index)
-                crop_items.append((_resize_uint8(image[y0 : y0 + side, x0 : x0 + side], sampling.crop_size), caption, True, k))
-                if sampling.cut_out_things:
-                    cut_out = image[y0 : y0 + side, x0 : x0 + side].copy()
-                    cut_out[id_map[y0 : y0 + side, x0 : x0 + side] != seg["id"]] = rng.integers(0, 256, 3).astype(np.uint8)
-                    caption = captions.thing(rng, k, colour, seg["area"] / (size * size), None)
-                    crop_items.append((_resize_uint8(cut_out, sampling.crop_size), caption, True, k))
+                crop_items.extend(_thing_crops(rng, image, id_map, seg, k, colour, seg_class, stuff_ids, captions, sampling))
             else:
-                # A patch mostly of this stuff class, centred on one of its pixels.
-                ys, xs = np.nonzero(mask)
-                for _ in range(4):
-                    i = int(rng.integers(len(xs)))
-                    side = int(rng.uniform(0.15, 0.4) * size)
-                    x0, y0, side = _square_window(xs[i], ys[i], side, size)
-                    if (id_map[y0 : y0 + side, x0 : x0 + side] == seg["id"]).mean() >= 0.7:
-                        crop_items.append((_resize_uint8(image[y0 : y0 + side, x0 : x0 + side], sampling.crop_size), captions.stuff(rng, k), False, k))
-                        break
+                patch = _stuff_patch(rng, image, id_map, seg, mask, k, captions, sampling)
+                if patch is not None:
+                    crop_items.append(patch)
         # The whole scene, small, with a caption listing its contents.
         things_desc.sort(key=lambda t: -t[2])
         stuff_order = sorted((s for s in segments if s["id"] in stuff_ids), key=lambda s: -s["area"])
         scene_caption = captions.scene(rng, [(k, c) for k, c, _ in things_desc], [seg_class[s["id"]] for s in stuff_order])
         scene_items.append((_resize_uint8(image, sampling.crop_size), scene_caption))
-        # A dense window at the inference scale.
-        win = sampling.dense_window
-        fed = int(round(win * sampling.dense_scale))
-        x0, y0 = int(rng.integers(0, size - win + 1)), int(rng.integers(0, size - win + 1))
-        window = torch.from_numpy(np.ascontiguousarray(image[y0 : y0 + win, x0 : x0 + win])).permute(2, 0, 1)[None].float()
-        if fed != win:
-            window = F.interpolate(window, size=(fed, fed), mode="bilinear", align_corners=False)
-        dense_pixels.append(window[0])
-        ids_win = torch.from_numpy(id_map[y0 : y0 + win, x0 : x0 + win])
-        present = [int(v) for v in torch.unique(ids_win) if int(v) != 0]
-        if present:
-            masks = torch.stack([ids_win == v for v in present])
-            grid = fed // 32
-            coverage = F.adaptive_avg_pool2d(masks.float()[:, None], grid)[:, 0]
-            keep = coverage.sum(dim=(-2, -1)) >= sampling.min_dense_cells
-            if keep.any():
-                dense_weights.append(cell_weights(masks[keep], grid))
-                dense_labels.extend(seg_class[v] for v, kp in zip(present, keep.tolist()) if kp)
-                dense_index.extend([len(dense_pixels) - 1] * int(keep.sum()))
+        pixels, weights, labels = _dense_window(rng, image, id_map, seg_class, sampling)
+        dense_pixels.append(pixels)
+        if weights is not None:
+            dense_weights.append(weights)
+            dense_labels.extend(labels)
+            dense_index.extend([len(dense_pixels) - 1] * len(labels))
     chosen = [c for c in crop_items if c[2]][: sampling.max_thing_crops] + [c for c in crop_items if not c[2]][: sampling.max_stuff_patches]
     images = torch.stack([c[0] for c in chosen] + [s[0] for s in scene_items])
     texts = [c[1] for c in chosen] + [s[1] for s in scene_items]

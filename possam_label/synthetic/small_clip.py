@@ -240,6 +240,54 @@ def clip_step_losses(
     }
 
 
+def initial_clip_model(config: ClipTrainConfig) -> nn.Module:
+    """The model a training run starts from: random, ``config.init_checkpoint``, or one tower of it
+    (``init_visual_only`` / ``init_text_only``, the other random); with ``freeze_text_tower`` only
+    the image tower requires gradients.
+
+    Raises:
+        WeightsError: the checkpoint (or the tower taken from it) does not fit the small CLIP.
+    """
+    if config.init_checkpoint and config.init_visual_only:
+        model = build_small_clip()
+        state = {k: v.float() for k, v in load_state_dict(config.init_checkpoint).items() if k.startswith("visual.") or k == "logit_scale"}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(k.startswith("visual.") for k in missing):
+            raise WeightsError(f"{config.init_checkpoint}: its image tower does not fit the small CLIP model")
+        logger.info("image tower from %s, text tower random", config.init_checkpoint)
+    elif config.init_checkpoint and config.init_text_only:
+        model = build_small_clip()
+        state = {k: v.float() for k, v in load_state_dict(config.init_checkpoint).items() if not k.startswith("visual.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("visual.") for k in missing):
+            raise WeightsError(f"{config.init_checkpoint}: its text tower does not fit the small CLIP model")
+        logger.info("text tower from %s, image tower random", config.init_checkpoint)
+    else:
+        model = build_small_clip(config.init_checkpoint)
+    if config.freeze_text_tower:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("visual."))
+    return model
+
+
+def _clip_optimizer(model: nn.Module, config: ClipTrainConfig) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
+    """AdamW over the parameters that require gradients, and that parameter list (for clipping)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        # No decay on norms, biases, embeddings, positional tables and the temperature.
+        (no_decay if p.ndim <= 1 or "embedding" in name or name == "logit_scale" else decay).append(p)
+    trainable = decay + no_decay  # with a frozen text tower, the image tower's parameters only
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+    return optimizer, trainable
+
+
 def train_small_clip(
     out_dir: str | Path,
     config: ClipTrainConfig = ClipTrainConfig(),
@@ -261,40 +309,10 @@ def train_small_clip(
     out = prepare_out_dir(out_dir)
     torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
-    if config.init_checkpoint and config.init_visual_only:
-        model = build_small_clip()
-        state = {k: v.float() for k, v in load_state_dict(config.init_checkpoint).items() if k.startswith("visual.") or k == "logit_scale"}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or any(k.startswith("visual.") for k in missing):
-            raise WeightsError(f"{config.init_checkpoint}: its image tower does not fit the small CLIP model")
-        logger.info("image tower from %s, text tower random", config.init_checkpoint)
-    elif config.init_checkpoint and config.init_text_only:
-        model = build_small_clip()
-        state = {k: v.float() for k, v in load_state_dict(config.init_checkpoint).items() if not k.startswith("visual.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith("visual.") for k in missing):
-            raise WeightsError(f"{config.init_checkpoint}: its text tower does not fit the small CLIP model")
-        logger.info("text tower from %s, image tower random", config.init_checkpoint)
-    else:
-        model = build_small_clip(config.init_checkpoint)
-    if config.freeze_text_tower:
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith("visual."))
+    model = initial_clip_model(config)
     model.train()
     tokenizer = small_clip_tokenizer()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        # No decay on norms, biases, embeddings, positional tables and the temperature.
-        (no_decay if p.ndim <= 1 or "embedding" in name or name == "logit_scale" else decay).append(p)
-    trainable = decay + no_decay  # with a frozen text tower, the image tower's parameters only
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(0.9, 0.98),
-        eps=1e-6,
-    )
+    optimizer, trainable = _clip_optimizer(model, config)
     loader = torch.utils.data.DataLoader(
         SyntheticCaptionStream(config.seed, config.sampling, renderer),
         batch_size=None,

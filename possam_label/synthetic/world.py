@@ -248,6 +248,92 @@ def _bbox(mask: np.ndarray) -> list[int]:
     return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
 
 
+def _stuff_background(rng: np.random.Generator, stuff: Sequence[str], h: int, w: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """1-3 textured stuff regions covering the image.
+
+    Returns:
+        (h, w, 3) float32 image, (h, w) uint8 region index, and the stuff class of each region.
+    """
+    image_area = h * w
+    num_regions = int(min(len(stuff), rng.choice([1, 2, 3], p=[0.25, 0.5, 0.25])))
+    region_names = [stuff[i] for i in rng.permutation(len(stuff))[:num_regions]]
+    sky_first = "sky" in region_names and num_regions > 1
+    if sky_first:
+        region_names.remove("sky")
+        region_names.insert(0, "sky")
+    for _ in range(10):
+        regions = _stuff_layout(rng, h, w, num_regions, sky_first)
+        counts = np.bincount(regions.ravel(), minlength=num_regions)
+        if counts.min() >= MIN_STUFF_FRACTION * image_area:
+            break
+    else:  # fall back to a single region rather than keep a sliver
+        regions = np.zeros((h, w), np.uint8)
+        region_names = region_names[:1]
+    image = stuff_texture(rng, region_names[0], h, w)
+    for r, name in enumerate(region_names[1:], start=1):
+        np.copyto(image, stuff_texture(rng, name, h, w), where=(regions == r)[..., None])
+    return image, regions, region_names
+
+
+def _sample_things(rng: np.random.Generator, things: Sequence[str], h: int, w: int, scale: float) -> list[_Instance]:
+    """1-``MAX_THINGS`` rasterised, coloured thing instances in drawing order (none without thing classes)."""
+    instances: list[_Instance] = []
+    if things:
+        for _ in range(int(rng.integers(1, MAX_THINGS + 1))):
+            name = things[int(rng.integers(len(things)))]
+            diameter = rng.uniform(MIN_THING_SIZE, MAX_THING_SIZE) * scale
+            margin = 0.15 * diameter
+            cx, cy = rng.uniform(-margin, w + margin), rng.uniform(-margin, h + margin)
+            inst = _rasterise(rng, name, cx, cy, diameter)
+            inst.color = _random_thing_color(rng)
+            instances.append(inst)
+    return instances
+
+
+def _visible_things(instances: Sequence[_Instance], h: int, w: int, min_thing_area: float) -> list[bool]:
+    """Which instances stay reasonably visible under the ones drawn after them (decided top-down)."""
+    covered = np.zeros((h, w), bool)
+    kept: list[bool] = [False] * len(instances)
+    for i in range(len(instances) - 1, -1, -1):  # topmost first
+        inst = instances[i]
+        box = _clip_box(inst, h, w)
+        full = int(inst.mask.sum())
+        if box is None or full == 0:
+            continue
+        iy, ix, cy_, cx_ = box
+        visible = int((inst.mask[cy_, cx_] & ~covered[iy, ix]).sum())
+        if visible >= MIN_VISIBLE_FRACTION * full and visible >= min_thing_area:
+            kept[i] = True
+            covered[iy, ix] |= inst.mask[cy_, cx_]
+    return kept
+
+
+def _segment_ids(owner: np.ndarray, owner_cat: Sequence[int], num_stuff: int) -> tuple[np.ndarray, list[dict]]:
+    """Segment ids from the per-pixel owner map: stuff regions first, then things in drawing order;
+    tiny stuff leftovers become void (0).
+
+    Args:
+        owner: (h, w) index into ``owner_cat`` per pixel; the first ``num_stuff`` owners are stuff.
+        owner_cat: category id of each owner.
+    Returns:
+        (h, w) int32 id map and the COCO-panoptic ``segments_info`` entries.
+    """
+    counts = np.bincount(owner.ravel(), minlength=len(owner_cat))
+    id_of_owner = np.zeros(len(owner_cat), np.int32)
+    segments: list[dict] = []
+    for k, cat in enumerate(owner_cat):
+        is_stuff = k < num_stuff
+        if counts[k] == 0 or (is_stuff and counts[k] < MIN_STUFF_AREA_FRACTION * owner.size):
+            continue  # id 0 (void)
+        seg_id = len(segments) + 1
+        id_of_owner[k] = seg_id
+        segments.append({"id": seg_id, "category_id": int(cat), "area": int(counts[k]), "iscrowd": 0})
+    for k, seg_id in enumerate(id_of_owner):
+        if seg_id:
+            segments[seg_id - 1]["bbox"] = _bbox(owner == k)
+    return id_of_owner[owner], segments
+
+
 def render_scene(
     rng: np.random.Generator,
     size: int = 256,
@@ -275,54 +361,14 @@ def render_scene(
     things = [n for n in allowed if n in THING_CLASSES]
     h = w = int(size)
     scale = size / 256.0
-    image_area = h * w
 
-    # --- stuff: 1-3 regions covering the image
-    num_regions = int(min(len(stuff), rng.choice([1, 2, 3], p=[0.25, 0.5, 0.25])))
-    region_names = [stuff[i] for i in rng.permutation(len(stuff))[:num_regions]]
-    sky_first = "sky" in region_names and num_regions > 1
-    if sky_first:
-        region_names.remove("sky")
-        region_names.insert(0, "sky")
-    for _ in range(10):
-        regions = _stuff_layout(rng, h, w, num_regions, sky_first)
-        counts = np.bincount(regions.ravel(), minlength=num_regions)
-        if counts.min() >= MIN_STUFF_FRACTION * image_area:
-            break
-    else:  # fall back to a single region rather than keep a sliver
-        regions = np.zeros((h, w), np.uint8)
-        region_names = region_names[:1]
-    image = stuff_texture(rng, region_names[0], h, w)
-    for r, name in enumerate(region_names[1:], start=1):
-        np.copyto(image, stuff_texture(rng, name, h, w), where=(regions == r)[..., None])
+    image, regions, region_names = _stuff_background(rng, stuff, h, w)
     owner_cat = [by_name[n].id for n in region_names]  # owner index -> category id
     owner = regions.copy()  # per pixel: index into owner_cat
 
-    # --- things: sample, rasterise, keep the reasonably visible ones (top-down), paint bottom-up
-    instances: list[_Instance] = []
-    if things:
-        for _ in range(int(rng.integers(1, MAX_THINGS + 1))):
-            name = things[int(rng.integers(len(things)))]
-            diameter = rng.uniform(MIN_THING_SIZE, MAX_THING_SIZE) * scale
-            margin = 0.15 * diameter
-            cx, cy = rng.uniform(-margin, w + margin), rng.uniform(-margin, h + margin)
-            inst = _rasterise(rng, name, cx, cy, diameter)
-            inst.color = _random_thing_color(rng)
-            instances.append(inst)
-    min_thing_area = MIN_THING_AREA * scale * scale
-    covered = np.zeros((h, w), bool)
-    kept: list[bool] = [False] * len(instances)
-    for i in range(len(instances) - 1, -1, -1):  # topmost first
-        inst = instances[i]
-        box = _clip_box(inst, h, w)
-        full = int(inst.mask.sum())
-        if box is None or full == 0:
-            continue
-        iy, ix, cy_, cx_ = box
-        visible = int((inst.mask[cy_, cx_] & ~covered[iy, ix]).sum())
-        if visible >= MIN_VISIBLE_FRACTION * full and visible >= min_thing_area:
-            kept[i] = True
-            covered[iy, ix] |= inst.mask[cy_, cx_]
+    # Things: sample, rasterise, keep the reasonably visible ones (top-down), paint bottom-up.
+    instances = _sample_things(rng, things, h, w, scale)
+    kept = _visible_things(instances, h, w, MIN_THING_AREA * scale * scale)
     for i, inst in enumerate(instances):
         # Draw the paint for every sampled instance so the rng stream (and hence the rest of
         # the scene) does not depend on which instances were dropped.
@@ -335,21 +381,7 @@ def render_scene(
         owner[iy, ix][inst.mask[cy_, cx_]] = len(owner_cat)
         owner_cat.append(by_name[inst.name].id)
 
-    # --- ids: stuff regions first, then things in drawing order; tiny stuff leftovers -> void
-    counts = np.bincount(owner.ravel(), minlength=len(owner_cat))
-    id_of_owner = np.zeros(len(owner_cat), np.int32)
-    segments: list[dict] = []
-    for k, cat in enumerate(owner_cat):
-        is_stuff = k < len(region_names)
-        if counts[k] == 0 or (is_stuff and counts[k] < MIN_STUFF_AREA_FRACTION * image_area):
-            continue  # id 0 (void)
-        seg_id = len(segments) + 1
-        id_of_owner[k] = seg_id
-        segments.append({"id": seg_id, "category_id": int(cat), "area": int(counts[k]), "iscrowd": 0})
-    for k, seg_id in enumerate(id_of_owner):
-        if seg_id:
-            segments[seg_id - 1]["bbox"] = _bbox(owner == k)
-    id_map = id_of_owner[owner]
+    id_map, segments = _segment_ids(owner, owner_cat, len(region_names))
     np.clip(image, 0.0, 255.0, out=image)
     image += 0.5  # round half up on the non-negative values, then truncate
     return image.astype(np.uint8), id_map, segments
