@@ -52,12 +52,11 @@ from ..model.weights import WeightsError, load_state_dict
 from ..train.checkpoints import prepare_out_dir, save_fp16_checkpoint
 from ..train.plots import plot_loss_curve
 from ..train.schedules import cosine_lr
-from .classes import thing_category_ids
 from .sam_losses import SamLossWeights, forward_prompted_batch
 from .sam_eval import evaluate_small_sam
 from .sam_prompts import PromptSampling, SyntheticPromptStream
 from .sam_warmup import GeometryWarmup, warm_up_decoder
-from .world import SceneRenderer, held_out_scenes
+from .world import SceneRenderer
 
 logger = logging.getLogger(__name__)
 
