@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the possam_label package to the Ray workers (for clusters whose nodes do not have it installed)",
     )
     group.add_argument(
-        "--max-worker-retries", type=int, default=2, metavar="N",
-        help="retry a model batch at most N times when its worker process dies (OS kill, native crash); then its "
+        "--max-worker-retries", type=int, default=None, metavar="N",
+        help="(experimental, default: retry forever) retry a model batch at most N times when its worker process dies (OS kill, native crash); then its "
         "images are labeled again in halves down to single images, and an image that still kills its worker is "
         "recorded as error worker_lost (the run always ends)",
     )

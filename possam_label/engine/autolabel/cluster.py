@@ -122,10 +122,12 @@ class WorkerPlan:
             wait_s = 0.0 if actors_fit(resources, workers, gpus, options.worker_resources) else DEFAULT_WAIT_FOR_WORKERS_S
         return cls(workers, gpus, device, threads, wait_s, options.worker_resources)
 
-    def actor_args(self, max_task_retries: int) -> dict[str, Any]:
+    def actor_args(self, max_task_retries: Optional[int] = None) -> dict[str, Any]:
         """Ray remote arguments of a model actor: a dead actor is restarted (Ray Data's default),
-        and a batch is retried at most ``max_task_retries`` times (Ray Data's default: forever)."""
-        args: dict[str, Any] = {"num_cpus": 1, "max_restarts": -1, "max_task_retries": max_task_retries}
+        and a batch is retried at most ``max_task_retries`` times (None: Ray Data's default, forever)."""
+        args: dict[str, Any] = {"num_cpus": 1}
+        if max_task_retries is not None:
+            args.update(max_restarts=-1, max_task_retries=max_task_retries)
         if self.gpus_per_worker > 0:
             args["num_gpus"] = self.gpus_per_worker
         if self.worker_resources:

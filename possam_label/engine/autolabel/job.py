@@ -276,8 +276,10 @@ def run_pipeline(options: AutolabelOptions, store: OutputStore, record: RunRecor
         context.wait_for_min_actors_s = int(math.ceil(plan.wait_for_workers_s))
     # A model batch whose worker died more than max_worker_retries times fails its block; Ray Data
     # then drops the block instead of aborting, and the rounds below bisect its images.
-    saved_context["max_errored_blocks"] = context.max_errored_blocks
-    context.max_errored_blocks = -1
+    bounded = options.max_worker_retries is not None
+    if bounded:
+        saved_context["max_errored_blocks"] = context.max_errored_blocks
+        context.max_errored_blocks = -1
     committer = PartCommitter(store, record, stats, options, total=len(pending))
     try:
         todo, batch_size, isolated = pending, options.batch_size, False
@@ -290,7 +292,7 @@ def run_pipeline(options: AutolabelOptions, store: OutputStore, record: RunRecor
                 committer.commit_if_due()
             committer.commit()
             lost = [row for row in todo if row["image_id"] not in committer.seen]
-            if not lost:
+            if not lost or not bounded:
                 break
             if batch_size == 1 and isolated:  # alone on its worker, and it still died every time
                 for row in lost:

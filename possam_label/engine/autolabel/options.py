@@ -112,7 +112,10 @@ class AutolabelOptions:
     num_cpus: Optional[int] = None
     wait_for_workers_s: Optional[float] = None
     ship_code: bool = False
-    max_worker_retries: int = 2
+    # None (default): Ray Data retries a dead worker's batch forever. A number turns on bounded
+    # retries and bisection, which still hang in the fault-injection test on a quiet machine
+    # (tests/test_autolabel_worker_lost.py, xfail): opt-in until that is fixed.
+    max_worker_retries: Optional[int] = None
     # commits
     rows_per_part: int = 64
     commit_interval_s: float = 30.0
@@ -133,7 +136,7 @@ class AutolabelOptions:
             raise ValueError("batch_size must be >= 1")
         if self.rows_per_part < 1:
             raise ValueError("rows_per_part must be >= 1")
-        if self.max_worker_retries < 0:
+        if self.max_worker_retries is not None and self.max_worker_retries < 0:
             raise ValueError("max_worker_retries must be >= 0")
         if self.model not in model_kinds:
             raise ValueError(f"model must be one of {', '.join(model_kinds)}, got {self.model!r}")
