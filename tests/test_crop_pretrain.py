@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from possam_label.config import load_config
 from possam_label.synthetic import generate_dataset
 from possam_label.engine.crop_pretrain import run_crop_encoder_pretraining
-from possam_label.engine.train import TrainData, _collate, build_dataset
+from possam_label.engine.train_data import TrainData, build_dataset
+from possam_label.train.batches import collate_batch
 from possam_label.model.possam import PosSAM, load_heads, save_heads
 from possam_label.model.mask_shape import MaskShapeEncoder
 from possam_label.train.crop_pretrain import IGNORE, CropBank, ignore_stuff, is_thing_label, mask_logits_from_masks, match_predictions, pad_targets, rotate_and_mirror, rotate_and_mirror_crops
@@ -136,7 +137,7 @@ def test_heads_training_keeps_the_pretrained_convolutions(world, arch):
     assert frozen and all(n.startswith("ldp.crop_encoder.convs.") for n in frozen)
     assert not model.ldp.crop_encoder.convs.training and model.ldp.training
     before = {k: v.clone() for k, v in model.heads_state_dict().items()}
-    batch = _collate([dataset[0], dataset[1]])
+    batch = collate_batch([dataset[0], dataset[1]])
     train_step(model, HeadsForward(model), build_criterion(cfg.train, len(vocab)), build_optimizer(model, cfg.train), batch, model.clip.text_classifier(vocab), cfg, torch.device("cpu"))
     after = model.heads_state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}

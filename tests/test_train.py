@@ -16,7 +16,8 @@ import torch
 from possam_label.config import load_config
 from possam_label.data.coco_panoptic import CocoPanopticDataset
 from possam_label.synthetic import generate_dataset
-from possam_label.engine.train import TrainData, _collate, build_dataset
+from possam_label.engine.train_data import TrainData, build_dataset
+from possam_label.train.batches import collate_batch
 from possam_label.model.possam import PosSAM
 from possam_label.train.trainer import (
     HeadsForward,
@@ -66,7 +67,7 @@ def test_training_overfits_one_batch_and_checkpoints_resume_exactly(world, tmp_p
     text = model.clip.text_classifier(vocab)
     criterion = build_criterion(cfg.train, len(vocab))
     optimizer = build_optimizer(model, cfg.train)
-    batch = _collate([dataset[0], dataset[1]])
+    batch = collate_batch([dataset[0], dataset[1]])
     assert batch["images"].shape == (2, 3, 128, 128) and batch["valid"].shape == (2, 128, 128)
     heads = HeadsForward(model)
     first = train_step(model, heads, criterion, optimizer, batch, text, cfg, torch.device("cpu"))["loss"]
@@ -100,7 +101,7 @@ def test_training_overfits_one_batch_and_checkpoints_resume_exactly(world, tmp_p
     ids=["detail_stem", "crop_encoder"],
 )
 def test_cached_features_carry_the_pixels_the_heads_read(world, reader, weight):
-    from possam_label.engine.train import CachedFeatures
+    from possam_label.train.feature_cache import CachedFeatures
 
     cfg = load_config(TINY, {**reader, "train": {"lr": 1e-3, "warmup_iters": 0}})
     torch.manual_seed(0)
@@ -137,7 +138,7 @@ def test_frozen_modules_keep_their_weights_and_final_stage_only_training(world):
     assert not model.transformer_decoder.training and model.ldp.training
     before = {k: v.clone() for k, v in model.heads_state_dict().items()}
     optimizer = build_optimizer(model, cfg.train)
-    batch = _collate([dataset[0], dataset[1]])
+    batch = collate_batch([dataset[0], dataset[1]])
     losses = train_step(model, HeadsForward(model, cfg.train.deep_supervision), build_criterion(cfg.train, len(vocab)), optimizer, batch, model.clip.text_classifier(vocab), cfg, torch.device("cpu"))
     assert not any(k.endswith("_0") for k in losses)  # no auxiliary stages
     after = model.heads_state_dict()

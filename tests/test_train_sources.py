@@ -23,7 +23,7 @@ import pytest
 from conftest import import_or_unavailable, private_fiftyone_database  # noqa: E402
 
 from possam_label.data.sources import PanopticTargetDataset, TrainingDataError, open_training_source
-from possam_label.engine.train import resolve_training_source, training_vocabulary
+from possam_label.engine.train_data import resolve_training_source, training_vocabulary
 from possam_label.fiftyone.testing import write_coco_autolabel_output
 from possam_label.io.panoptic_png import read_panoptic_png
 from possam_label.io.tables import read_segments_table
@@ -323,7 +323,7 @@ def test_data_that_cannot_train_fails_before_any_worker(output_dir: Path, tmp_pa
 
 def test_finetune_schedule_preset():
     from possam_label.config import load_config
-    from possam_label.engine.train import finetune_schedule
+    from possam_label.train.finetune import finetune_schedule
 
     cfg = load_config(REPO / "configs" / "possam_small.yaml")
     chosen = finetune_schedule(cfg, num_images=300)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ..config import load_config
-from .train import TrainData, _collate, _seed_worker, build_dataset, training_vocabulary
+from ..train.batches import collate_batch, seed_worker
+from .train_data import TrainData, build_dataset, training_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +129,12 @@ def run_crop_encoder_pretraining(
     if val_dir is not None:
         # Read before training: a bad folder fails at once, not after the training.
         val_set = build_dataset(cfg, TrainData.from_dir(val_dir), vocab, seed=0, augment=False)
-        val_loader = DataLoader(val_set, batch_size=images_per_step, shuffle=False, collate_fn=_collate)
+        val_loader = DataLoader(val_set, batch_size=images_per_step, shuffle=False, collate_fn=collate_batch)
     if predicted:
         model.eval()
         text = model.clip.text_classifier(vocab)
         plain = build_dataset(cfg, data, vocab, seed=seed, augment=False)
-        loader = DataLoader(plain, batch_size=images_per_step, shuffle=False, collate_fn=_collate, num_workers=loader_workers)
+        loader = DataLoader(plain, batch_size=images_per_step, shuffle=False, collate_fn=collate_batch, num_workers=loader_workers)
         bank = predicted_mask_bank(model, loader, text, cfg.sam.pixel_mean, embed_crops=not fresh, progress=progress)
         # Also before training: the heads' own classes on it are those of the init_heads model
         # (an encoder with a trained projection takes part in them, and training changes it).
@@ -148,10 +149,10 @@ def run_crop_encoder_pretraining(
     else:
         dataset = build_dataset(cfg, data, vocab, seed=seed)
         loader = DataLoader(
-            dataset, batch_size=images_per_step, shuffle=True, drop_last=True, collate_fn=_collate,
+            dataset, batch_size=images_per_step, shuffle=True, drop_last=True, collate_fn=collate_batch,
             generator=torch.Generator().manual_seed(seed), num_workers=loader_workers,
             persistent_workers=loader_workers > 0,
-            worker_init_fn=functools.partial(_seed_worker, base_seed=seed) if loader_workers > 0 else None,
+            worker_init_fn=functools.partial(seed_worker, base_seed=seed) if loader_workers > 0 else None,
         )
         if len(loader) == 0:
             raise ValueError(f"{data_dir}: {len(dataset)} images, fewer than images_per_step={images_per_step}")

@@ -1,6 +1,6 @@
 """Framework-free training pieces: optimizer, LR schedule, one step, and resumable checkpoints.
 
-``possam_label.engine.train`` runs these inside Ray Train workers; nothing here imports Ray.
+``possam_label.engine.train_worker`` runs these inside Ray Train workers; nothing here imports Ray.
 """
 
 from __future__ import annotations
