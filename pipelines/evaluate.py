@@ -20,7 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
-from possam_label.eval.pq import format_pq_table, pq_compute, save_pq_results
+from possam_label.eval.pq_files import pq_compute
+from possam_label.eval.pq_report import format_pq_table, save_pq_results
 
 
 def build_parser() -> argparse.ArgumentParser:

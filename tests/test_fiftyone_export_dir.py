@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from possam_label.eval.pq import pq_compute
+from possam_label.eval.pq_files import pq_compute
 from possam_label.fiftyone.autolabel_output import AutolabelOutput, AutolabelOutputError
 from possam_label.fiftyone.export import (
     ExportOptions,

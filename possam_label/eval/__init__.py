@@ -6,14 +6,12 @@ from possam_label.eval.pq import (
     ClassCounts,
     PanopticQualityEvaluator,
     PQStats,
-    format_pq_table,
     normalize_categories,
-    pq_compute,
     pq_image_stats,
-    results_to_json,
-    save_pq_results,
     summarize_pq,
 )
+from possam_label.eval.pq_files import pq_compute
+from possam_label.eval.pq_report import format_pq_table, results_to_json, save_pq_results
 
 __all__ = [
     "OFFSET",

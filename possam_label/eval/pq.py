@@ -1,4 +1,6 @@
-"""Panoptic quality (PQ = SQ x RQ) with the rules of the COCO panoptic evaluator (panopticapi).
+"""Panoptic quality (PQ = SQ x RQ) with the rules of the COCO panoptic evaluator (panopticapi):
+the per-image matching and the averaging over classes. :mod:`.pq_files` evaluates COCO-panoptic
+files with them, :mod:`.pq_report` writes and prints the results.
 
 Re-implemented from the published description of the metric, not from panopticapi's code.
 
@@ -40,24 +42,11 @@ Deliberate differences from panopticapi, none of which changes a result on well-
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
-from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-from tqdm import tqdm
-
-from possam_label.eval.matching import match_categories, match_images, remap_segments
-from possam_label.io.panoptic_png import read_panoptic_png
-
-logger = logging.getLogger(__name__)
 
 VOID = 0
 OFFSET = 256**3
@@ -65,7 +54,6 @@ MATCH_IOU = 0.5  # matching needs IoU strictly above this
 FP_IGNORE_FRACTION = 0.5  # an unmatched prediction with more than this on void + crowd is no FP
 GROUPS = ("All", "Things", "Stuff")
 
-JsonLike = Union[str, os.PathLike, Mapping[str, Any]]
 # Categories: a COCO ``categories`` list, or a mapping category_id -> category dict.
 CategoriesLike = Union[Sequence[Mapping[str, Any]], Mapping[int, Mapping[str, Any]]]
 
@@ -135,12 +123,9 @@ def normalize_categories(categories: CategoriesLike) -> dict[int, dict[str, Any]
     return normalized
 
 
-class _NormalizedCategories(dict):
-    """Marks a category dict that :func:`normalize_categories` already checked."""
-
-
-def _is_normalized(categories: Any) -> bool:
-    return isinstance(categories, _NormalizedCategories)
+class CheckedCategories(dict):
+    """A category dict that :func:`normalize_categories` already checked: :func:`pq_image_stats`
+    takes it as it is (no check per image)."""
 
 
 def _segment_field(segment: Any, name: str, default: Any = None) -> Any:
@@ -200,7 +185,8 @@ def _areas_by_id(pair_ids: np.ndarray, pair_counts: np.ndarray) -> dict[int, int
     return dict(zip(ids.tolist(), areas.tolist()))
 
 
-def _format_ids(ids: Iterable[int], limit: int = 10) -> str:
+def format_ids(ids: Iterable[int], limit: int = 10) -> str:
+    """Sorted ids as text for error messages, the first ``limit`` of them."""
     ids = sorted(ids)
     text = ", ".join(str(i) for i in ids[:limit])
     return text + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
@@ -234,7 +220,7 @@ def pq_image_stats(
         ValueError: on shape mismatch, a PNG id missing from ``pred_segments`` (or the reverse),
             an unknown category, duplicate or zero segment ids.
     """
-    category_map = categories if _is_normalized(categories) else normalize_categories(categories)
+    category_map = categories if isinstance(categories, CheckedCategories) else normalize_categories(categories)
     gt = _check_id_map(gt_id_map, f"{image_label} (ground truth)")
     pred = _check_id_map(pred_id_map, f"{image_label} (prediction)")
     if gt.shape != pred.shape:
@@ -257,13 +243,13 @@ def pq_image_stats(
     missing_in_json = png_pred_ids - set(pred_info)
     if missing_in_json:
         raise ValueError(
-            f"{image_label}: prediction PNG has segment ids {_format_ids(missing_in_json)} "
+            f"{image_label}: prediction PNG has segment ids {format_ids(missing_in_json)} "
             "that are not in its segments_info"
         )
     missing_in_png = set(pred_info) - png_pred_ids
     if missing_in_png:
         raise ValueError(
-            f"{image_label}: prediction segments_info lists ids {_format_ids(missing_in_png)} "
+            f"{image_label}: prediction segments_info lists ids {format_ids(missing_in_png)} "
             "that do not occur in its PNG"
         )
 
@@ -321,7 +307,7 @@ def summarize_pq(stats: PQStats, categories: CategoriesLike) -> dict[str, Any]:
     category_map = normalize_categories(categories)
     unknown = set(stats.per_class) - set(category_map)
     if unknown:
-        raise ValueError(f"stats hold categories {_format_ids(unknown)} that are not in the categories")
+        raise ValueError(f"stats hold categories {format_ids(unknown)} that are not in the categories")
     per_class: dict[int, dict[str, float]] = {}
     counted: list[int] = []  # classes with TP + FP + FN > 0: the ones that are averaged
     for category_id in category_map:
@@ -357,7 +343,7 @@ class PanopticQualityEvaluator:
     """
 
     def __init__(self, categories: CategoriesLike) -> None:
-        self.categories = _NormalizedCategories(normalize_categories(categories))
+        self.categories = CheckedCategories(normalize_categories(categories))
         self.stats = PQStats()
         self.num_images = 0
 
@@ -381,213 +367,3 @@ class PanopticQualityEvaluator:
     def compute(self) -> dict[str, Any]:
         """The :func:`summarize_pq` result over all images added so far."""
         return summarize_pq(self.stats, self.categories)
-
-
-def _load_json(source: JsonLike, role: str) -> tuple[dict[str, Any], str]:
-    if isinstance(source, Mapping):
-        return dict(source), f"<{role} dict>"
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"{role} JSON {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{role} JSON {path} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{role} JSON {path}: top level must be an object, got {type(data).__name__}")
-    return data, str(path)
-
-
-def _default_png_dir(source: JsonLike, given: str | os.PathLike | None, role: str) -> Path:
-    if given is not None:
-        return Path(given)
-    if isinstance(source, Mapping):
-        raise ValueError(f"{role}: a PNG folder is needed when the JSON is passed as a dict")
-    return Path(source).with_suffix("")  # COCO layout: panoptic_val2017.json + panoptic_val2017/
-
-
-def _annotations_by_image(data: Mapping[str, Any], name: str) -> dict[Any, dict[str, Any]]:
-    annotations = data.get("annotations")
-    if not isinstance(annotations, list):
-        raise ValueError(f"{name}: has no 'annotations' list")
-    by_image: dict[Any, dict[str, Any]] = {}
-    for index, annotation in enumerate(annotations):
-        for key in ("image_id", "file_name", "segments_info"):
-            if key not in annotation:
-                raise ValueError(f"{name}: annotations[{index}] has no '{key}'")
-        if annotation["image_id"] in by_image:
-            raise ValueError(f"{name}: image_id {annotation['image_id']} has more than one annotation")
-        by_image[annotation["image_id"]] = annotation
-    return by_image
-
-
-def _png_path(folder: Path, file_name: str, name: str, image_id: Any) -> Path:
-    relative = Path(file_name)
-    if relative.is_absolute() or ".." in relative.parts:
-        raise ValueError(
-            f"{name}: image_id {image_id}: file_name {file_name!r} must be a plain relative name"
-        )
-    path = folder / relative
-    if not path.is_file():
-        raise FileNotFoundError(f"{name}: image_id {image_id}: panoptic PNG {path} does not exist")
-    return path
-
-
-# (gt png, gt segments_info, pred png, pred segments_info, label for messages)
-_ImageTask = tuple[str, list, str, list, str]
-
-
-def _stats_for_tasks(tasks: Sequence[_ImageTask], categories: dict[int, dict[str, Any]]) -> PQStats:
-    """Worker body (top level so process pools can pickle it)."""
-    category_map = _NormalizedCategories(categories)
-    total = PQStats()
-    for gt_path, gt_segments, pred_path, pred_segments, label in tasks:
-        total += pq_image_stats(
-            read_panoptic_png(gt_path),
-            gt_segments,
-            read_panoptic_png(pred_path),
-            pred_segments,
-            category_map,
-            image_label=label,
-        )
-    return total
-
-
-def pq_compute(
-    gt_json: JsonLike,
-    pred_json: JsonLike,
-    gt_dir: str | os.PathLike | None = None,
-    pred_dir: str | os.PathLike | None = None,
-    *,
-    num_workers: int = 0,
-    progress: bool = False,
-    match: str = "auto",
-    match_root: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """PQ / SQ / RQ of COCO-panoptic predictions against COCO-panoptic ground truth.
-
-    Args:
-        gt_json: GT panoptic JSON (path or loaded dict) with ``annotations`` and ``categories``.
-        pred_json: predicted panoptic JSON (path or dict): its ``annotations``, its ``images``
-            (file names, when matching by name) and its ``categories`` (when present and naming
-            other classes than the GT's ids, classes are matched by name; see
-            :mod:`possam_label.eval.matching`). Predictions for images absent from the GT are ignored.
-        gt_dir, pred_dir: folders of the PNGs named by ``file_name``; default: the JSON path
-            without its ``.json`` suffix (the COCO layout).
-        match: how images are paired: "image_id", "file_name" (basename, or the path relative
-            to ``match_root``, without extension), or "auto": by id when the two sides share any
-            image id, else by file name. An ambiguous file-name match is refused.
-        match_root: compare file names as paths relative to this folder instead of basenames.
-        num_workers: 0 or 1 evaluates in this process (the default, safe anywhere); more uses that
-            many "spawn" worker processes, so a calling script needs the usual
-            ``if __name__ == "__main__":`` guard. Workers change the order of the IoU sums, so
-            results may differ in the last floating-point bits. On small images the spawn cost
-            outweighs the gain (300 PNGs of 256x256: 1.1 s in-process, 1.7 s with 2 workers).
-        progress: show a tqdm bar over images.
-
-    Returns:
-        The :func:`summarize_pq` dict (``per_class`` keyed by int category id, prediction-only
-        classes included) plus ``"matching"``: ``{images_by, matched_images, gt_images,
-        pred_images, unmatched_predictions, root, classes_by, prediction_only_classes}``.
-
-    Raises:
-        FileNotFoundError: a JSON or PNG file is missing.
-        ValueError: malformed JSON, a GT image without a prediction, an ambiguous match, or any
-            per-image check of :func:`pq_image_stats`, always naming the file / image.
-    """
-    gt_data, gt_name = _load_json(gt_json, "ground-truth")
-    pred_data, pred_name = _load_json(pred_json, "prediction")
-    if "categories" not in gt_data:
-        raise ValueError(f"{gt_name}: has no 'categories' list")
-    normalize_categories(gt_data["categories"])  # checked before any matching
-    category_match = match_categories(gt_data["categories"], pred_data.get("categories"), pred_name)
-    categories = normalize_categories(category_match.categories)
-    gt_folder = _default_png_dir(gt_json, gt_dir, "ground truth")
-    pred_folder = _default_png_dir(pred_json, pred_dir, "prediction")
-    gt_annotations = _annotations_by_image(gt_data, gt_name)
-    pred_annotations = _annotations_by_image(pred_data, pred_name)
-    image_match = match_images(gt_data, pred_data, gt_annotations, pred_annotations, match, match_root, gt_name, pred_name)
-    logger.info(
-        "matched %d of %d ground-truth images by %s (%d predictions without ground truth); classes by %s%s",
-        len(image_match.pairs), image_match.gt_images, image_match.by.replace("_", " "), image_match.unmatched_predictions,
-        category_match.by, f", {len(category_match.prediction_only)} prediction-only" if category_match.prediction_only else "",
-    )
-
-    tasks: list[_ImageTask] = []
-    for gt_annotation, pred_annotation in image_match.pairs:
-        image_id = gt_annotation["image_id"]
-        gt_path = _png_path(gt_folder, gt_annotation["file_name"], gt_name, image_id)
-        pred_path = _png_path(pred_folder, pred_annotation["file_name"], pred_name, pred_annotation["image_id"])
-        label = f"{pred_path} (image_id {pred_annotation['image_id']})"
-        gt_segments = gt_annotation["segments_info"]
-        pred_segments = remap_segments(pred_annotation["segments_info"], category_match, label)
-        tasks.append((str(gt_path), gt_segments, str(pred_path), pred_segments, label))
-    logger.info("evaluating PQ on %d images (%d categories)", len(tasks), len(categories))
-
-    total = PQStats()
-    if num_workers <= 1 or len(tasks) <= 1:
-        for task in tqdm(tasks, desc="PQ", unit="img", disable=not progress):
-            total += _stats_for_tasks([task], categories)
-    else:
-        num_chunks = min(len(tasks), num_workers * 4)
-        chunks = [tasks[i::num_chunks] for i in range(num_chunks)]
-        # spawn, not fork: the caller may hold torch/Ray threads that a fork would copy mid-state.
-        with ProcessPoolExecutor(max_workers=num_workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_stats_for_tasks, chunk, categories) for chunk in chunks]
-            for future in tqdm(futures, desc="PQ", unit="chunk", disable=not progress):
-                total += future.result()
-    results = summarize_pq(total, categories)
-    results["matching"] = {**image_match.summary(), **category_match.summary()}
-    return results
-
-
-def results_to_json(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The results dict with ``per_class`` keys as strings, ready for ``json.dump``."""
-    jsonable = {group: dict(results[group]) for group in GROUPS}
-    jsonable["per_class"] = {str(cid): dict(scores) for cid, scores in results["per_class"].items()}
-    if "matching" in results:
-        jsonable["matching"] = dict(results["matching"])
-    return jsonable
-
-
-def save_pq_results(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write :func:`results_to_json` of ``results`` to ``path`` atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(results_to_json(results), stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def format_pq_table(
-    results: Mapping[str, Any],
-    categories: CategoriesLike | None = None,
-    per_class: bool = False,
-) -> str:
-    """A text table of the results in percent (as panopticapi prints), optionally per class."""
-    lines = [f"{'':<10}|{'PQ':>8}{'SQ':>8}{'RQ':>8}{'N':>6}", "-" * 40]
-    for group in GROUPS:
-        row = results[group]
-        lines.append(
-            f"{group:<10}|{100 * row['pq']:8.3f}{100 * row['sq']:8.3f}{100 * row['rq']:8.3f}{row['n']:6d}"
-        )
-    if per_class:
-        names = {}
-        if categories is not None:
-            names = {cid: str(cat.get("name", cid)) for cid, cat in normalize_categories(categories).items()}
-        lines += ["", f"{'id':>5}  {'category':<24}|{'PQ':>8}{'SQ':>8}{'RQ':>8}", "-" * 59]
-        for cid, scores in results["per_class"].items():
-            name = names.get(int(cid), "")[:24]
-            lines.append(
-                f"{int(cid):>5}  {name:<24}|{100 * scores['pq']:8.3f}{100 * scores['sq']:8.3f}"
-                f"{100 * scores['rq']:8.3f}"
-            )
-    return "\n".join(lines)
