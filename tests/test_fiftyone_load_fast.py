@@ -29,6 +29,7 @@ from possam_label.fiftyone.bulk_load import LoadSelection  # noqa: E402
 from possam_label.fiftyone.convert import detection_mask_placement, prediction_to_labels  # noqa: E402
 from possam_label.fiftyone.export import check_coco_panoptic, export_from_dataset  # noqa: E402
 from possam_label.fiftyone.load import load_autolabel_output  # noqa: E402
+from possam_label.fiftyone.review_baseline import baseline_entries  # noqa: E402
 from possam_label.fiftyone.testing import write_coco_autolabel_output  # noqa: E402
 from possam_label.io.panoptic_png import read_panoptic_png  # noqa: E402
 from possam_label.io.rle import decode_rle  # noqa: E402
@@ -96,8 +97,8 @@ def test_files_storage_masks_match_the_rles_and_fiftyone_objects(db, output_dir:
             assert det.bounding_box == ref.bounding_box and det.label == ref.label and det.area == ref.area
             assert (semantic.get_mask()[decode_rle(row["rle"])] == row["category_id"]).all()
             checked += 1
-        # The review baseline is what corrections.py would record for these Detections.
-        assert sample.possam_original == C.baseline_entries(sample.possam)
+        # The review baseline is what review_baseline.py would record for these Detections.
+        assert sample.possam_original == baseline_entries(sample.possam)
     assert checked == len(rows)
 
 

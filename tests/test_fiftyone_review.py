@@ -24,14 +24,15 @@ from conftest import import_or_unavailable, private_fiftyone_database  # noqa: E
 
 fo = import_or_unavailable("fiftyone")
 
-from possam_label.eval.pq_files import pq_compute  # noqa: E402
+from possam_label.eval.pq import pq_compute  # noqa: E402
 from possam_label.fiftyone import corrections as C  # noqa: E402
 from possam_label.fiftyone.autolabel_output import AutolabelOutputError  # noqa: E402
-from possam_label.fiftyone.convert import detection_mask_placement  # noqa: E402
+from possam_label.fiftyone.convert import detection_mask_placement, label_attr  # noqa: E402
 from possam_label.fiftyone.dataset import DatasetNotFoundError, get_categories, open_dataset  # noqa: E402
 from possam_label.fiftyone.export import ExportOptions, check_coco_panoptic, export_from_dataset  # noqa: E402
 from possam_label.fiftyone.load import load_autolabel_output  # noqa: E402
 from possam_label.fiftyone.review import needs_review_view, review_summary, save_review_views, tag_by_confidence  # noqa: E402
+from possam_label.fiftyone.review_baseline import original_predictions  # noqa: E402
 from possam_label.fiftyone.testing import write_coco_autolabel_output  # noqa: E402
 from possam_label.io.panoptic_png import read_panoptic_png  # noqa: E402
 from possam_label.io.rle import decode_rle  # noqa: E402
@@ -150,7 +151,7 @@ def test_corrections_persist_and_export_reflects_them_exactly(db, output_dir: Pa
     low = [d for d in dets if d.confidence < 0.5]
     relabel_existing, relabel_new, deleted, rejected = things[0], things[1], things[2], things[3]
     accepted = next(d for d in low if d.id not in {relabel_existing.id, relabel_new.id, deleted.id, rejected.id})
-    before_snapshot = C.original_predictions(sample)
+    before_snapshot = original_predictions(sample)
 
     assert C.relabel_segments(ds, _sel(sample, relabel_existing), "horse").num_labels == 1
     result = C.relabel_segments(ds, _sel(sample, relabel_new), "Scarecrow", isthing=True)
@@ -176,7 +177,7 @@ def test_corrections_persist_and_export_reflects_them_exactly(db, output_dir: Pa
     assert sample.possam_reviewed is True and sample.possam_reviewed_at is not None
     assert [e["action"] for e in sample.possam_corrections] == ["relabel", "relabel", "delete", "reject", "accept", "mark_reviewed"]
     assert all(e["at"] is not None for e in sample.possam_corrections)
-    assert C.original_predictions(sample) == before_snapshot
+    assert original_predictions(sample) == before_snapshot
     assert "Scarecrow" in ds.mask_targets["possam_semantic"].values()
     height, width = sample.possam_semantic.mask.shape
     assert (sample.possam_semantic.mask[_full_mask(current[rejected.id], height, width)] == 0).all()
@@ -354,7 +355,7 @@ def test_queue_one_click_and_auto_accept_operators(db, output_dir: Path) -> None
 
     # The queue: undecided labels below the threshold in samples not marked reviewed.
     status = queue_status(ds, 1.0)
-    undecided = sum(1 for s in ds.exists("possam") for d in s.possam.detections if C.label_attr(d, "review_status") is None)
+    undecided = sum(1 for s in ds.exists("possam") for d in s.possam.detections if label_attr(d, "review_status") is None)
     assert status.labels_left == undecided and status.samples_left == 2 and status.labels_decided == 3
     following = next_in_queue(ds, 1.0, first.id)
     assert following == second.id
@@ -367,7 +368,7 @@ def test_queue_one_click_and_auto_accept_operators(db, output_dir: Path) -> None
     C.mark_reviewed(ds, [first.id, second.id], reviewed=False)
 
     # Auto-accept from the two reviewed outcomes so far: every undecided label at or above 0.5.
-    expected = {d.id for s in ds.exists("possam") for d in s.possam.detections if C.label_attr(d, "review_status") is None and d.confidence >= 0.5}
+    expected = {d.id for s in ds.exists("possam") for d in s.possam.detections if label_attr(d, "review_status") is None and d.confidence >= 0.5}
     accepted = foo.execute_operator(f"{PLUGIN}/auto_accept", ctx={"dataset": name, "params": {"threshold": 0.5}}).result
     assert set(accepted["label_ids"]) == expected
 

@@ -40,7 +40,7 @@ _EXPORTS = {
     "reject_labels": "corrections",
     "mark_reviewed": "corrections",
     "revert_corrections": "corrections",
-    "original_predictions": "corrections",
+    "original_predictions": "review_baseline",
     "ExportOptions": "export",
     "export_from_dataset": "export",
     "export_from_output_dir": "export",

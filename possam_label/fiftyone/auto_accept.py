@@ -34,17 +34,8 @@ import fiftyone as fo
 from fiftyone import ViewField as F
 from fiftyone.core.collections import SampleCollection
 
-from .corrections import (
-    ACCEPTED,
-    ADDED,
-    AUTO_ACCEPTED,
-    EDITED,
-    REJECTED,
-    RELABELED,
-    CorrectionResult,
-    _apply,
-    _set_status,
-)
+from .corrections import apply_correction
+from .review_record import ACCEPTED, ADDED, AUTO_ACCEPTED, EDITED, REJECTED, RELABELED, CorrectionResult, set_status
 from .dataset import DEFAULT_LABEL_FIELD, ReviewFields
 
 logger = logging.getLogger(__name__)
@@ -292,9 +283,9 @@ def auto_accept(
         return CorrectionResult(action="auto_accept")
 
     def change(sample: fo.Sample, det: fo.Detection, when) -> None:
-        _set_status(det, AUTO_ACCEPTED, when)
+        set_status(det, AUTO_ACCEPTED, when)
         det["auto_accept_estimate"] = at.precision
 
-    result = _apply(samples._dataset, selection, label_field, "auto_accept", change, repaint=False, extra_log={"estimate": record})
+    result = apply_correction(samples._dataset, selection, label_field, "auto_accept", change, repaint=False, extra_log={"estimate": record})
     logger.info("auto-accepted %d labels at or above %.2f (estimated precision %s)", result.num_labels, threshold, at.precision)
     return result

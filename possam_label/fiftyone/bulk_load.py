@@ -40,7 +40,8 @@ from .autolabel_output import AutolabelOutputError, ImageRecord, iter_part_rows,
 logger = logging.getLogger(__name__)
 
 MASK_STORAGES = ("database", "files")
-# Detection attributes copied into the review baseline (``<field>_original``), as corrections.py keeps them.
+# Detection attributes a review baseline entry (``<field>_original``) keeps besides label, box, mask,
+# confidence and tags (review_baseline.baseline_entry reads them from here).
 BASELINE_ATTRIBUTES = ("segment_id", "category_id", "isthing", "mask_quality", "in_vocab_prob", "out_vocab_prob", "area", "run_id")
 
 
@@ -210,7 +211,7 @@ def image_documents(
         doc["confidence"] = float(seg.score)
         doc.update(attributes)
         detections.append(doc)
-        # corrections.baseline_entry of the Detection as FiftyOne would read it back.
+        # review_baseline.baseline_entry of the Detection as FiftyOne would read it back.
         baseline.append({
             "label_id": str(label_id),
             "label": label,

@@ -43,24 +43,20 @@ from fiftyone import ViewField as F
 
 from .autolabel_output import CategoryTable
 from .convert import detection_mask_placement, label_attr
-from .corrections import (
+from .dataset import DEFAULT_LABEL_FIELD, INFO_KEY, ReviewFields, get_categories, has_possam_field, open_dataset, set_categories
+from .review_baseline import baseline_fingerprint, detection_fingerprint, detection_from_baseline, fingerprint, record_state
+from .review_record import (
     ADDED,
     EDITED,
-    RELABELED,
     REJECTED,
-    _image_size,
-    _log,
-    _now,
-    _set_status,
-    _snapshot,
-    baseline_fingerprint,
-    detection_fingerprint,
-    detection_from_baseline,
-    fingerprint,
-    record_state,
+    RELABELED,
+    append_log,
+    image_size,
+    label_snapshot,
     repaint_semantic,
+    set_status,
+    utc_now,
 )
-from .dataset import DEFAULT_LABEL_FIELD, INFO_KEY, ReviewFields, get_categories, has_possam_field, open_dataset, set_categories
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +177,7 @@ def sync_sample(
         return result
 
     by_id = {entry["label_id"]: entry for entry in seen}
-    when = _now()
+    when = utc_now()
     height = width = None
     changed_geometry: list[tuple[fo.Detection, tuple[int, int, np.ndarray]]] = []
     changed = False
@@ -194,8 +190,8 @@ def sync_sample(
             logger.warning("editor: label %s of sample %s has no class yet; left for a later sync", det.id, sample.id)
             continue
         if height is None:
-            height, width = _image_size(sample, fields)
-        before = _snapshot(det)
+            height, width = image_size(sample, fields)
+        before = label_snapshot(det)
         category = _resolve_class(det, categories, result)
         if previous is None:
             det["segment_id"] = _next_segment_id(sample, fields)
@@ -203,10 +199,10 @@ def sync_sample(
             placement = _tighten(det, height, width)
             if placement is not None:
                 changed_geometry.append((det, placement))
-            _set_status(det, ADDED, when)
-            _log(sample, fields, {"action": "add", "label_id": det.id, "segment_id": label_attr(det, "segment_id"),
-                                  "before": None, "after": _snapshot(det), "has_mask": placement is not None,
-                                  "at": when, "source": EDITOR})
+            set_status(det, ADDED, when)
+            append_log(sample, fields, {"action": "add", "label_id": det.id, "segment_id": label_attr(det, "segment_id"),
+                                        "before": None, "after": label_snapshot(det), "has_mask": placement is not None,
+                                        "at": when, "source": EDITOR})
             result.added += 1
             changed = True
             continue
@@ -223,11 +219,11 @@ def sync_sample(
             placement = _tighten(det, height, width)
             if placement is not None:
                 changed_geometry.append((det, placement))
-        _set_status(det, EDITED if geometry_changed else RELABELED, when)
+        set_status(det, EDITED if geometry_changed else RELABELED, when)
         action = "edit" if geometry_changed else "relabel"
-        _log(sample, fields, {"action": action, "label_id": det.id, "segment_id": label_attr(det, "segment_id"),
-                              "before": before, "after": _snapshot(det), "relabeled": label_changed,
-                              "at": when, "source": EDITOR})
+        append_log(sample, fields, {"action": action, "label_id": det.id, "segment_id": label_attr(det, "segment_id"),
+                                    "before": before, "after": label_snapshot(det), "relabeled": label_changed,
+                                    "at": when, "source": EDITOR})
         if geometry_changed:
             result.edited += 1
         else:
@@ -242,8 +238,8 @@ def sync_sample(
             continue
         if label_id in baseline:
             _move_to_deleted(sample, fields, detection_from_baseline(baseline[label_id]), when)
-        _log(sample, fields, {"action": "delete", "label_id": label_id, "before": {"label": previous["label"]},
-                              "after": None, "at": when, "source": EDITOR})
+        append_log(sample, fields, {"action": "delete", "label_id": label_id, "before": {"label": previous["label"]},
+                                    "after": None, "at": when, "source": EDITOR})
         result.deleted += 1
         changed = True
 
@@ -297,17 +293,17 @@ def _resolve_overlaps(
         det.bounding_box = [x0 / width, y0 / height, mask.shape[1] / width, mask.shape[0] / height]
         if _tighten(det, height, width) is None:
             emptied.append(det)
-        _log(sample, fields, {"action": "trim", "label_id": det.id, "segment_id": label_attr(det, "segment_id"),
-                              "lost_pixels": int(lost.sum()), "area_before": before_area,
-                              "by": sorted(edited_ids), "at": when, "source": EDITOR})
+        append_log(sample, fields, {"action": "trim", "label_id": det.id, "segment_id": label_attr(det, "segment_id"),
+                                    "lost_pixels": int(lost.sum()), "area_before": before_area,
+                                    "by": sorted(edited_ids), "at": when, "source": EDITOR})
         trimmed += 1
     if emptied:
         gone = {det.id for det in emptied}
         detections.detections = [d for d in detections.detections if d.id not in gone]
         for det in emptied:
             _move_to_deleted(sample, fields, det, when)
-            _log(sample, fields, {"action": "delete", "label_id": det.id, "reason": "every pixel taken by an edited label",
-                                  "at": when, "source": EDITOR})
+            append_log(sample, fields, {"action": "delete", "label_id": det.id, "reason": "every pixel taken by an edited label",
+                                        "at": when, "source": EDITOR})
     return trimmed
 
 

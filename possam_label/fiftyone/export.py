@@ -344,7 +344,7 @@ def export_from_dataset(
     from fiftyone import ViewField as F
 
     from .convert import detections_to_prediction, label_attr
-    from .corrections import REJECTED, VERIFIED_STATUSES
+    from .review_record import REJECTED, VERIFIED_STATUSES
     from .dataset import ReviewFields, get_categories, open_dataset
     from .editor_sync import sync_editor_edits
 

@@ -20,20 +20,20 @@ import fiftyone as fo
 
 from ..io.rle import decode_rle, encode_mask
 from .convert import detection_mask_placement, label_attr
-from .corrections import (
+from .corrections import sync_before_change
+from .review_baseline import record_state
+from .review_record import (
     EDITED,
     CorrectionResult,
     LabelSelection,
-    _find,
-    _group_selection,
-    _image_size,
-    _load_sample,
-    _log,
-    _now,
-    _set_status,
-    _sync_before_change,
-    record_state,
+    append_log,
+    find_label,
+    group_selection,
+    image_size,
+    load_sample,
     repaint_semantic,
+    set_status,
+    utc_now,
 )
 from .dataset import DEFAULT_LABEL_FIELD, ReviewFields, get_categories
 
@@ -90,7 +90,7 @@ def set_full_mask(det: fo.Detection, full: np.ndarray) -> bool:
 
 
 def _one_sample(selected: Iterable[LabelSelection], label_field: str, what: str) -> tuple[str, list[str]]:
-    grouped, _ = _group_selection(selected, label_field)
+    grouped, _ = group_selection(selected, label_field)
     if len(grouped) != 1:
         raise ValueError(f"{what} works on the labels of one image; the selection spans {len(grouped)} images")
     return next(iter(grouped.items()))
@@ -111,11 +111,11 @@ def merge_labels(
     sample_id, label_ids = _one_sample(selected, label_field, "merge")
     if len(label_ids) < 2:
         raise ValueError("select at least two labels of the image to merge")
-    sample = _load_sample(dataset, sample_id)
+    sample = load_sample(dataset, sample_id)
     categories = get_categories(dataset, label_field)
-    _sync_before_change(sample, fields, categories)
-    dets = [_find(sample, fields, lid) for lid in label_ids]
-    height, width = _image_size(sample, fields)
+    categories = sync_before_change(sample, fields, categories)
+    dets = [find_label(sample, fields, lid) for lid in label_ids]
+    height, width = image_size(sample, fields)
     before = [detection_snapshot(d) for d in dets]
     keeper = max(dets, key=lambda d: d.confidence or 0.0)
     union = np.zeros((height, width), dtype=bool)
@@ -129,13 +129,13 @@ def merge_labels(
             keeper["original_label"], keeper["original_category_id"], keeper["original_isthing"] = keeper.label, label_attr(keeper, "category_id"), label_attr(keeper, "isthing")
         keeper.label, keeper["category_id"], keeper["isthing"] = category.name, int(category.id), bool(category.isthing)
     set_full_mask(keeper, union)
-    when = _now()
-    _set_status(keeper, EDITED, when)
+    when = utc_now()
+    set_status(keeper, EDITED, when)
     gone = {d.id for d in dets if d.id != keeper.id}
     detections = sample[fields.labels]
     detections.detections = [d for d in detections.detections if d.id not in gone]
-    _log(sample, fields, {"action": "merge", "label_id": keeper.id, "merged": sorted(gone), "at": when, "source": "plugin",
-                          "undo": {"restore": before, "remove": [keeper.id]}})
+    append_log(sample, fields, {"action": "merge", "label_id": keeper.id, "merged": sorted(gone), "at": when, "source": "plugin",
+                                "undo": {"restore": before, "remove": [keeper.id]}})
     _finish(sample, fields, dataset, label_field)
     return CorrectionResult(action="merge", num_labels=len(dets), num_samples=1, label_ids=[keeper.id])
 
@@ -145,17 +145,17 @@ def split_label(dataset: fo.Dataset, selected: Iterable[LabelSelection], label_f
     the label's id, the others become new labels of the same class and confidence."""
     fields = ReviewFields(label_field)
     sample_id, label_ids = _one_sample(selected, label_field, "split")
-    sample = _load_sample(dataset, sample_id)
+    sample = load_sample(dataset, sample_id)
     categories = get_categories(dataset, label_field)
-    _sync_before_change(sample, fields, categories)
-    height, width = _image_size(sample, fields)
-    when = _now()
+    sync_before_change(sample, fields, categories)
+    height, width = image_size(sample, fields)
+    when = utc_now()
     result = CorrectionResult(action="split", num_samples=1)
     detections = sample[fields.labels]
     next_id = 1 + max([int(label_attr(d, "segment_id", 0)) for d in detections.detections] +
                       [int(label_attr(d, "segment_id", 0)) for d in (sample[fields.deleted].detections if sample.has_field(fields.deleted) and sample[fields.deleted] else [])])
     for label_id in label_ids:
-        det = _find(sample, fields, label_id)
+        det = find_label(sample, fields, label_id)
         full = _full_mask(det, height, width)
         parts, count = ndimage.label(full, structure=np.ones((3, 3), dtype=bool))
         if count < 2:
@@ -165,7 +165,7 @@ def split_label(dataset: fo.Dataset, selected: Iterable[LabelSelection], label_f
         sizes = np.bincount(parts.ravel())[1:]
         order = np.argsort(-sizes) + 1
         set_full_mask(det, parts == order[0])
-        _set_status(det, EDITED, when)
+        set_status(det, EDITED, when)
         new_ids = []
         for part in order[1:]:
             piece = detection_from_snapshot({**detection_snapshot(det), "label_id": str(fo.Detection().id)})
@@ -174,8 +174,8 @@ def split_label(dataset: fo.Dataset, selected: Iterable[LabelSelection], label_f
             next_id += 1
             detections.detections = list(detections.detections) + [piece]
             new_ids.append(piece.id)
-        _log(sample, fields, {"action": "split", "label_id": det.id, "parts": [det.id] + new_ids, "at": when, "source": "plugin",
-                              "undo": {"restore": [before], "remove": [det.id] + new_ids}})
+        append_log(sample, fields, {"action": "split", "label_id": det.id, "parts": [det.id] + new_ids, "at": when, "source": "plugin",
+                                    "undo": {"restore": [before], "remove": [det.id] + new_ids}})
         result.num_labels += 1
         result.label_ids += [det.id] + new_ids
     if not result.num_labels:
@@ -190,8 +190,8 @@ def undo_correction(
     """Undo one logged mask correction of a sample (``index`` into its log; default: the latest
     undoable entry not yet undone). Returns the undone entry."""
     fields = ReviewFields(label_field)
-    sample = _load_sample(dataset, str(sample_id))
-    _sync_before_change(sample, fields, get_categories(dataset, label_field))
+    sample = load_sample(dataset, str(sample_id))
+    sync_before_change(sample, fields, get_categories(dataset, label_field))
     log = list(sample[fields.corrections] or []) if sample.has_field(fields.corrections) else []
     candidates = [i for i, e in enumerate(log) if e.get("undo") and not e.get("undone_at")]
     if index is None:
@@ -206,10 +206,10 @@ def undo_correction(
     kept = [d for d in detections.detections if d.id not in remove]
     restored = [detection_from_snapshot(e) for e in entry["undo"]["restore"]]
     detections.detections = sorted(kept + restored, key=lambda d: label_attr(d, "segment_id", 0))
-    when = _now()
+    when = utc_now()
     entry["undone_at"] = when
     log[index] = entry
     sample[fields.corrections] = log
-    _log(sample, fields, {"action": "undo", "undone": index, "undone_action": entry["action"], "at": when, "source": "plugin"})
+    append_log(sample, fields, {"action": "undo", "undone": index, "undone_action": entry["action"], "at": when, "source": "plugin"})
     _finish(sample, fields, dataset, label_field)
     return entry
