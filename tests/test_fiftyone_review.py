@@ -24,7 +24,7 @@ from conftest import import_or_unavailable, private_fiftyone_database  # noqa: E
 
 fo = import_or_unavailable("fiftyone")
 
-from possam_label.eval.pq import pq_compute  # noqa: E402
+from possam_label.eval.pq_files import pq_compute  # noqa: E402
 from possam_label.fiftyone import corrections as C  # noqa: E402
 from possam_label.fiftyone.autolabel_output import AutolabelOutputError  # noqa: E402
 from possam_label.fiftyone.convert import detection_mask_placement, label_attr  # noqa: E402
