@@ -7,7 +7,7 @@ import argparse
 
 def _assignment(text: str) -> str:
     """argparse type of one ``--set`` value: checked here, so a bad one is a usage error."""
-    from possam_label.config import ConfigError, parse_assignments
+    from possam_label.config_mapping import ConfigError, parse_assignments
 
     try:
         parse_assignments([text])
@@ -18,7 +18,7 @@ def _assignment(text: str) -> str:
 
 def add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
     """``--set SECTION.KEY=VALUE`` (repeatable) into ``args.assignments``; turn the list into config
-    overrides with ``possam_label.config.parse_assignments``."""
+    overrides with ``possam_label.config_mapping.parse_assignments``."""
     parser.add_argument(
         "--set", dest="assignments", action="append", default=[], type=_assignment, metavar="SECTION.KEY=VALUE",
         help=f"override one config value, e.g. {example} (repeatable; values are YAML data)",

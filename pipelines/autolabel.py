@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
         print("error: --gpus-per-worker must be >= 0", file=sys.stderr)
         return 2
-    from possam_label.config import parse_assignments
+    from possam_label.config_mapping import parse_assignments
 
     overrides = parse_assignments(args.assignments)
     options = AutolabelOptions(

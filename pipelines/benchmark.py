@@ -118,7 +118,7 @@ def benchmark_config(config: str, random_weights: bool, workdir: Path, overrides
     usable before the weights exist); ``overrides`` (``--set``) are merged into the copy."""
     if not random_weights and not overrides:
         return config
-    from possam_label.config import merge
+    from possam_label.config_mapping import merge
 
     with open(config, "r", encoding="utf-8") as fh:
         data = yaml.safe_load(fh) or {}
@@ -443,7 +443,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.config = str(DEFAULT_CONFIG)
     with tempfile.TemporaryDirectory(prefix="possam_bench_", dir=args.workdir) as tmp:
         workdir = Path(tmp)
-        from possam_label.config import parse_assignments
+        from possam_label.config_mapping import parse_assignments
 
         config = benchmark_config(args.config, args.random_weights, workdir, parse_assignments(args.assignments))
         inputs = prepare_inputs(args.dataset, args.num_images, workdir)

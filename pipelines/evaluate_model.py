@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    from possam_label.config import parse_assignments
+    from possam_label.config_mapping import parse_assignments
     from possam_label.eval.model_eval import evaluate_predictor
     from possam_label.predictors import build_predictor
 

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from possam_label.config import parse_assignments
+    from possam_label.config_mapping import parse_assignments
     from possam_label.engine.crop_pretrain import run_crop_encoder_pretraining
     from possam_label.model.weights import WeightsError
 

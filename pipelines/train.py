@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("val_every", "val_limit"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    from possam_label.config import merge, parse_assignments
+    from possam_label.config_mapping import merge, parse_assignments
     from possam_label.engine.train import run_training
 
     overrides: dict = merge({"train": {}}, parse_assignments(args.assignments))

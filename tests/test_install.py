@@ -48,7 +48,8 @@ def _dependencies_view(target: Path) -> Path:
 
 
 def test_configs_are_found_by_name_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from possam_label.config import CONFIG_DIR, ConfigError, find_config, load_config
+    from possam_label.config import CONFIG_DIR, find_config, load_config
+    from possam_label.config_mapping import ConfigError
 
     monkeypatch.chdir(tmp_path)
     assert find_config("possam_tiny") == find_config("configs/possam_tiny.yaml") == CONFIG_DIR / "possam_tiny.yaml"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from possam_label.config import ConfigError, MASEConfig, load_config, parse_assignments
+from possam_label.config import MASEConfig, load_config
+from possam_label.config_mapping import ConfigError, parse_assignments
 from possam_label.model.mase import ensemble
 from possam_label.model.possam import PosSAM, clip_pooling_weights, load_heads, save_heads
 from possam_label.model.postprocess import panoptic_inference

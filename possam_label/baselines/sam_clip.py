@@ -46,7 +46,8 @@ from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.modeling import Sam
 from torchvision.ops import roi_align
 
-from ..config import DEFAULT_CONFIG, PosSAMConfig, from_dict, load_config, merge
+from ..config import DEFAULT_CONFIG, PosSAMConfig, load_config
+from ..config_mapping import from_dict, merge
 from ..model.clip_backbone import CLIPBackbone, TextClassifier
 from ..model.common import masked_average_pool
 from ..model.weights import SAM_CHECKPOINT_URLS, WeightsError, download
