@@ -41,7 +41,7 @@ import fiftyone as fo
 import fiftyone.core.sample as fosample
 from fiftyone import ViewField as F
 
-from .autolabel_output import CategoryTable
+from .autolabel_output import Category, CategoryTable
 from .convert import detection_mask_placement, label_attr
 from .dataset import DEFAULT_LABEL_FIELD, INFO_KEY, ReviewFields, get_categories, has_possam_field, open_dataset, set_categories
 from .review_baseline import baseline_fingerprint, detection_fingerprint, detection_from_baseline, fingerprint, record_state
@@ -151,6 +151,73 @@ def _move_to_deleted(sample: fo.Sample, fields: ReviewFields, det: fo.Detection,
     sample[fields.deleted] = deleted
 
 
+# The geometry changes of a sync: (label, its placement (top, left, crop mask)), whose pixels the
+# labels they overlap give up (_resolve_overlaps).
+_GeometryChanges = list[tuple[fo.Detection, tuple[int, int, np.ndarray]]]
+
+
+def _record_added(
+    sample: fo.Sample, fields: ReviewFields, det: fo.Detection, category: Category, size: tuple[int, int],
+    when: _dt.datetime, changed_geometry: _GeometryChanges,
+) -> None:
+    """A label drawn in the editor: the next free segment id, its class's ids, status "added"."""
+    det["segment_id"] = _next_segment_id(sample, fields)
+    det["category_id"], det["isthing"] = int(category.id), bool(category.isthing)
+    placement = _tighten(det, *size)
+    if placement is not None:
+        changed_geometry.append((det, placement))
+    set_status(det, ADDED, when)
+    append_log(sample, fields, {"action": "add", "label_id": det.id, "segment_id": label_attr(det, "segment_id"),
+                                "before": None, "after": label_snapshot(det), "has_mask": placement is not None,
+                                "at": when, "source": EDITOR})
+
+
+def _record_edited(
+    sample: fo.Sample, fields: ReviewFields, det: fo.Detection, previous: dict[str, Any], category: Category,
+    size: tuple[int, int], when: _dt.datetime, changed_geometry: _GeometryChanges,
+) -> bool:
+    """A known label whose class (a relabel) or mask or box (an edit) changed in the editor since
+    ``previous`` (its last-seen entry); returns whether its geometry changed."""
+    before = label_snapshot(det)
+    label_changed = det.label != previous["label"]
+    geometry_changed = fingerprint(previous["label"], det.bounding_box, _mask_of(det)) != previous["hash"]
+    if label_changed:
+        if label_attr(det, "original_label") is None:
+            det["original_label"] = previous["label"]
+            det["original_category_id"] = label_attr(det, "category_id")
+            det["original_isthing"] = label_attr(det, "isthing")
+        before["label"] = previous["label"]
+        det["category_id"], det["isthing"] = int(category.id), bool(category.isthing)
+    if geometry_changed:
+        placement = _tighten(det, *size)
+        if placement is not None:
+            changed_geometry.append((det, placement))
+    set_status(det, EDITED if geometry_changed else RELABELED, when)
+    action = "edit" if geometry_changed else "relabel"
+    append_log(sample, fields, {"action": action, "label_id": det.id, "segment_id": label_attr(det, "segment_id"),
+                                "before": before, "after": label_snapshot(det), "relabeled": label_changed,
+                                "at": when, "source": EDITOR})
+    return geometry_changed
+
+
+def _record_deleted(
+    sample: fo.Sample, fields: ReviewFields, last_seen: dict[str, dict[str, Any]], current_ids: set[str], when: _dt.datetime
+) -> int:
+    """Labels deleted in the editor: kept in <field>_deleted (as loaded, when they were predictions).
+    Returns how many."""
+    baseline = {e["label_id"]: e for e in (sample[fields.original] or [])} if sample.has_field(fields.original) else {}
+    count = 0
+    for label_id, previous in last_seen.items():
+        if label_id in current_ids:
+            continue
+        if label_id in baseline:
+            _move_to_deleted(sample, fields, detection_from_baseline(baseline[label_id]), when)
+        append_log(sample, fields, {"action": "delete", "label_id": label_id, "before": {"label": previous["label"]},
+                                    "after": None, "at": when, "source": EDITOR})
+        count += 1
+    return count
+
+
 def sync_sample(
     sample: fo.Sample,
     fields: ReviewFields,
@@ -179,7 +246,7 @@ def sync_sample(
     by_id = {entry["label_id"]: entry for entry in seen}
     when = utc_now()
     height = width = None
-    changed_geometry: list[tuple[fo.Detection, tuple[int, int, np.ndarray]]] = []
+    changed_geometry: _GeometryChanges = []
     changed = False
     for det in current:
         previous = by_id.get(det.id)
@@ -191,57 +258,19 @@ def sync_sample(
             continue
         if height is None:
             height, width = image_size(sample, fields)
-        before = label_snapshot(det)
         category = _resolve_class(det, categories, result)
         if previous is None:
-            det["segment_id"] = _next_segment_id(sample, fields)
-            det["category_id"], det["isthing"] = int(category.id), bool(category.isthing)
-            placement = _tighten(det, height, width)
-            if placement is not None:
-                changed_geometry.append((det, placement))
-            set_status(det, ADDED, when)
-            append_log(sample, fields, {"action": "add", "label_id": det.id, "segment_id": label_attr(det, "segment_id"),
-                                        "before": None, "after": label_snapshot(det), "has_mask": placement is not None,
-                                        "at": when, "source": EDITOR})
+            _record_added(sample, fields, det, category, (height, width), when, changed_geometry)
             result.added += 1
-            changed = True
-            continue
-        label_changed = det.label != previous["label"]
-        geometry_changed = fingerprint(previous["label"], det.bounding_box, _mask_of(det)) != previous["hash"]
-        if label_changed:
-            if label_attr(det, "original_label") is None:
-                det["original_label"] = previous["label"]
-                det["original_category_id"] = label_attr(det, "category_id")
-                det["original_isthing"] = label_attr(det, "isthing")
-            before["label"] = previous["label"]
-            det["category_id"], det["isthing"] = int(category.id), bool(category.isthing)
-        if geometry_changed:
-            placement = _tighten(det, height, width)
-            if placement is not None:
-                changed_geometry.append((det, placement))
-        set_status(det, EDITED if geometry_changed else RELABELED, when)
-        action = "edit" if geometry_changed else "relabel"
-        append_log(sample, fields, {"action": action, "label_id": det.id, "segment_id": label_attr(det, "segment_id"),
-                                    "before": before, "after": label_snapshot(det), "relabeled": label_changed,
-                                    "at": when, "source": EDITOR})
-        if geometry_changed:
+        elif _record_edited(sample, fields, det, previous, category, (height, width), when, changed_geometry):
             result.edited += 1
         else:
             result.relabeled += 1
         changed = True
 
-    # Labels deleted in the editor: kept in <field>_deleted (as loaded, when they were predictions).
-    current_ids = {det.id for det in current}
-    baseline = {e["label_id"]: e for e in (sample[fields.original] or [])} if sample.has_field(fields.original) else {}
-    for label_id, previous in by_id.items():
-        if label_id in current_ids:
-            continue
-        if label_id in baseline:
-            _move_to_deleted(sample, fields, detection_from_baseline(baseline[label_id]), when)
-        append_log(sample, fields, {"action": "delete", "label_id": label_id, "before": {"label": previous["label"]},
-                                    "after": None, "at": when, "source": EDITOR})
-        result.deleted += 1
-        changed = True
+    num_deleted = _record_deleted(sample, fields, by_id, {det.id for det in current}, when)
+    result.deleted += num_deleted
+    changed = changed or num_deleted > 0
 
     if changed_geometry:
         result.trimmed += _resolve_overlaps(sample, fields, changed_geometry, height, width, when)

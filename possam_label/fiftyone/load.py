@@ -251,9 +251,7 @@ def load_autolabel_output(
     categories, remap, new_classes = _merge_categories(ds, label_field, output.categories)
     set_categories(ds, label_field, categories)
     if mask_storage == "files":
-        masks_dir = Path(masks_dir) if masks_dir is not None else output.root / "fiftyone_masks" / ds.name / label_field
-        masks_dir = Path(os.path.abspath(masks_dir))
-        masks_dir.mkdir(parents=True, exist_ok=True)
+        masks_dir = _masks_directory(masks_dir, output, ds, label_field)
 
     parts = output.parts()
     num_images, num_segment_rows = output.count_rows()
@@ -273,29 +271,7 @@ def load_autolabel_output(
             for part, paths in ((part, output.part_paths(part)) for part in parts)]
     part_rows = {job.part: n for job, n in zip(jobs, _part_image_counts(output, parts))}
 
-    callback = progress if callable(progress) else None
-    bar = tqdm(total=num_images, desc=f"load {output.root.name} -> {ds.name}.{label_field}", unit="img", disable=(progress is not True))
-    done = 0
-
-    def finished(stats: PartStats) -> None:
-        nonlocal done
-        result.add(stats)
-        done += part_rows[stats.part]
-        bar.update(part_rows[stats.part])
-        if callback is not None:
-            callback(done / max(num_images, 1), f"loaded {done}/{num_images} images")
-
-    try:
-        if n_workers == 1:
-            collection = ds._sample_collection
-            for job in jobs:
-                finished(write_part(job, collection))
-        else:
-            _run_in_workers(jobs, n_workers, finished)
-    finally:
-        bar.close()
-        ds.reload()  # samples in memory see what the workers wrote
-
+    _write_parts(ds, jobs, n_workers, part_rows, result, progress, f"load {output.root.name} -> {ds.name}.{label_field}")
     create_indexes(ds, label_field)
     prepare_annotation(ds, label_field)  # Annotate-tab label schema, review colours
     record_run(
@@ -317,6 +293,53 @@ def load_autolabel_output(
         logger.error("%d part(s) of %s could not be loaded: %s", len(result.part_errors), output.root, "; ".join(result.part_errors[:5]))
     logger.info("loaded %s into %s.%s: %s", output.root, ds.name, label_field, result.to_dict())
     return result
+
+
+def _masks_directory(
+    masks_dir: Union[str, os.PathLike, None], output: AutolabelOutput, ds: fo.Dataset, label_field: str
+) -> Path:
+    """Where "files" mask storage writes the PNGs (created): ``masks_dir``, or by default
+    ``<output_dir>/fiftyone_masks/<dataset>/<label_field>``; absolute."""
+    masks_dir = Path(masks_dir) if masks_dir is not None else output.root / "fiftyone_masks" / ds.name / label_field
+    masks_dir = Path(os.path.abspath(masks_dir))
+    masks_dir.mkdir(parents=True, exist_ok=True)
+    return masks_dir
+
+
+def _write_parts(
+    ds: fo.Dataset,
+    jobs: list[PartJob],
+    n_workers: int,
+    part_rows: dict[str, int],
+    result: LoadResult,
+    progress: Union[bool, ProgressCallback],
+    desc: str,
+) -> None:
+    """Write every part (in this process, or in ``n_workers`` processes), adding each part's counts
+    to ``result`` and reporting progress in images; the dataset is reloaded afterwards."""
+    num_images = result.num_images
+    callback = progress if callable(progress) else None
+    bar = tqdm(total=num_images, desc=desc, unit="img", disable=(progress is not True))
+    done = 0
+
+    def finished(stats: PartStats) -> None:
+        nonlocal done
+        result.add(stats)
+        done += part_rows[stats.part]
+        bar.update(part_rows[stats.part])
+        if callback is not None:
+            callback(done / max(num_images, 1), f"loaded {done}/{num_images} images")
+
+    try:
+        if n_workers == 1:
+            collection = ds._sample_collection
+            for job in jobs:
+                finished(write_part(job, collection))
+        else:
+            _run_in_workers(jobs, n_workers, finished)
+    finally:
+        bar.close()
+        ds.reload()  # samples in memory see what the workers wrote
 
 
 def _part_image_counts(output: AutolabelOutput, parts: list[str]) -> list[int]:

@@ -255,33 +255,7 @@ def write_coco_autolabel_output(
         path = os.path.abspath(coco_dir / "images" / info["file_name"])
         image_id = image_id_for_path(path)
         gt_map = read_panoptic_png(coco_dir / "panoptic" / ann["file_name"])
-        id_map = np.zeros_like(gt_map)
-        rows = []
-        for new_id, seg in enumerate(ann["segments_info"], start=1):
-            id_map[gt_map == seg["id"]] = new_id
-        rles = encode_panoptic_map(id_map, range(1, len(ann["segments_info"]) + 1))
-        for new_id, seg in enumerate(ann["segments_info"], start=1):
-            mask = id_map == new_id
-            cat = cat_by_id[seg["category_id"]]
-            in_p, out_p = float(rng.uniform(0.05, 0.99)), float(rng.uniform(0.05, 0.99))
-            rows.append(
-                {
-                    "image_id": image_id,
-                    "file_path": path,
-                    "segment_id": new_id,
-                    "category_id": int(cat["id"]),
-                    "category": cat["name"],
-                    "isthing": bool(cat["isthing"]),
-                    "score": float(rng.uniform(0.05, 0.99)),
-                    "mask_quality": float(rng.uniform(0.3, 1.0)),
-                    "in_vocab_prob": in_p,
-                    "out_vocab_prob": out_p,
-                    "area": int(mask.sum()),
-                    "bbox": mask_bbox(mask),
-                    "rle": rles[new_id],
-                    "run_id": run_id,
-                }
-            )
+        id_map, rows = _coco_segment_rows(gt_map, ann["segments_info"], cat_by_id, image_id, path, run_id, rng)
         buffer = io.BytesIO()
         Image.fromarray(id2rgb(id_map), mode="RGB").save(buffer, format="PNG")
         panoptic_file = store.write_png(image_id, buffer.getvalue())
@@ -309,6 +283,55 @@ def write_coco_autolabel_output(
         )
         summary["images"].append({"image_id": image_id_for_path(path), "file_path": path, "width": None, "height": None})
     commit()
+    _write_run_files(store, summary, panoptic_annotations, run_id)
+    store.release()
+    return summary
+
+
+def _coco_segment_rows(
+    gt_map: np.ndarray,
+    segments_info: Sequence[dict[str, Any]],
+    cat_by_id: dict[int, dict[str, Any]],
+    image_id: int,
+    path: str,
+    run_id: str,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """One image's segment rows from its ground truth: ids renumbered 1..N in annotation order
+    (the id map returned, (H, W)), RLE masks, and made-up scores and probabilities drawn from ``rng``."""
+    id_map = np.zeros_like(gt_map)
+    rows = []
+    for new_id, seg in enumerate(segments_info, start=1):
+        id_map[gt_map == seg["id"]] = new_id
+    rles = encode_panoptic_map(id_map, range(1, len(segments_info) + 1))
+    for new_id, seg in enumerate(segments_info, start=1):
+        mask = id_map == new_id
+        cat = cat_by_id[seg["category_id"]]
+        in_p, out_p = float(rng.uniform(0.05, 0.99)), float(rng.uniform(0.05, 0.99))
+        rows.append(
+            {
+                "image_id": image_id,
+                "file_path": path,
+                "segment_id": new_id,
+                "category_id": int(cat["id"]),
+                "category": cat["name"],
+                "isthing": bool(cat["isthing"]),
+                "score": float(rng.uniform(0.05, 0.99)),
+                "mask_quality": float(rng.uniform(0.3, 1.0)),
+                "in_vocab_prob": in_p,
+                "out_vocab_prob": out_p,
+                "area": int(mask.sum()),
+                "bbox": mask_bbox(mask),
+                "rle": rles[new_id],
+                "run_id": run_id,
+            }
+        )
+    return id_map, rows
+
+
+def _write_run_files(store: OutputStore, summary: dict[str, Any], panoptic_annotations: list[dict[str, Any]], run_id: str) -> None:
+    """The output's panoptic JSON (labeled images only) and a complete run.json."""
+    categories = summary["categories"]
     atomic_write_json(
         store.panoptic_json,
         {"images": [{"id": im["image_id"], "file_name": os.path.basename(im["file_path"]), "width": im["width"],
@@ -322,5 +345,3 @@ def write_coco_autolabel_output(
          "counts": {"images": len(summary["images"]), "segments": sum(len(v) for v in summary["segments"].values())}},
         durable=False,
     )
-    store.release()
-    return summary
