@@ -47,15 +47,16 @@ def build_dataset(name: str, num_samples: int, labels_per_sample: int, seed: int
     import fiftyone as fo
     from bson import ObjectId
 
-    from possam_label.fiftyone.autolabel_output import Category, CategoryTable
     from possam_label.fiftyone.bulk_load import serialize_mask
     from possam_label.fiftyone.dataset import set_categories
     from possam_label.fiftyone.load import create_indexes, ensure_review_fields
+    from possam_label.vocab import Vocabulary
 
     ds = fo.Dataset(name, persistent=True)
     ds.media_type = "image"
     ensure_review_fields(ds, "possam")
-    set_categories(ds, "possam", CategoryTable(Category(i + 1, n, i % 2 == 0, (40 + 5 * i, 200 - 4 * i, 90)) for i, n in enumerate(CLASSES)))
+    classes = [{"id": i + 1, "name": n, "isthing": i % 2 == 0, "color": [40 + 5 * i, 200 - 4 * i, 90]} for i, n in enumerate(CLASSES)]
+    set_categories(ds, "possam", Vocabulary.from_coco_categories(classes))
     rng = np.random.default_rng(seed)
     size = 64
     crop = np.ones((8, 8), dtype=bool)

@@ -19,6 +19,11 @@ every synonym and takes the max over them, as FC-CLIP does), a thing/stuff flag,
 
 Classes without an explicit id get their 1-based position; classes without a color get a
 deterministic color distinct from every other color of the vocabulary.
+
+A vocabulary is also the class table of a FiftyOne label field and of an export: look a class up
+with :meth:`Vocabulary.by_name` / :meth:`Vocabulary.by_id` (a :class:`VocabularyClass`), iterate
+its classes, and add a reviewer's new class with :meth:`Vocabulary.with_class` (a new vocabulary:
+the next free id, a fresh colour from :func:`generated_colors`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from .vocab_parsing import (
     ClassSpec,
@@ -49,7 +54,7 @@ from .vocab_parsing import (
 logger = logging.getLogger(__name__)
 
 # Re-exported: the colour generator and the text normalisation belong to the class-table API.
-__all__ = ["BUILTIN_VOCABULARIES", "Color", "Vocabulary", "builtin_vocabulary", "generated_colors", "load_vocabulary",
+__all__ = ["BUILTIN_VOCABULARIES", "Color", "Vocabulary", "VocabularyClass", "builtin_vocabulary", "generated_colors", "load_vocabulary",
            "load_vocabulary_file", "normalize_class_text", "resolve_vocabulary_spec"]
 
 # Built-in vocabularies: accepted spellings -> data file in possam_label/vocab_data/.
@@ -60,6 +65,27 @@ BUILTIN_VOCABULARIES: dict[str, str] = {
     "ade20k_150": "ade20k_150.yaml",
     "ade": "ade20k_150.yaml",
 }
+
+@dataclass(frozen=True)
+class VocabularyClass:
+    """One class of a :class:`Vocabulary`, as its lookups and iteration return it."""
+
+    id: int
+    name: str
+    isthing: bool
+    color: Color
+    synonyms: tuple[str, ...]
+
+    def to_coco(self) -> dict[str, Any]:
+        """COCO-panoptic ``categories`` entry (``isthing`` 0/1, ``supercategory`` thing/stuff)."""
+        return {
+            "id": int(self.id),
+            "name": self.name,
+            "supercategory": "thing" if self.isthing else "stuff",
+            "isthing": int(self.isthing),
+            "color": [int(c) for c in self.color],
+        }
+
 
 @dataclass(frozen=True)
 class Vocabulary:
@@ -135,6 +161,13 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.names)
 
+    def __iter__(self) -> Iterator[VocabularyClass]:
+        return (self.class_at(i) for i in range(len(self)))
+
+    def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is a class name (case-insensitive; synonyms do not count)."""
+        return isinstance(name, str) and normalize_class_text(name) in self._name_index
+
     @property
     def num_things(self) -> int:
         return sum(self.isthing)
@@ -178,6 +211,60 @@ class Vocabulary:
         raise KeyError(
             f"{name_or_synonym!r} is neither a class name nor a synonym of this vocabulary "
             f"({len(self)} classes, e.g. {', '.join(repr(n) for n in self.names[:5])})"
+        )
+
+    def class_at(self, index: int) -> VocabularyClass:
+        """The class at ``index`` (0..K-1)."""
+        return VocabularyClass(
+            self.category_ids[index], self.names[index], self.isthing[index], self.colors[index], self.synonyms[index]
+        )
+
+    def by_name(self, name: str) -> VocabularyClass:
+        """The class called ``name`` (case-insensitive; synonyms do not count); KeyError listing
+        the classes when there is none."""
+        index = self._name_index.get(normalize_class_text(name))
+        if index is None:
+            more = " ..." if len(self) > 20 else ""
+            raise KeyError(f"unknown class {name!r}; known classes: {', '.join(self.names[:20])}{more}")
+        return self.class_at(index)
+
+    def by_id(self, category_id: int) -> VocabularyClass:
+        """The class with dataset id ``category_id``; KeyError if there is none."""
+        index = self._category_index.get(int(category_id))
+        if index is None:
+            raise KeyError(f"unknown category id {category_id}")
+        return self.class_at(index)
+
+    @property
+    def max_category_id(self) -> int:
+        return max(self.category_ids)
+
+    def with_class(
+        self, name: str, isthing: bool, category_id: Optional[int] = None, color: Optional[Color] = None
+    ) -> "Vocabulary":
+        """This vocabulary plus the class ``name`` (e.g. a reviewer's new class).
+
+        Args:
+            name: the new class's name (surrounding whitespace removed); must not be a class yet.
+            isthing: its thing/stuff flag.
+            category_id: its id (default: the next free one, the largest id + 1).
+            color: its colour (default: a fresh one from :func:`generated_colors`).
+        Raises:
+            ValueError: an empty or existing name, a taken id, a name with a comma, tab or newline.
+        """
+        name = name.strip() if isinstance(name, str) else ""
+        if not name:
+            raise ValueError("a class name must be a non-empty string")
+        if name in self:
+            raise ValueError(f"class {name!r} is in the vocabulary already")
+        new_id = self.max_category_id + 1 if category_id is None else int(category_id)
+        new_color = generated_colors(1, set(self.colors))[0] if color is None else tuple(int(c) for c in color)
+        return Vocabulary(
+            names=self.names + (name,),
+            synonyms=self.synonyms + ((name,),),
+            isthing=self.isthing + (bool(isthing),),
+            category_ids=self.category_ids + (new_id,),
+            colors=self.colors + (new_color,),
         )
 
     def index_of_category_id(self, category_id: int) -> int:
@@ -230,26 +317,17 @@ class Vocabulary:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
-    def to_coco_categories(self) -> list[dict]:
+    def to_coco_categories(self, with_synonyms: bool = True) -> list[dict]:
         """COCO-panoptic ``categories``: ``[{id, name, supercategory, isthing, color, synonyms}]``.
 
         ``isthing`` is 0/1 as in COCO files; ``supercategory`` is "thing" or "stuff" (the
         vocabulary keeps no finer grouping); ``synonyms`` is an extra key that
-        :meth:`from_coco_categories` reads back, so the round trip is lossless.
+        :meth:`from_coco_categories` reads back, so the round trip is lossless (left out with
+        ``with_synonyms=False``: the form of exports and of a FiftyOne field's class table).
         """
-        return [
-            {
-                "id": cid,
-                "name": name,
-                "supercategory": "thing" if flag else "stuff",
-                "isthing": int(flag),
-                "color": list(color),
-                "synonyms": list(syns),
-            }
-            for name, syns, flag, cid, color in zip(
-                self.names, self.synonyms, self.isthing, self.category_ids, self.colors
-            )
-        ]
+        if not with_synonyms:
+            return [c.to_coco() for c in self]
+        return [{**c.to_coco(), "synonyms": list(c.synonyms)} for c in self]
 
     @classmethod
     def from_coco_categories(cls, cats: Sequence[dict]) -> "Vocabulary":

@@ -175,7 +175,8 @@ def parse_yaml_file(path: Path) -> list[ClassSpec]:
 def generated_colors(count: int, taken: set[Color]) -> list[Color]:
     """``count`` deterministic, saturated colors, distinct from each other and from ``taken``.
 
-    The one colour generator of the project: vocabularies and the FiftyOne class tables use it.
+    The one colour generator of the project (vocabularies, which are also the class tables of
+    FiftyOne label fields, use it).
 
     Hues step by the golden ratio so neighbours in the list differ strongly; saturation and
     value cycle over a few levels so that many classes still get distinct RGB triples.

@@ -19,11 +19,11 @@ fo = pytest.importorskip("fiftyone")
 
 from possam_label.fiftyone import corrections as C  # noqa: E402
 from possam_label.fiftyone.auto_accept import auto_accept, estimate_auto_accept, review_outcomes  # noqa: E402
-from possam_label.fiftyone.autolabel_output import CategoryTable  # noqa: E402
 from possam_label.fiftyone.dataset import set_categories  # noqa: E402
 from possam_label.fiftyone.load import ensure_review_fields  # noqa: E402
 from possam_label.fiftyone.review import needs_review_view  # noqa: E402
 from possam_label.fiftyone.testing import use_private_database  # noqa: E402
+from possam_label.vocab import load_vocabulary  # noqa: E402
 
 pytestmark = pytest.mark.fiftyone
 
@@ -45,9 +45,7 @@ def _dataset(name: str, num_samples: int = 300, per_sample: int = 10, seed: int 
         fo.delete_dataset(name)
     ds = fo.Dataset(name)
     ensure_review_fields(ds, "possam")
-    table = CategoryTable()
-    for cls in TRUTH:
-        table.get_or_add(cls, True)
+    table = load_vocabulary(",".join(TRUTH))  # things, ids 1..K
     set_categories(ds, "possam", table)
     rng = np.random.default_rng(seed)
     truth: dict[str, bool] = {}

@@ -21,7 +21,6 @@ from possam_label.fiftyone.export import ExportOptions, check_coco_panoptic, exp
 from possam_label.fiftyone.load import load_autolabel_output  # noqa: E402
 from possam_label.fiftyone.model import PosSAMModel, PosSAMModelConfig, load_possam_model, prepare_review_field  # noqa: E402
 from possam_label.fiftyone.testing import write_coco_autolabel_output  # noqa: E402
-from possam_label.vocab import Vocabulary  # noqa: E402
 
 pytestmark = pytest.mark.fiftyone
 
@@ -49,7 +48,7 @@ class RecordedPredictor:
 
     def __init__(self, output: AutolabelOutput) -> None:
         self.by_shape = {(item.record.height, item.record.width): item.prediction for item in output.iter_images() if item.prediction}
-        self.vocabulary = Vocabulary.from_coco_categories(output.categories.to_list())
+        self.vocabulary = output.categories
         self.batches: list[int] = []
 
     def predict(self, images, vocabulary=None, batch_size=8):

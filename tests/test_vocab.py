@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from possam_label.vocab import Vocabulary, load_vocabulary
+from possam_label.vocab import Vocabulary, generated_colors, load_vocabulary
 
 DATA = Path(__file__).parent / "data"
 COCO_CATEGORIES_JSON = DATA / "coco_panoptic_sample" / "panoptic_coco_categories.json"
@@ -148,6 +148,64 @@ def test_from_coco_categories_splits_comma_names():
     official = Vocabulary.from_coco_categories(json.loads(COCO_CATEGORIES_JSON.read_text()))
     assert len(official) == 133 and official.names[-1] == "rug-merged"
     assert official.category_ids == load_vocabulary("coco").category_ids
+
+
+# ---------------------------------------------------------------------------- class table
+def test_class_lookups_by_name_and_id():
+    coco = load_vocabulary("coco")
+    person = coco.by_name("  PERSON ")
+    assert (person.id, person.name, person.isthing) == (1, "person", True)
+    assert person.color == coco.colors[0] and person.synonyms == coco.synonyms[0]
+    assert coco.by_id(person.id) == person and coco.by_id(200).name == "rug"
+    assert "Person" in coco and "unicorn" not in coco and 5 not in coco
+    assert [c.name for c in coco] == list(coco.names)
+    # Synonyms count for index_of (the text classifier) but not for the class table's names.
+    ade = load_vocabulary("ade20k")
+    assert ade.index_of("route") == ade.names.index("road") and "route" not in ade
+    with pytest.raises(KeyError, match="unknown class 'unicorn'; known classes: person, bicycle"):
+        coco.by_name("unicorn")
+    with pytest.raises(KeyError, match="unknown category id 999"):
+        coco.by_id(999)
+
+
+def test_with_class_adds_the_next_id_and_a_fresh_color():
+    vocab = Vocabulary.from_coco_categories(
+        [{"id": 3, "name": "cat", "isthing": 1, "color": [10, 20, 30]}, {"id": 7, "name": "grass", "isthing": 0}]
+    )
+    grown = vocab.with_class(" Scarecrow ", isthing=True)
+    assert len(vocab) == 2 and len(grown) == 3  # the original is unchanged
+    added = grown.by_name("scarecrow")
+    assert (added.id, added.name, added.isthing, added.synonyms) == (8, "Scarecrow", True, ("Scarecrow",))
+    assert added.color == generated_colors(1, set(vocab.colors))[0] and added.color not in vocab.colors
+    kept = grown.with_class("sky", isthing=False, category_id=5, color=(1, 2, 3))
+    assert kept.by_id(5).to_coco() == {"id": 5, "name": "sky", "supercategory": "stuff", "isthing": 0, "color": [1, 2, 3]}
+    assert kept.max_category_id == 8
+    for bad, match in (("CAT", "in the vocabulary already"), ("  ", "non-empty"), ("a, b", "contains ','")):
+        with pytest.raises(ValueError, match=match):
+            vocab.with_class(bad, isthing=True)
+    with pytest.raises(ValueError, match="duplicate category id 3"):
+        vocab.with_class("dog", isthing=True, category_id=3)
+
+
+def test_coco_categories_without_synonyms():
+    coco = load_vocabulary("coco")
+    plain = coco.to_coco_categories(with_synonyms=False)
+    assert plain == [{k: v for k, v in c.items() if k != "synonyms"} for c in coco.to_coco_categories()]
+    assert plain == [c.to_coco() for c in coco]
+    assert Vocabulary.from_coco_categories(plain).names == coco.names
+
+
+def test_label_field_classes_reject_void_id_and_bad_entries():
+    from possam_label.fiftyone.autolabel_output import AutolabelOutputError, label_field_classes
+
+    classes = label_field_classes([{"id": 1, "name": "cat"}, {"id": 2, "name": "sky", "isthing": 0}], "here")
+    assert classes.names == ("cat", "sky") and classes.isthing == (True, False)
+    with pytest.raises(AutolabelOutputError, match="here: class 'wall' has category id 0, which is void"):
+        label_field_classes([{"id": 0, "name": "wall"}], "here")
+    with pytest.raises(AutolabelOutputError, match="here: bad categories: .*missing 'name'"):
+        label_field_classes([{"id": 1}], "here")
+    with pytest.raises(AutolabelOutputError, match="here: bad categories: .*duplicate category id 1"):
+        label_field_classes([{"id": 1, "name": "cat"}, {"id": 1, "name": "dog"}], "here")
 
 
 def test_identity_is_stable_and_content_sensitive():

@@ -23,7 +23,6 @@ from typing import Any
 _EXPORTS = {
     "AutolabelOutput": "autolabel_output",
     "AutolabelOutputError": "autolabel_output",
-    "CategoryTable": "autolabel_output",
     "load_autolabel_output": "load",
     "LoadResult": "load",
     "DatasetNotFoundError": "dataset",

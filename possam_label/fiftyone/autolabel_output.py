@@ -19,7 +19,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -27,13 +27,11 @@ import pyarrow.parquet as pq
 from ..io.rle import decode_rle
 from ..io.tables import SEGMENT_COLUMNS, OutputStore
 from ..types import PanopticPrediction, SegmentInfo
-from ..vocab import generated_colors
+from ..vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("image_id", "file_path", "width", "height", "status", "error", "num_segments")
-
-Color = tuple[int, int, int]
 
 
 class AutolabelOutputError(ValueError):
@@ -41,124 +39,42 @@ class AutolabelOutputError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ categories
-@dataclass(frozen=True)
-class Category:
-    """One class of a label field: COCO-panoptic category fields."""
+def label_field_classes(entries: Sequence[Mapping[str, Any]], where: str) -> Vocabulary:
+    """The class table of a label field from COCO-panoptic ``categories`` (id, name, isthing,
+    optional color; missing colours from :func:`~possam_label.vocab.generated_colors`).
 
-    id: int
-    name: str
-    isthing: bool
-    color: Color
-
-    def to_coco(self) -> dict[str, Any]:
-        """COCO-panoptic ``categories`` entry."""
-        return {
-            "id": int(self.id),
-            "name": self.name,
-            "supercategory": "thing" if self.isthing else "stuff",
-            "isthing": int(bool(self.isthing)),
-            "color": [int(c) for c in self.color],
-        }
-
-
-class CategoryTable:
-    """The ordered classes of a label field, looked up by id or by (case-insensitive) name.
-
-    Category id 0 is reserved: it is void in semantic masks and panoptic PNGs.
+    Raises AutolabelOutputError naming ``where`` for a bad entry, and for category id 0 (void in
+    semantic masks and panoptic PNGs).
     """
+    try:
+        classes = Vocabulary.from_coco_categories(list(entries))
+    except (TypeError, ValueError) as err:
+        raise AutolabelOutputError(f"{where}: bad categories: {err}") from None
+    return check_no_void_class(classes, where)
 
-    def __init__(self, categories: Iterable[Category] = ()) -> None:
-        self._by_id: dict[int, Category] = {}
-        self._by_name: dict[str, Category] = {}
-        for category in categories:
-            self._insert(category)
 
-    def _insert(self, category: Category) -> None:
-        if category.id <= 0:
-            raise ValueError(f"category {category.name!r}: id must be >= 1 (0 is void), got {category.id}")
-        if category.id in self._by_id:
-            raise ValueError(f"duplicate category id {category.id} ({self._by_id[category.id].name!r} and {category.name!r})")
-        key = category.name.strip().lower()
-        if not key:
-            raise ValueError("empty category name")
-        if key in self._by_name:
-            raise ValueError(f"duplicate category name {category.name!r}")
-        self._by_id[category.id] = category
-        self._by_name[key] = category
+def check_no_void_class(classes: Vocabulary, where: str) -> Vocabulary:
+    """``classes`` itself after checking that no class has category id 0 (void)."""
+    if 0 in classes.category_ids:
+        raise AutolabelOutputError(
+            f"{where}: class {classes.by_id(0).name!r} has category id 0, which is void in semantic masks and panoptic PNGs"
+        )
+    return classes
 
-    def __len__(self) -> int:
-        return len(self._by_id)
 
-    def __iter__(self) -> Iterator[Category]:
-        return iter(self._by_id.values())
-
-    def __contains__(self, name: str) -> bool:
-        return name.strip().lower() in self._by_name
-
-    @property
-    def names(self) -> list[str]:
-        return [c.name for c in self]
-
-    def by_id(self, category_id: int) -> Category:
-        try:
-            return self._by_id[int(category_id)]
-        except KeyError:
-            raise KeyError(f"unknown category id {category_id}") from None
-
-    def by_name(self, name: str) -> Category:
-        try:
-            return self._by_name[name.strip().lower()]
-        except KeyError:
-            raise KeyError(f"unknown class {name!r}; known classes: {', '.join(self.names[:20])}{' ...' if len(self) > 20 else ''}") from None
-
-    def get_or_add(self, name: str, isthing: bool) -> tuple[Category, bool]:
-        """The class called ``name``, or a new one (next free id, a fresh color); (category, added)."""
-        if name in self:
-            return self.by_name(name), False
-        name = name.strip()
-        if not name:
-            raise ValueError("a class name must be a non-empty string")
-        new_id = max(self._by_id, default=0) + 1
-        color = generated_colors(1, {c.color for c in self})[0]
-        category = Category(id=new_id, name=name, isthing=bool(isthing), color=color)
-        self._insert(category)
-        return category, True
-
-    def max_id(self) -> int:
-        return max(self._by_id, default=0)
-
-    def to_list(self) -> list[dict[str, Any]]:
-        return [c.to_coco() for c in self]
-
-    @classmethod
-    def from_list(cls, entries: Sequence[Mapping[str, Any]], where: str = "categories") -> "CategoryTable":
-        """From COCO-panoptic ``categories`` (id, name, isthing, optional color)."""
-        table = cls()
-        taken: set[Color] = {tuple(int(v) for v in e["color"]) for e in entries if isinstance(e, Mapping) and e.get("color")}
-        missing = sum(1 for e in entries if not (isinstance(e, Mapping) and e.get("color")))
-        fresh = iter(generated_colors(missing, taken))
-        for j, entry in enumerate(entries):
-            try:
-                color = tuple(int(v) for v in entry["color"]) if entry.get("color") else next(fresh)
-                table._insert(Category(int(entry["id"]), str(entry["name"]), bool(entry.get("isthing", 1)), color))  # type: ignore[arg-type]
-            except (KeyError, TypeError, ValueError) as err:
-                raise AutolabelOutputError(f"{where}: bad category entry {j} ({entry!r:.120}): {err}") from None
-        return table
-
-    @classmethod
-    def from_vocabulary_dict(cls, vocab: Mapping[str, Any], where: str) -> "CategoryTable":
-        """From run.json's ``{"names", "synonyms", "isthing", "category_ids", "colors"}``."""
-        try:
-            names = list(vocab["names"])
-            isthing = list(vocab["isthing"])
-            ids = list(vocab.get("category_ids") or range(1, len(names) + 1))
-            colors = list(vocab.get("colors") or [None] * len(names))
-        except (KeyError, TypeError) as err:
-            raise AutolabelOutputError(f"{where}: vocabulary needs 'names' and 'isthing' lists ({err})") from None
-        if not (len(names) == len(isthing) == len(ids) == len(colors)):
-            raise AutolabelOutputError(f"{where}: vocabulary lists have different lengths")
-        entries = [{"id": i, "name": n, "isthing": t, "color": c} for n, t, i, c in zip(names, isthing, ids, colors)]
-        return cls.from_list(entries, where)
+def _classes_from_run_vocabulary(vocab: Mapping[str, Any], where: str) -> Vocabulary:
+    """From run.json's ``{"names", "isthing", "category_ids"?, "colors"?}`` lists."""
+    try:
+        names = list(vocab["names"])
+        isthing = list(vocab["isthing"])
+        ids = list(vocab.get("category_ids") or range(1, len(names) + 1))
+        colors = list(vocab.get("colors") or [None] * len(names))
+    except (KeyError, TypeError) as err:
+        raise AutolabelOutputError(f"{where}: vocabulary needs 'names' and 'isthing' lists ({err})") from None
+    if not (len(names) == len(isthing) == len(ids) == len(colors)):
+        raise AutolabelOutputError(f"{where}: vocabulary lists have different lengths")
+    entries = [{"id": i, "name": n, "isthing": t, "color": c} for n, t, i, c in zip(names, isthing, ids, colors)]
+    return label_field_classes(entries, where)
 
 
 # ---------------------------------------------------------------------------------- records
@@ -243,7 +159,7 @@ class AutolabelOutput:
     Use :meth:`open`; it raises :class:`AutolabelOutputError` when the directory is not one.
     """
 
-    def __init__(self, root: Path, run_info: dict[str, Any], categories: CategoryTable) -> None:
+    def __init__(self, root: Path, run_info: dict[str, Any], categories: Vocabulary) -> None:
         self.root = root
         self.run_info = run_info
         self.categories = categories
@@ -284,19 +200,19 @@ class AutolabelOutput:
         return out
 
     @staticmethod
-    def _read_categories(root: Path, run_info: Mapping[str, Any]) -> CategoryTable:
+    def _read_categories(root: Path, run_info: Mapping[str, Any]) -> Vocabulary:
         vocab = run_info.get("vocabulary")
         if isinstance(vocab, Mapping) and "names" in vocab:
-            return CategoryTable.from_vocabulary_dict(vocab, f"{root / 'run.json'}: vocabulary")
+            return _classes_from_run_vocabulary(vocab, f"{root / 'run.json'}: vocabulary")
         if isinstance(vocab, Mapping) and "classes" in vocab:  # Vocabulary.to_dict() form
-            return CategoryTable.from_list(vocab["classes"], f"{root / 'run.json'}: vocabulary")
+            return label_field_classes(vocab["classes"], f"{root / 'run.json'}: vocabulary")
         panoptic_json = root / "panoptic.json"
         if panoptic_json.is_file():
             try:
                 cats = json.loads(panoptic_json.read_text(encoding="utf-8"))["categories"]
             except (OSError, ValueError, KeyError, TypeError) as err:
                 raise AutolabelOutputError(f"{panoptic_json}: no readable 'categories' ({err})") from None
-            return CategoryTable.from_list(cats, f"{panoptic_json}: categories")
+            return label_field_classes(cats, f"{panoptic_json}: categories")
         raise AutolabelOutputError(f"{root}: neither run.json 'vocabulary' nor panoptic.json 'categories' names the classes")
 
     # ---------------------------------------------------------------------------- reading

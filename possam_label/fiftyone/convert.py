@@ -156,7 +156,7 @@ def detections_to_prediction(
         detections: the Detections to paint, in priority order (earlier ones win contested
             pixels, which only exist if masks were edited to overlap).
         height, width: the image size.
-        categories: a :class:`~possam_label.fiftyone.autolabel_output.CategoryTable`; when given,
+        categories: the field's class table (a :class:`~possam_label.vocab.Vocabulary`); when given,
             ``category_id``/``isthing`` come from the class named by ``label`` (so a relabel needs
             no other bookkeeping), else from the Detection's attributes.
     Returns:

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import fiftyone as fo
 
-from .autolabel_output import CategoryTable
+from ..vocab import Vocabulary
 from .convert import label_attr
 from .dataset import DEFAULT_LABEL_FIELD, ReviewFields, get_categories
 from .editor_sync import store_classes, sync_editor_edits, sync_sample
@@ -77,7 +77,7 @@ def apply_correction(
     when = utc_now()
     for sample_id, label_ids in grouped.items():
         sample = load_sample(dataset, sample_id)
-        sync_before_change(sample, fields, categories)
+        categories = sync_before_change(sample, fields, categories)
         targets = [find_label(sample, fields, label_id) for label_id in label_ids]  # validate all first
         for det in targets:
             before = label_snapshot(det)
@@ -96,10 +96,11 @@ def apply_correction(
     return result
 
 
-def sync_before_change(sample: fo.Sample, fields: ReviewFields, categories: CategoryTable) -> None:
+def sync_before_change(sample: fo.Sample, fields: ReviewFields, categories: Vocabulary) -> Vocabulary:
     """Log editor edits of the sample made since it was last seen before changing it further,
-    so an edit is never attributed to the plugin's correction."""
-    sync_sample(sample, fields, categories, save=False)
+    so an edit is never attributed to the plugin's correction. Returns ``categories`` with the
+    classes named in the editor that it lacked."""
+    return sync_sample(sample, fields, categories, save=False).categories
 
 
 def relabel_segments(
@@ -133,7 +134,8 @@ def relabel_segments(
             first_sample, first_labels = next(iter(grouped.items()))
             first = find_label(load_sample(dataset, first_sample), fields, first_labels[0])
             isthing = bool(label_attr(first, "isthing", True))
-        category, _ = categories.get_or_add(new_label, bool(isthing))
+        categories = categories.with_class(new_label, bool(isthing))
+        category = categories.by_name(new_label)
         store_classes(dataset, label_field, categories)
         new_class = category.name
         logger.info("new class %r (id %d, %s) in %s.%s", category.name, category.id, "thing" if category.isthing else "stuff", dataset.name, label_field)

@@ -29,7 +29,8 @@ from typing import Any, Union
 
 import fiftyone as fo
 
-from .autolabel_output import CategoryTable
+from ..vocab import Vocabulary
+from .autolabel_output import label_field_classes
 
 INFO_KEY = "possam_label"
 DEFAULT_LABEL_FIELD = "possam"
@@ -112,7 +113,7 @@ def _field_info(dataset: fo.Dataset, label_field: str) -> dict[str, Any]:
     return dict(info.get(label_field) or {})
 
 
-def get_categories(dataset: fo.Dataset, label_field: str) -> CategoryTable:
+def get_categories(dataset: fo.Dataset, label_field: str) -> Vocabulary:
     """The class table of ``label_field`` (raises ValueError if nothing was loaded into it)."""
     entries = _field_info(dataset, label_field).get("categories")
     if not entries:
@@ -120,7 +121,7 @@ def get_categories(dataset: fo.Dataset, label_field: str) -> CategoryTable:
             f"dataset {dataset.name!r} has no possam-label classes for field {label_field!r}; "
             "load an autolabel output into it first (load_autolabel_output)"
         )
-    return CategoryTable.from_list(entries, f"dataset {dataset.name!r} info[{INFO_KEY!r}][{label_field!r}]")
+    return label_field_classes(entries, f"dataset {dataset.name!r} info[{INFO_KEY!r}][{label_field!r}]")
 
 
 def has_possam_field(dataset: fo.Dataset, label_field: str) -> bool:
@@ -133,13 +134,13 @@ def possam_label_fields(dataset: fo.Dataset) -> list[str]:
     return [name for name, value in info.items() if isinstance(value, dict) and value.get("categories") and dataset.has_field(name)]
 
 
-def set_categories(dataset: fo.Dataset, label_field: str, categories: CategoryTable) -> None:
+def set_categories(dataset: fo.Dataset, label_field: str, categories: Vocabulary) -> None:
     """Store the class table: dataset info, semantic ``mask_targets`` and the field's ``classes``."""
     fields = ReviewFields(label_field)
     info = dict(dataset.info)
     per_dataset = dict(info.get(INFO_KEY) or {})
     per_field = dict(per_dataset.get(label_field) or {})
-    per_field["categories"] = categories.to_list()
+    per_field["categories"] = categories.to_coco_categories(with_synonyms=False)
     per_dataset[label_field] = per_field
     info[INFO_KEY] = per_dataset
     dataset.info = info
@@ -147,7 +148,7 @@ def set_categories(dataset: fo.Dataset, label_field: str, categories: CategoryTa
     mask_targets[fields.semantic] = {int(c.id): c.name for c in categories}
     dataset.mask_targets = mask_targets
     classes = dict(dataset.classes)
-    classes[label_field] = categories.names
+    classes[label_field] = list(categories.names)
     dataset.classes = classes
     _set_class_colors(dataset, fields, categories)
     dataset.save()
@@ -157,7 +158,7 @@ def _hex(color: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*[int(c) for c in color])
 
 
-def _set_class_colors(dataset: fo.Dataset, fields: ReviewFields, categories: CategoryTable) -> None:
+def _set_class_colors(dataset: fo.Dataset, fields: ReviewFields, categories: Vocabulary) -> None:
     """App colors: each class in its vocabulary color, in the Detections and the semantic masks.
 
     Entries the user set for other fields are kept; those of these two fields are replaced.

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -41,7 +41,7 @@ import fiftyone as fo
 import fiftyone.core.sample as fosample
 from fiftyone import ViewField as F
 
-from .autolabel_output import Category, CategoryTable
+from ..vocab import Vocabulary, VocabularyClass
 from .convert import detection_mask_placement, label_attr
 from .dataset import DEFAULT_LABEL_FIELD, INFO_KEY, ReviewFields, get_categories, has_possam_field, open_dataset, set_categories
 from .review_baseline import baseline_fingerprint, detection_fingerprint, detection_from_baseline, fingerprint, record_state
@@ -87,13 +87,17 @@ class SyncResult:
     deleted: int = 0
     trimmed: int = 0  # neighbours that lost pixels to an edited label
     new_classes: list[str] = field(default_factory=list)
+    # The field's class table after the sync: the one passed in plus new_classes (the caller stores it).
+    categories: Optional[Vocabulary] = field(default=None, repr=False)
 
     @property
     def num_edits(self) -> int:
         return self.relabeled + self.edited + self.added + self.deleted
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "num_edits": self.num_edits}
+        counts = asdict(replace(self, categories=None))
+        del counts["categories"]
+        return {**counts, "num_edits": self.num_edits}
 
 
 # ------------------------------------------------------------------------------ one sample
@@ -107,14 +111,14 @@ def _last_seen(sample: fo.Sample, fields: ReviewFields) -> Optional[list[dict[st
     return None
 
 
-def _resolve_class(det: fo.Detection, categories: CategoryTable, result: SyncResult):
-    if det.label in categories:
-        return categories.by_name(det.label)
-    category, created = categories.get_or_add(det.label, bool(label_attr(det, "isthing", True)))
-    if created:
+def _resolve_class(det: fo.Detection, result: SyncResult) -> VocabularyClass:
+    """The class named by ``det.label``; a name the table lacks becomes a new class of ``result.categories``."""
+    if det.label not in result.categories:
+        result.categories = result.categories.with_class(det.label, bool(label_attr(det, "isthing", True)))
+        category = result.categories.by_name(det.label)
         result.new_classes.append(category.name)
         logger.info("editor: new class %r (id %d)", category.name, category.id)
-    return category
+    return result.categories.by_name(det.label)
 
 
 def _tighten(det: fo.Detection, height: int, width: int) -> Optional[tuple[int, int, np.ndarray]]:
@@ -157,7 +161,7 @@ _GeometryChanges = list[tuple[fo.Detection, tuple[int, int, np.ndarray]]]
 
 
 def _record_added(
-    sample: fo.Sample, fields: ReviewFields, det: fo.Detection, category: Category, size: tuple[int, int],
+    sample: fo.Sample, fields: ReviewFields, det: fo.Detection, category: VocabularyClass, size: tuple[int, int],
     when: _dt.datetime, changed_geometry: _GeometryChanges,
 ) -> None:
     """A label drawn in the editor: the next free segment id, its class's ids, status "added"."""
@@ -173,7 +177,7 @@ def _record_added(
 
 
 def _record_edited(
-    sample: fo.Sample, fields: ReviewFields, det: fo.Detection, previous: dict[str, Any], category: Category,
+    sample: fo.Sample, fields: ReviewFields, det: fo.Detection, previous: dict[str, Any], category: VocabularyClass,
     size: tuple[int, int], when: _dt.datetime, changed_geometry: _GeometryChanges,
 ) -> bool:
     """A known label whose class (a relabel) or mask or box (an edit) changed in the editor since
@@ -221,16 +225,18 @@ def _record_deleted(
 def sync_sample(
     sample: fo.Sample,
     fields: ReviewFields,
-    categories: CategoryTable,
+    categories: Vocabulary,
     save: bool = True,
     result: Optional[SyncResult] = None,
 ) -> SyncResult:
     """Find and record the editor edits of one sample (see the module docstring).
 
-    ``categories`` gains the classes named in the editor that the vocabulary lacks (the caller
-    stores it). With ``save=False`` the sample is changed but not saved (the caller saves it).
+    The result's ``categories`` is ``categories`` plus the classes named in the editor that it
+    lacks (the caller stores it). With ``save=False`` the sample is changed but not saved (the
+    caller saves it).
     """
     result = result if result is not None else SyncResult()
+    result.categories = categories
     result.num_samples_checked += 1
     detections = sample[fields.labels]
     current = list(detections.detections) if detections is not None else []
@@ -258,7 +264,7 @@ def sync_sample(
             continue
         if height is None:
             height, width = image_size(sample, fields)
-        category = _resolve_class(det, categories, result)
+        category = _resolve_class(det, result)
         if previous is None:
             _record_added(sample, fields, det, category, (height, width), when, changed_geometry)
             result.added += 1
@@ -277,7 +283,7 @@ def sync_sample(
     if not changed:
         return result  # the last-seen state (or the baseline standing in for it) still holds
     result.num_samples_changed += 1
-    repaint_semantic(sample, fields, categories)
+    repaint_semantic(sample, fields, result.categories)
     record_state(sample, fields)
     if save:
         sample.save()
@@ -366,12 +372,10 @@ def sync_editor_edits(
         fields = ReviewFields(label_field)
         if not has_possam_field(dataset, label_field):
             return SyncResult()
-        categories = get_categories(dataset, label_field)
-        num_classes = len(categories)
         sample = dataset[samples.id]  # a view's sample may hide labels: read it whole
-        result = sync_sample(sample, fields, categories)
-        if len(categories) != num_classes:
-            store_classes(dataset, label_field, categories)
+        result = sync_sample(sample, fields, get_categories(dataset, label_field))
+        if result.new_classes:
+            store_classes(dataset, label_field, result.categories)
         return result
     if isinstance(samples, str):
         samples = open_dataset(samples)
@@ -380,8 +384,7 @@ def sync_editor_edits(
     if not has_possam_field(dataset, label_field):
         return result
     fields = ReviewFields(label_field)
-    categories = get_categories(dataset, label_field)
-    num_classes = len(categories)
+    result.categories = get_categories(dataset, label_field)
     whole = isinstance(samples, fo.Dataset)
     started = _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None) - _dt.timedelta(milliseconds=5)
     since = _sync_stamp(dataset, label_field) if whole and not full else None
@@ -391,9 +394,9 @@ def sync_editor_edits(
         # A view may filter labels: read its samples whole, or a hidden label would look deleted.
         view = dataset.select(samples.values("id"))
     for sample in view.iter_samples(progress=False):
-        sync_sample(sample, fields, categories, result=result)
-    if len(categories) != num_classes:
-        store_classes(dataset, label_field, categories)
+        sync_sample(sample, fields, result.categories, result=result)
+    if result.new_classes:
+        store_classes(dataset, label_field, result.categories)
     if whole and (since is None or result.num_samples_checked):
         # Only when something was read: an unchanged stamp is still right, and no dataset write
         # happens on a refresh that found nothing modified.
@@ -426,7 +429,7 @@ def label_schema(dataset: fo.Dataset, label_field: str = DEFAULT_LABEL_FIELD) ->
     return {**generated, "component": "dropdown", "classes": list(categories.names), "attributes": attributes}
 
 
-def store_classes(dataset: fo.Dataset, label_field: str, categories: CategoryTable) -> None:
+def store_classes(dataset: fo.Dataset, label_field: str, categories: Vocabulary) -> None:
     """Store a class table that gained classes: dataset info, colours and the Annotate-tab classes."""
     set_categories(dataset, label_field, categories)
     if label_field in dataset.label_schemas:

@@ -42,7 +42,8 @@ from ..io.rle import encode_panoptic_map
 from ..io.tables import image_id_for_path
 from ..panoptic import areas_and_boxes, filter_by_score, restrict
 from ..types import PanopticPrediction, SegmentInfo
-from .autolabel_output import AutolabelOutput, Category, CategoryTable
+from ..vocab import Vocabulary, VocabularyClass
+from .autolabel_output import AutolabelOutput
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class ExportOptions:
         if self.min_confidence is not None and not 0.0 <= float(self.min_confidence) <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
 
-    def selected_categories(self, categories: CategoryTable) -> list[Category]:
+    def selected_categories(self, categories: Vocabulary) -> list[VocabularyClass]:
         """The classes kept by include/exclude; unknown names are an error that lists the classes."""
         for names in (self.include_classes, self.exclude_classes):
             for name in names or ():
@@ -159,7 +160,7 @@ class TrainingSetWriter:
         options: see :class:`ExportOptions`.
     """
 
-    def __init__(self, out_dir: Union[str, os.PathLike], categories: CategoryTable, options: ExportOptions) -> None:
+    def __init__(self, out_dir: Union[str, os.PathLike], categories: Vocabulary, options: ExportOptions) -> None:
         options.validate()
         self.options = options
         self.root = Path(os.path.abspath(os.fspath(out_dir)))

@@ -27,7 +27,8 @@ from typing import Callable, Optional, Union
 import fiftyone as fo
 from tqdm import tqdm
 
-from .autolabel_output import AutolabelOutput, CategoryTable
+from ..vocab import Vocabulary
+from .autolabel_output import AutolabelOutput
 from .bulk_load import MASK_STORAGES, LoadSelection, PartJob, PartStats, write_part
 from .dataset import (
     DEFAULT_LABEL_FIELD,
@@ -151,29 +152,25 @@ def _resolve_dataset(dataset: Union[str, fo.Dataset, None], output: AutolabelOut
     return fo.Dataset(name, persistent=True)
 
 
-def _merge_categories(dataset: fo.Dataset, label_field: str, run_categories: CategoryTable) -> tuple[CategoryTable, dict[int, int], list[str]]:
+def _merge_categories(dataset: fo.Dataset, label_field: str, run_categories: Vocabulary) -> tuple[Vocabulary, dict[int, int], list[str]]:
     """Union of the dataset's classes for the field and the run's; maps run ids to dataset ids.
 
     Classes are matched by name. A run class whose id is taken by another name gets the next free
     id, and its segments are renumbered, so several runs with different vocabularies can share a field.
     """
-    had_classes = has_possam_field(dataset, label_field)
-    table = get_categories(dataset, label_field) if had_classes else CategoryTable()
+    if not has_possam_field(dataset, label_field):
+        return run_categories, {c.id: c.id for c in run_categories}, []
+    table = get_categories(dataset, label_field)
     remap: dict[int, int] = {}
     added: list[str] = []
     for category in run_categories:
-        if category.name in table:
-            remap[category.id] = table.by_name(category.name).id
-            continue
-        taken = {c.id for c in table}
-        if category.id not in taken:
-            table._insert(category)  # keep the run's id (and color) when it is free
-            remap[category.id] = category.id
-        else:
-            new, _ = table.get_or_add(category.name, category.isthing)
-            remap[category.id] = new.id
-        if had_classes:
+        if category.name not in table:
+            if category.id in table.category_ids:  # taken by another name: the next free id, a fresh colour
+                table = table.with_class(category.name, category.isthing)
+            else:  # keep the run's id and colour
+                table = table.with_class(category.name, category.isthing, category.id, category.color)
             added.append(category.name)
+        remap[category.id] = table.by_name(category.name).id
     return table, remap, added
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 import fiftyone.core.models as fom
 
+from ..vocab import Vocabulary
 from .convert import prediction_to_labels
 
 logger = logging.getLogger(__name__)
@@ -151,12 +152,12 @@ def load_possam_model(
     return PosSAMModel(PosSAMModelConfig(config_path, checkpoint, device, vocabulary, batch_size, confidence_thresh, semantic))
 
 
-def model_categories(model: PosSAMModel):
+def model_categories(model: PosSAMModel) -> Vocabulary:
     """The class table of the model's vocabulary (for :func:`prepare_review_field`)."""
-    from .autolabel_output import CategoryTable
+    from .autolabel_output import check_no_void_class
 
     vocabulary = model._vocabulary if model._vocabulary is not None else model.predictor.vocabulary
-    return CategoryTable.from_list(vocabulary.to_coco_categories(), "model vocabulary")
+    return check_no_void_class(vocabulary, "model vocabulary")
 
 
 def prepare_review_field(dataset: Any, label_field: str, model: PosSAMModel) -> None:

@@ -26,8 +26,8 @@ import numpy as np
 
 import fiftyone as fo
 
-from .autolabel_output import CategoryTable
 from .convert import category_map, detections_to_prediction, label_attr
+from ..vocab import Vocabulary
 from .dataset import ReviewFields
 
 ACCEPTED = "accepted"
@@ -111,18 +111,18 @@ def image_size(sample: fo.Sample, fields: ReviewFields) -> tuple[int, int]:
     return int(sample.metadata.height), int(sample.metadata.width)
 
 
-def repaint_semantic(sample: fo.Sample, fields: ReviewFields, categories: CategoryTable) -> None:
+def repaint_semantic(sample: fo.Sample, fields: ReviewFields, categories: Vocabulary) -> None:
     """Recompute the sample's semantic map from its current, non-rejected Detections."""
     detections = sample[fields.labels]
     height, width = image_size(sample, fields)
     kept = [d for d in (detections.detections if detections is not None else []) if label_attr(d, "review_status") != REJECTED] if detections else []
     if not kept:
-        dtype = np.uint16 if categories.max_id() >= 256 else np.uint8
+        dtype = np.uint16 if categories.max_category_id >= 256 else np.uint8
         sample[fields.semantic] = fo.Segmentation(mask=np.zeros((height, width), dtype=dtype))
         return
     prediction, _ = detections_to_prediction(kept, height, width, categories)
     semantic = category_map(prediction)
-    if categories.max_id() >= 256 and semantic.dtype == np.uint8:
+    if categories.max_category_id >= 256 and semantic.dtype == np.uint8:
         semantic = semantic.astype(np.uint16)
     sample[fields.semantic] = fo.Segmentation(mask=semantic)
 
