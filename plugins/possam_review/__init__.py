@@ -26,11 +26,12 @@ from possam_label.fiftyone.corrections import (
 from possam_label.fiftyone.editor_sync import sync_editor_edits
 from possam_label.fiftyone.mask_tools import merge_labels, split_label, undo_correction
 from possam_label.fiftyone.review_queue import next_in_queue, queue_status
-from possam_label.fiftyone.dataset import DEFAULT_LABEL_FIELD, get_categories, has_possam_field, possam_label_fields
+from possam_label.fiftyone.dataset import get_categories, has_possam_field
 from possam_label.fiftyone.export import EXPORT_FORMATS, ExportOptions, export_from_dataset
 from possam_label.fiftyone.load import load_autolabel_output
 from possam_label.fiftyone.review import (
     CONFIDENT_TAG,
+    DEFAULT_REVIEW_THRESHOLD,
     NEEDS_REVIEW_TAG,
     confident_view,
     needs_review_view,
@@ -39,49 +40,31 @@ from possam_label.fiftyone.review import (
     tag_by_confidence,
 )
 
+from .operator_support import (
+    DelegatedOperator,
+    chosen_label_field,
+    default_label_field,
+    delegated_operator_config,
+    possam_fields,
+    progress_reporter,
+)
+
 logger = logging.getLogger(__name__)
 
 PLUGIN = "@possam/review"
-DEFAULT_THRESHOLD = 0.5
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _label_fields(ctx) -> list[str]:
-    return possam_label_fields(ctx.dataset) if ctx.dataset is not None else []
-
-
-def _default_label_field(ctx) -> str:
-    fields = _label_fields(ctx)
-    if DEFAULT_LABEL_FIELD in fields or not fields:
-        return DEFAULT_LABEL_FIELD
-    return fields[0]
-
-
 def _label_field_input(inputs: types.Object, ctx, new_allowed: bool = False) -> None:
-    fields = _label_fields(ctx)
+    fields = possam_fields(ctx)
     if fields and not new_allowed:
         dropdown = types.DropdownView()
         for name in fields:
             dropdown.add_choice(name, label=name)
-        inputs.enum("label_field", dropdown.values(), default=_default_label_field(ctx), required=False, label="Label field", view=dropdown)
+        inputs.enum("label_field", dropdown.values(), default=default_label_field(ctx), required=False, label="Label field", view=dropdown)
     else:
-        inputs.str("label_field", default=_default_label_field(ctx), required=False, label="Label field",
+        inputs.str("label_field", default=default_label_field(ctx), required=False, label="Label field",
                    description="The Detections field that holds (or will hold) the PosSAM labels")
-
-
-def _label_field(ctx) -> str:
-    return ctx.params.get("label_field") or _default_label_field(ctx)
-
-
-def _progress(ctx):
-    """Loader/exporter progress callback: reports to the delegated-operation record when delegated."""
-    if not ctx.delegated:
-        return False
-
-    def report(fraction: float, message: str) -> None:
-        ctx.set_progress(progress=fraction, label=message)
-
-    return report
 
 
 def _require_labels(inputs: types.Object, ctx) -> bool:
@@ -91,7 +74,7 @@ def _require_labels(inputs: types.Object, ctx) -> bool:
         inputs.view("no_selection", types.Warning(label="No labels selected", description="Open a sample and click the segments to correct (or select them in the grid), then run this again."))
         return False
     try:
-        rows = describe_selection(ctx.dataset, ctx.selected_labels, _label_field(ctx))
+        rows = describe_selection(ctx.dataset, ctx.selected_labels, chosen_label_field(ctx))
     except ValueError as err:
         inputs.view("bad_selection", types.Warning(label="Selection", description=str(err)))
         return False
@@ -115,15 +98,15 @@ def _check_multi_sample(ctx) -> None:
 def _shared_threshold(ctx) -> float:
     """The review threshold shared by the grid and modal panels and the queue operators."""
     try:
-        value = ctx.store("possam_review").get(f"threshold:{_label_field(ctx)}")
+        value = ctx.store("possam_review").get(f"threshold:{chosen_label_field(ctx)}")
     except Exception:  # no execution store (old database): per-call default
         value = None
-    return float(value) if value is not None else DEFAULT_THRESHOLD
+    return float(value) if value is not None else DEFAULT_REVIEW_THRESHOLD
 
 
 def _set_shared_threshold(ctx, value: float) -> None:
     try:
-        ctx.store("possam_review").set(f"threshold:{_label_field(ctx)}", float(value))
+        ctx.store("possam_review").set(f"threshold:{chosen_label_field(ctx)}", float(value))
     except Exception:
         logger.warning("could not store the review threshold", exc_info=True)
 
@@ -226,13 +209,13 @@ class LoadAutolabelOutput(foo.Operator):
         result = load_autolabel_output(
             ctx.params["output_dir"],
             target,
-            label_field=_label_field(ctx),
+            label_field=chosen_label_field(ctx),
             create=bool(ctx.params.get("create_dataset", False)),
             replace_reviewed=bool(ctx.params.get("replace_reviewed", False)),
             review_below=ctx.params.get("review_below"),
             audit_fraction=ctx.params.get("audit_fraction"),
             mask_storage=ctx.params.get("mask_storage") or "database",
-            progress=_progress(ctx),
+            progress=progress_reporter(ctx),
         )
         if not ctx.delegated:
             ctx.ops.reload_dataset()
@@ -248,7 +231,7 @@ class LoadAutolabelOutput(foo.Operator):
 
 # ------------------------------------------------------------------------------------- review
 def _threshold_input(inputs: types.Object, ctx) -> None:
-    inputs.float("threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1.0, required=True, label="Confidence threshold",
+    inputs.float("threshold", default=DEFAULT_REVIEW_THRESHOLD, min=0.0, max=1.0, required=True, label="Confidence threshold",
                  view=types.SliderView(componentsProps={"slider": {"min": 0, "max": 1, "step": 0.01}}))
 
 
@@ -265,7 +248,7 @@ class SaveReviewViews(foo.Operator):
         return types.Property(inputs, view=types.View(label="Save review views"))
 
     def execute(self, ctx):
-        names = save_review_views(ctx.dataset, ctx.params.get("threshold", DEFAULT_THRESHOLD), _label_field(ctx))
+        names = save_review_views(ctx.dataset, ctx.params.get("threshold", DEFAULT_REVIEW_THRESHOLD), chosen_label_field(ctx))
         ctx.ops.notify(f"Saved views: {', '.join(names)}", variant="success")
         return {"views": names}
 
@@ -284,7 +267,7 @@ class TagByConfidence(foo.Operator):
         return types.Property(inputs, view=types.View(label="Tag labels by confidence"))
 
     def execute(self, ctx):
-        counts = tag_by_confidence(ctx.target_view(), ctx.params.get("threshold", DEFAULT_THRESHOLD), _label_field(ctx))
+        counts = tag_by_confidence(ctx.target_view(), ctx.params.get("threshold", DEFAULT_REVIEW_THRESHOLD), chosen_label_field(ctx))
         ctx.ops.reload_samples()
         ctx.ops.notify(", ".join(f"{n} tagged {tag}" for tag, n in counts.items()), variant="success")
         return counts
@@ -300,7 +283,7 @@ class RelabelSegments(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         _require_labels(inputs, ctx)
-        label_field = _label_field(ctx)
+        label_field = chosen_label_field(ctx)
         names = get_categories(ctx.dataset, label_field).names if has_possam_field(ctx.dataset, label_field) else []
         choices = types.AutocompleteView(allow_user_input=True)
         for name in names:
@@ -316,7 +299,7 @@ class RelabelSegments(foo.Operator):
     def execute(self, ctx):
         _check_multi_sample(ctx)
         isthing = ctx.params.get("isthing")
-        result = relabel_segments(ctx.dataset, ctx.selected_labels, ctx.params["new_label"], _label_field(ctx), isthing=None if isthing is None else bool(isthing))
+        result = relabel_segments(ctx.dataset, ctx.selected_labels, ctx.params["new_label"], chosen_label_field(ctx), isthing=None if isthing is None else bool(isthing))
         _after_correction(ctx, f"Relabeled {result.num_labels} segment(s) as {ctx.params['new_label']}")
         return result.to_dict()
 
@@ -335,7 +318,7 @@ class _SelectionOperator(foo.Operator):
 
     def execute(self, ctx):
         _check_multi_sample(ctx)
-        result = type(self).function(ctx.dataset, ctx.selected_labels, _label_field(ctx))
+        result = type(self).function(ctx.dataset, ctx.selected_labels, chosen_label_field(ctx))
         _after_correction(ctx, f"{self.action_label} {result.num_labels} label(s) in {result.num_samples} sample(s)")
         return result.to_dict()
 
@@ -403,7 +386,7 @@ class UndoCorrection(foo.Operator):
     def execute(self, ctx):
         if not ctx.current_sample:
             raise ValueError("open a sample first")
-        entry = undo_correction(ctx.dataset, ctx.current_sample, _label_field(ctx))
+        entry = undo_correction(ctx.dataset, ctx.current_sample, chosen_label_field(ctx))
         _after_correction(ctx, f"Undid the {entry['action']}")
         return {"undone": entry["action"]}
 
@@ -423,7 +406,7 @@ class MarkReviewed(foo.Operator):
 
     def execute(self, ctx):
         reviewed = bool(ctx.params.get("reviewed", True))
-        count = mark_reviewed(ctx.dataset, _scope_sample_ids(ctx), _label_field(ctx), reviewed=reviewed)
+        count = mark_reviewed(ctx.dataset, _scope_sample_ids(ctx), chosen_label_field(ctx), reviewed=reviewed)
         ctx.ops.reload_samples()
         ctx.ops.notify(f"Marked {count} sample(s) {'reviewed' if reviewed else 'not reviewed'}", variant="success")
         return {"num_samples": count, "reviewed": reviewed}
@@ -443,7 +426,7 @@ class RevertCorrections(foo.Operator):
         return types.Property(inputs, view=types.View(label="Revert corrections"))
 
     def execute(self, ctx):
-        count = revert_corrections(ctx.dataset, _scope_sample_ids(ctx), _label_field(ctx))
+        count = revert_corrections(ctx.dataset, _scope_sample_ids(ctx), chosen_label_field(ctx))
         ctx.ops.clear_selected_labels()
         ctx.ops.reload_samples()
         ctx.ops.notify(f"Reverted {count} sample(s) to the original predictions", variant="success")
@@ -464,7 +447,7 @@ class _QuickAction(foo.Operator):
 
     def execute(self, ctx):
         selection = _current_sample_selection(ctx)
-        result = type(self).function(ctx.dataset, selection, _label_field(ctx))
+        result = type(self).function(ctx.dataset, selection, chosen_label_field(ctx))
         _after_correction(ctx, f"{self.action_label} {result.num_labels} label(s)")
         return result.to_dict()
 
@@ -508,7 +491,7 @@ class NextInQueue(foo.Operator):
 
     def execute(self, ctx):
         threshold = float(ctx.params.get("threshold", _shared_threshold(ctx)))
-        label_field = _label_field(ctx)
+        label_field = chosen_label_field(ctx)
         sync_editor_edits(ctx.dataset, label_field)
         sample_id = next_in_queue(ctx.view, threshold, ctx.current_sample, label_field)
         ctx.ops.clear_selected_labels()
@@ -526,7 +509,7 @@ class SyncEditorEdits(foo.Operator):
                                   description="Log the edits made in the Annotate tab as corrections (the panel, export and revert also do this)")
 
     def execute(self, ctx):
-        result = sync_editor_edits(ctx.dataset, _label_field(ctx), full=bool(ctx.params.get("full", False)))
+        result = sync_editor_edits(ctx.dataset, chosen_label_field(ctx), full=bool(ctx.params.get("full", False)))
         if result.num_edits:
             ctx.ops.reload_samples()
         ctx.ops.notify(f"Recorded {result.num_edits} editor edit(s) in {result.num_samples_changed} sample(s)", variant="success")
@@ -546,7 +529,7 @@ class AutoAccept(foo.Operator):
         _label_field_input(inputs, ctx)
         threshold = float(ctx.params.get("threshold", _shared_threshold(ctx)))
         try:
-            estimate = estimate_auto_accept(ctx.view, _label_field(ctx), thresholds=[threshold], num_bootstrap=100)
+            estimate = estimate_auto_accept(ctx.view, chosen_label_field(ctx), thresholds=[threshold], num_bootstrap=100)
             inputs.view("estimate", types.Notice(label=estimate.at(threshold).describe(),
                                                  description=f"from {estimate.num_reviewed} reviewed labels (95 % bootstrap interval)"))
         except ValueError as err:
@@ -555,7 +538,7 @@ class AutoAccept(foo.Operator):
 
     def execute(self, ctx):
         threshold = float(ctx.params.get("threshold", _shared_threshold(ctx)))
-        result = auto_accept(ctx.view, threshold, _label_field(ctx))
+        result = auto_accept(ctx.view, threshold, chosen_label_field(ctx))
         _after_correction(ctx, f"Auto-accepted {result.num_labels} label(s) at or above {threshold:.2f}")
         return result.to_dict()
 
@@ -578,10 +561,10 @@ class ExportTrainingSet(foo.Operator):
         inputs.str("out_dir", required=True, label="Output directory", description="Created if missing; must be empty unless 'overwrite' is on")
         for fmt in EXPORT_FORMATS:
             inputs.bool(f"format_{fmt}", default=True, label={"panoptic": "COCO panoptic (PNG + JSON)", "instances": "COCO instances (RLE masks)", "semantic": "Semantic PNG masks"}[fmt])
-        inputs.float("min_confidence", required=False, min=0.0, max=1.0, label="Minimum confidence",
+        inputs.float("min_score", required=False, min=0.0, max=1.0, label="Minimum confidence",
                      description="Drop unreviewed labels below this (accepted and relabeled labels are always kept)")
         inputs.bool("reviewed_only", default=False, label="Only samples marked reviewed")
-        label_field = _label_field(ctx)
+        label_field = chosen_label_field(ctx)
         names = get_categories(ctx.dataset, label_field).names if ctx.dataset is not None and has_possam_field(ctx.dataset, label_field) else []
         for key, label in (("include_classes", "Only these classes"), ("exclude_classes", "Leave out these classes")):
             choices = types.AutocompleteView(allow_user_input=False)
@@ -598,37 +581,28 @@ class ExportTrainingSet(foo.Operator):
         formats = [fmt for fmt in EXPORT_FORMATS if ctx.params.get(f"format_{fmt}", True)]
         options = ExportOptions(
             formats=formats,
-            min_confidence=ctx.params.get("min_confidence"),
+            min_score=ctx.params.get("min_score"),
             reviewed_only=bool(ctx.params.get("reviewed_only", False)),
             include_classes=ctx.params.get("include_classes") or None,
             exclude_classes=ctx.params.get("exclude_classes") or None,
             instances_include_stuff=bool(ctx.params.get("instances_include_stuff", False)),
             overwrite=bool(ctx.params.get("overwrite", False)),
         )
-        summary = export_from_dataset(ctx.target_view(), ctx.params["out_dir"], _label_field(ctx), options, progress=_progress(ctx))
+        summary = export_from_dataset(ctx.target_view(), ctx.params["out_dir"], chosen_label_field(ctx), options, progress=progress_reporter(ctx))
         if not ctx.delegated:
             ctx.ops.notify(f"Exported {summary.num_images} images, {summary.num_segments} segments to {summary.out_dir}", variant="success")
         return summary.to_dict()
 
 
 # ---------------------------------------------------------------------------------- autolabel
-class RunAutolabel(foo.Operator):
+class RunAutolabel(DelegatedOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="run_autolabel",
-            label="PosSAM: run autolabel",
-            description="Label the current view with PosSAM (Ray job, delegated) and load the results into this dataset",
-            dynamic=True,
-            allow_immediate_execution=False,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=True,
+        return delegated_operator_config(
+            "run_autolabel",
+            "PosSAM: run autolabel",
+            "Label the current view with PosSAM (Ray job, delegated) and load the results into this dataset",
         )
-
-    def resolve_delegation(self, ctx):
-        # Inference takes minutes to hours: never block the App (an OSS worker runs it:
-        # `fiftyone delegated launch`).
-        return True
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -654,7 +628,7 @@ class RunAutolabel(foo.Operator):
         result = autolabel_samples(
             ctx.target_view(),
             ctx.params["out_dir"],
-            label_field=_label_field(ctx),
+            label_field=chosen_label_field(ctx),
             config=ctx.params.get("config") or None,
             checkpoint=ctx.params.get("checkpoint") or None,
             vocabulary=ctx.params.get("vocabulary") or None,
@@ -662,7 +636,7 @@ class RunAutolabel(foo.Operator):
             num_cpus=ctx.params.get("num_cpus") or None,
             ray_address=ctx.params.get("ray_address") or None,
             mode=ctx.params.get("mode") or "new",
-            progress=_progress(ctx) or None,
+            progress=progress_reporter(ctx) or None,
         )
         return result.to_dict()
 
@@ -684,17 +658,17 @@ class ReviewPanel(foo.Panel):
     # ---------------------------------------------------------------- state
     def on_load(self, ctx):
         if ctx.panel.state.label_field is None:
-            ctx.panel.state.label_field = _default_label_field(ctx)
+            ctx.panel.state.label_field = default_label_field(ctx)
         # One threshold for the grid and the modal panel (and the queue operators).
         ctx.panel.state.threshold = _shared_threshold(ctx)
         self._refresh(ctx)
 
     def _refresh(self, ctx):
-        label_field = ctx.panel.state.label_field or _default_label_field(ctx)
+        label_field = ctx.panel.state.label_field or default_label_field(ctx)
         if ctx.dataset is None or not has_possam_field(ctx.dataset, label_field):
             ctx.panel.state.ready = False
             return
-        threshold = float(ctx.panel.state.threshold if ctx.panel.state.threshold is not None else DEFAULT_THRESHOLD)
+        threshold = float(ctx.panel.state.threshold if ctx.panel.state.threshold is not None else DEFAULT_REVIEW_THRESHOLD)
         # Edits made in the Annotate tab since the last refresh become corrections (incremental).
         synced = sync_editor_edits(ctx.dataset, label_field)
         if synced.num_edits:
@@ -724,7 +698,7 @@ class ReviewPanel(foo.Panel):
         self._refresh(ctx)
 
     def on_change_dataset(self, ctx):
-        ctx.panel.state.label_field = _default_label_field(ctx)
+        ctx.panel.state.label_field = default_label_field(ctx)
         self._refresh(ctx)
 
     def set_threshold(self, ctx):
@@ -742,7 +716,7 @@ class ReviewPanel(foo.Panel):
 
     # -------------------------------------------------------------- actions
     def _threshold(self, ctx) -> float:
-        return float(ctx.panel.state.threshold if ctx.panel.state.threshold is not None else DEFAULT_THRESHOLD)
+        return float(ctx.panel.state.threshold if ctx.panel.state.threshold is not None else DEFAULT_REVIEW_THRESHOLD)
 
     def show_needs_review(self, ctx):
         ctx.ops.set_view(view=needs_review_view(ctx.dataset, self._threshold(ctx), ctx.panel.state.label_field))
@@ -828,7 +802,7 @@ class ReviewPanel(foo.Panel):
             panel.btn("load", label="Load autolabel output", on_click=self.open_load, variant="contained")
             return types.Property(panel, view=types.GridView(orientation="vertical", gap=2, padding=2))
 
-        fields = _label_fields(ctx)
+        fields = possam_fields(ctx)
         if len(fields) > 1:
             dropdown = types.DropdownView()
             for name in fields:

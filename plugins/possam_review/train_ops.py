@@ -13,20 +13,11 @@ import json
 import threading
 from pathlib import Path
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from possam_label.fiftyone.dataset import DEFAULT_LABEL_FIELD, possam_label_fields
+from .operator_support import DelegatedOperator, chosen_label_field, delegated_operator_config, progress_reporter
 
 POLL_SECONDS = 5.0
-
-
-def _label_field(ctx) -> str:
-    fields = possam_label_fields(ctx.dataset) if ctx.dataset is not None else []
-    chosen = ctx.params.get("label_field")
-    if chosen:
-        return chosen
-    return DEFAULT_LABEL_FIELD if DEFAULT_LABEL_FIELD in fields or not fields else fields[0]
 
 
 def _last_metrics(path: Path) -> dict:
@@ -77,21 +68,14 @@ def train_with_progress(report, max_iters_hint, **kwargs) -> dict:
     return outcome["result"]
 
 
-class TrainOnReviewed(foo.Operator):
+class TrainOnReviewed(DelegatedOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="train_on_reviewed",
-            label="PosSAM: train on reviewed samples",
-            description="Fine-tune PosSAM heads from the current ones on the samples marked reviewed (delegated)",
-            dynamic=True,
-            allow_immediate_execution=False,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=True,
+        return delegated_operator_config(
+            "train_on_reviewed",
+            "PosSAM: train on reviewed samples",
+            "Fine-tune PosSAM heads from the current ones on the samples marked reviewed (delegated)",
         )
-
-    def resolve_delegation(self, ctx):
-        return True  # training takes minutes to hours: never block the App
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -102,7 +86,7 @@ class TrainOnReviewed(foo.Operator):
         inputs.str("val_data", required=False, label="Validation data", description="A COCO-panoptic folder, autolabel output, export or fiftyone://DATASET scored with PQ during training")
         inputs.int("max_iters", required=False, min=1, label="Iterations", description="Empty: the finetune schedule (40 passes over the reviewed images, 100-2000)")
         inputs.int("cpus", default=2, min=1, label="CPUs for the trainer")
-        inputs.str("label_field", default=_label_field(ctx), required=False, label="Label field")
+        inputs.str("label_field", default=chosen_label_field(ctx), required=False, label="Label field")
         inputs.view("delegated", types.Notice(label="Runs as a delegated operation: start a worker with `fiftyone delegated launch`"))
         return types.Property(inputs, view=types.View(label="Train on reviewed samples"))
 
@@ -112,7 +96,7 @@ class TrainOnReviewed(foo.Operator):
             overrides["train"]["init_heads"] = ctx.params["init_heads"]
         if ctx.params.get("max_iters"):
             overrides["train"]["max_iters"] = int(ctx.params["max_iters"])
-        report = (lambda fraction, message: ctx.set_progress(progress=fraction, label=message)) if ctx.delegated else None
+        report = progress_reporter(ctx) or None
         result = train_with_progress(
             report,
             ctx.params.get("max_iters"),
@@ -122,7 +106,7 @@ class TrainOnReviewed(foo.Operator):
             cpus_per_worker=int(ctx.params.get("cpus") or 2),
             overrides=overrides,
             min_score=ctx.params.get("min_score"),
-            label_field=_label_field(ctx),
+            label_field=chosen_label_field(ctx),
             reviewed_only=True,
             val_data=ctx.params.get("val_data") or None,
             schedule="finetune",
@@ -132,21 +116,14 @@ class TrainOnReviewed(foo.Operator):
                 "best_pq": (result.get("best") or {}).get("pq")}
 
 
-class RelabelWithHeads(foo.Operator):
+class RelabelWithHeads(DelegatedOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="relabel_with_heads",
-            label="PosSAM: relabel with these heads",
-            description="Label the current view again with trained heads (delegated); reviewed samples keep their labels",
-            dynamic=True,
-            allow_immediate_execution=False,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=True,
+        return delegated_operator_config(
+            "relabel_with_heads",
+            "PosSAM: relabel with these heads",
+            "Label the current view again with trained heads (delegated); reviewed samples keep their labels",
         )
-
-    def resolve_delegation(self, ctx):
-        return True
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -155,7 +132,7 @@ class RelabelWithHeads(foo.Operator):
         inputs.str("out_dir", required=True, label="Output directory", description="A new autolabel output directory")
         inputs.int("batch_size", default=4, min=1, label="Batch size")
         inputs.int("num_cpus", required=False, min=1, label="CPUs for a local Ray (empty: all)")
-        inputs.str("label_field", default=_label_field(ctx), required=False, label="Label field")
+        inputs.str("label_field", default=chosen_label_field(ctx), required=False, label="Label field")
         ctx.target_view()
         return types.Property(inputs, view=types.View(label="Relabel with these heads"))
 
@@ -168,12 +145,12 @@ class RelabelWithHeads(foo.Operator):
         result = autolabel_samples(
             ctx.target_view(),
             ctx.params["out_dir"],
-            label_field=_label_field(ctx),
+            label_field=chosen_label_field(ctx),
             config=ctx.params["config"],
             checkpoint=str(heads),
             batch_size=int(ctx.params.get("batch_size") or 4),
             num_cpus=ctx.params.get("num_cpus") or None,
-            progress=(lambda fraction, message: ctx.set_progress(progress=fraction, label=message)) if ctx.delegated else None,
+            progress=progress_reporter(ctx) or None,
         )
         return result.to_dict()
 
