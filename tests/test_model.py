@@ -15,6 +15,7 @@ from possam_label.model.possam import PosSAM, clip_pooling_weights, load_heads, 
 from possam_label.model.postprocess import panoptic_inference
 from possam_label.model.weights import WeightsError
 from possam_label.predictor import PosSAMPredictor
+from possam_label.train.crop_pretrain import final_stage_with_crop_inputs
 from possam_label.vocab import load_vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -348,9 +349,9 @@ def test_heads_with_a_crop_encoder_need_the_pixels_and_warm_start_unchanged(tmp_
     # The final stage's crop-encoder inputs come back computed once, the same as the encoder's own,
     # and the classes are unchanged; without the crop embedding they are those of a zero projection.
     with torch.no_grad():
-        with_inputs = model.forward_heads(sam_features, clip_features, text, all_stages=False, pixels=pixels, return_crop_inputs=True)
+        with_inputs = final_stage_with_crop_inputs(model, sam_features, clip_features, text, pixels)
         crops, geometry = model.ldp.crop_encoder.crop_inputs(out["pred_masks"], model.sam.normalize(pixels))
-        without = model.forward_heads(sam_features, clip_features, text, all_stages=False, pixels=pixels, embed_crops=False)
+        without = final_stage_with_crop_inputs(model, sam_features, clip_features, text, pixels, embed_crops=False)
         torch.nn.init.zeros_(model.ldp.crop_encoder.proj.weight)
         zero = model.forward_heads(sam_features, clip_features, text, all_stages=False, pixels=pixels)
     assert torch.equal(with_inputs["crop_inputs"][0], crops) and torch.equal(with_inputs["crop_inputs"][1], geometry)
@@ -360,7 +361,7 @@ def test_heads_with_a_crop_encoder_need_the_pixels_and_warm_start_unchanged(tmp_
     assert torch.allclose(without["pred_logits"], zero["pred_logits"], atol=1e-5)
     assert "crop_inputs" not in out
     with pytest.raises(ValueError, match="crop encoder"):
-        PosSAM.from_config(tiny_cfg).eval().forward_heads(sam_features, clip_features, text, all_stages=False, return_crop_inputs=True)
+        final_stage_with_crop_inputs(PosSAM.from_config(tiny_cfg).eval(), sam_features, clip_features, text, pixels)
     # Switched on in a warm start from heads without it, the model is the old one.
     from possam_label.train.trainer import init_heads_from
 

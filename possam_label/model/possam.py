@@ -163,31 +163,18 @@ class PosSAM(nn.Module):
         """Whether the heads read the input pixels (detail stem or LDP's crop encoder)."""
         return self.detail_stem is not None or self.ldp.crop_encoder is not None
 
-    def forward_heads(
-        self,
-        sam_features: torch.Tensor,
-        clip_features: torch.Tensor,
-        text: TextClassifier,
-        all_stages: bool = True,
-        pixels: Optional[torch.Tensor] = None,
-        embed_crops: bool = True,
-        return_crop_inputs: bool = False,
-    ) -> dict[str, Any]:
-        """Decoder, heads and LDP on encoder features.
+    def decode_masks(
+        self, sam_features: torch.Tensor, pixels: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], Optional[torch.Tensor]]:
+        """Pyramid, pixel decoder (and detail stem) and the masked-attention decoder.
 
-        ``all_stages=False`` (inference) classifies only the final stage; aux_outputs is then empty.
         ``pixels`` (B, 3, S, S), the encoders' input, is needed when the model :attr:`needs_pixels`.
-        ``embed_crops=False`` leaves LDP's crop encoder out (see :meth:`LocalDiscriminativePooling.forward`);
-        ``return_crop_inputs`` adds the final stage's crop-encoder inputs to the output, computed
-        once for LDP and the caller (crop-encoder pretraining collects them).
 
         Returns:
-            {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, S/4, S/4), "pred_iou": (B, Q),
-             "pred_embeddings": (B, Q, D), "aux_outputs": [dicts of the earlier stages]}, and with
-            ``return_crop_inputs`` "crop_inputs": ((B * Q, C, s, s) crops, (B * Q, 2) box geometry).
+            mask_features (B, D, S/4, S/4); the decoder's stages, [(queries (B, Q, D), mask logits
+            (B, Q, S/4, S/4))], the last one final; the SAM-normalised pixels (None when the heads
+            do not read them).
         """
-        if return_crop_inputs and self.ldp.crop_encoder is None:
-            raise ValueError("return_crop_inputs needs LDP's crop encoder (ldp.crop_encoder)")
         levels = self.pyramid(sam_features)
         if self.needs_pixels and pixels is None:
             raise ValueError(
@@ -201,27 +188,44 @@ class PosSAM(nn.Module):
             if self.detail_stem is not None:
                 mask_features = mask_features + self.detail_stem(normalized)
         stages = self.transformer_decoder(multi_scale, mask_features)
+        return mask_features, stages, normalized
+
+    def stage_outputs(self, queries: torch.Tensor, mask_logits: torch.Tensor, embeddings: torch.Tensor, text: TextClassifier) -> dict[str, torch.Tensor]:
+        """One decoder stage's outputs from its LDP ``embeddings`` (B, Q, D): {"pred_logits"
+        (B, Q, K+1), "pred_masks" (the ``mask_logits``), "pred_iou" (B, Q), "pred_embeddings"}."""
+        return {
+            "pred_logits": self.ldp.classify(embeddings, text),
+            "pred_masks": mask_logits,
+            "pred_iou": self.mask_quality_head(queries),
+            "pred_embeddings": embeddings,
+        }
+
+    def forward_heads(
+        self,
+        sam_features: torch.Tensor,
+        clip_features: torch.Tensor,
+        text: TextClassifier,
+        all_stages: bool = True,
+        pixels: Optional[torch.Tensor] = None,
+    ) -> dict[str, Any]:
+        """Decoder, heads and LDP on encoder features.
+
+        ``all_stages=False`` (inference) classifies only the final stage; aux_outputs is then empty.
+        ``pixels`` (B, 3, S, S), the encoders' input, is needed when the model :attr:`needs_pixels`.
+
+        Returns:
+            {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, S/4, S/4), "pred_iou": (B, Q),
+             "pred_embeddings": (B, Q, D), "aux_outputs": [dicts of the earlier stages]}.
+        """
+        mask_features, stages, normalized = self.decode_masks(sam_features, pixels)
         fused = self.ldp.fuse(mask_features, clip_features)
-        outputs = []
-        crop_inputs = None
-        if return_crop_inputs:
-            crop_inputs = self.ldp.crop_encoder.crop_inputs(stages[-1][1], normalized)
         classified = stages if all_stages else stages[-1:]
-        for index, (queries, mask_logits) in enumerate(classified):
-            final_inputs = crop_inputs if index == len(classified) - 1 else None
-            embeddings = self.ldp(fused, mask_features, mask_logits, queries, normalized, crop_inputs=final_inputs, embed_crops=embed_crops)
-            outputs.append(
-                {
-                    "pred_logits": self.ldp.classify(embeddings, text),
-                    "pred_masks": mask_logits,
-                    "pred_iou": self.mask_quality_head(queries),
-                    "pred_embeddings": embeddings,
-                }
-            )
+        outputs = [
+            self.stage_outputs(queries, mask_logits, self.ldp(fused, mask_features, mask_logits, queries, normalized), text)
+            for queries, mask_logits in classified
+        ]
         final = dict(outputs[-1])
         final["aux_outputs"] = outputs[:-1]
-        if crop_inputs is not None:
-            final["crop_inputs"] = crop_inputs
         return final
 
     def forward(self, pixels: torch.Tensor, text: TextClassifier) -> dict[str, Any]:

@@ -298,6 +298,34 @@ def match_predictions(mask_logits: torch.Tensor, gt_masks: torch.Tensor, min_iou
     return rows_t, cols_t, iou[rows_t, cols_t]
 
 
+def final_stage_with_crop_inputs(
+    model: nn.Module, sam_features: torch.Tensor, clip_features: torch.Tensor, text: Any, pixels: torch.Tensor, embed_crops: bool = True
+) -> dict[str, Any]:
+    """PosSAM's final decoder stage with the crop encoder's inputs of its masks, computed once for
+    LDP and the caller (:func:`predicted_mask_bank` keeps them); the pieces of ``PosSAM.forward_heads``.
+
+    Args:
+        model: a ``PosSAM`` with LDP's crop encoder.
+        sam_features, clip_features: ``model.encode(pixels)``.
+        pixels: (B, 3, S, S) the encoders' input, [0, 255], padding filled.
+        embed_crops: False leaves LDP's crop encoder out of the classes (see
+            ``LocalDiscriminativePooling.forward``); the crop inputs are computed all the same.
+    Returns:
+        The final stage's ``PosSAM.stage_outputs`` ("pred_logits" (B, Q, K+1), "pred_masks"
+        (B, Q, S/4, S/4), ...) and "crop_inputs": ((B * Q, C, s, s) crops, (B * Q, 2) box geometry).
+    Raises:
+        ValueError: the model has no crop encoder.
+    """
+    if model.ldp.crop_encoder is None:
+        raise ValueError("crop-encoder pretraining needs LDP's crop encoder (ldp.crop_encoder)")
+    mask_features, stages, normalized = model.decode_masks(sam_features, pixels)
+    fused = model.ldp.fuse(mask_features, clip_features)
+    queries, mask_logits = stages[-1]
+    crop_inputs = model.ldp.crop_encoder.crop_inputs(mask_logits, normalized)
+    embeddings = model.ldp(fused, mask_features, mask_logits, queries, normalized, crop_inputs=crop_inputs, embed_crops=embed_crops)
+    return {**model.stage_outputs(queries, mask_logits, embeddings, text), "crop_inputs": crop_inputs}
+
+
 @torch.no_grad()
 def predicted_mask_bank(
     model: nn.Module,
@@ -311,7 +339,7 @@ def predicted_mask_bank(
 
     Args:
         model: a ``PosSAM`` with LDP's crop encoder, in eval mode; its final-stage masks,
-            in-vocabulary logits and crop-encoder inputs are used.
+            in-vocabulary logits and crop-encoder inputs are used (:func:`final_stage_with_crop_inputs`).
         batches: ``{"images", "valid", "targets"}`` batches as the heads' loader gives them.
         text: the training vocabulary's ``TextClassifier``.
         pad_value: the padding fill (SAM's mean, [0, 255]).
@@ -325,7 +353,7 @@ def predicted_mask_bank(
     for batch in tqdm(batches, desc="predicted-mask crops", disable=not progress, mininterval=10):
         images = fill_padding(batch["images"], batch.get("valid"), pad_value)
         sam_features, clip_features = model.encode(images)
-        out = model.forward_heads(sam_features, clip_features, text, all_stages=False, pixels=images, embed_crops=embed_crops, return_crop_inputs=True)
+        out = final_stage_with_crop_inputs(model, sam_features, clip_features, text, images, embed_crops=embed_crops)
         batch_size, queries = out["pred_masks"].shape[:2]
         batch_crops = out["crop_inputs"][0].view(batch_size, queries, *out["crop_inputs"][0].shape[1:])
         batch_geometry = out["crop_inputs"][1].view(batch_size, queries, -1)
