@@ -120,17 +120,8 @@ class CocoPanopticSource(TrainingSource):
         self.exif_oriented = image_dir is None
         self.location = str(self.json_path.parent)
         data = _read_json(self.json_path)
-
-        categories = data.get("categories")
-        if categories is None:
-            if fallback_categories is None:
-                raise ValueError(f"{self.json_path}: no 'categories' and no vocabulary given")
-            categories = fallback_categories
-        if not isinstance(categories, list) or not all(isinstance(c, dict) and "id" in c for c in categories):
-            raise ValueError(f"{self.json_path}: 'categories' must be a list of objects with an 'id'")
-        self._categories = categories
-        self.categories_by_id: dict[int, dict] = {int(c["id"]): c for c in categories}
-
+        self._categories = self._checked_categories(data.get("categories"), fallback_categories)
+        self.categories_by_id: dict[int, dict] = {int(c["id"]): c for c in self._categories}
         images_by_id: dict[Any, dict] = {}
         for j, img in enumerate(data["images"]):
             if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
@@ -149,39 +140,9 @@ class CocoPanopticSource(TrainingSource):
                     "which is not in 'images'"
                 )
             img = images_by_id[ann["image_id"]]
-            if self.image_dir is None:
-                image_path = _absolute_file(img["file_name"], "image", self.json_path)
-                if not image_path.is_file():
-                    raise MissingFileError(f"image file not found: {image_path} (listed in {self.json_path})")
-            else:
-                image_path = _safe_child(self.image_dir, img["file_name"], "image", self.json_path)
-                if str(Path(img["file_name"])) not in image_files:
-                    raise MissingFileError(f"image file not found: {image_path} (listed in {self.json_path})")
-            png_path = _safe_child(self.panoptic_dir, ann.get("file_name"), "annotation", self.json_path)
-            if str(Path(ann["file_name"])) not in png_files:
-                raise MissingFileError(f"panoptic PNG not found: {png_path} (listed in {self.json_path})")
-            segments = []
-            for k, seg in enumerate(ann["segments_info"]):
-                if not isinstance(seg, dict) or "id" not in seg or "category_id" not in seg:
-                    raise ValueError(
-                        f"{self.json_path}: {ann['file_name']}: segments_info[{k}] needs 'id' and 'category_id'"
-                    )
-                if int(seg["category_id"]) not in self.categories_by_id:
-                    raise ValueError(
-                        f"{self.json_path}: {ann['file_name']}: segment {seg['id']} has unknown "
-                        f"category id {seg['category_id']}"
-                    )
-                segments.append(
-                    {
-                        "id": int(seg["id"]),
-                        "category_id": int(seg["category_id"]),
-                        "iscrowd": int(seg.get("iscrowd", 0)),
-                        "score": float(seg["score"]) if seg.get("score") is not None else None,
-                    }
-                )
+            image_path, png_path = self._annotation_files(img, ann, image_files, png_files)
+            segments = self._checked_segments(ann)
             ids = [s["id"] for s in segments]
-            if len(set(ids)) != len(ids) or 0 in ids:
-                raise ValueError(f"{self.json_path}: {ann['file_name']}: segment ids must be unique and non-zero")
             kept = [s for s in segments if s["score"] is None or bool(score_passes(np.array([s["score"]]), min_score)[0])]
             num_below += len(segments) - len(kept)
             self._records.append(
@@ -199,6 +160,59 @@ class CocoPanopticSource(TrainingSource):
         unannotated = len(images_by_id) - len({r["image_id"] for r in self._records})
         if unannotated:
             logger.warning("%s: %d images have no annotation and are skipped", self.json_path, unannotated)
+
+    def _checked_categories(self, categories: Any, fallback_categories: Optional[list[dict]]) -> list[dict]:
+        """The JSON's ``categories`` (else ``fallback_categories``), each an object with an 'id'."""
+        if categories is None:
+            if fallback_categories is None:
+                raise ValueError(f"{self.json_path}: no 'categories' and no vocabulary given")
+            categories = fallback_categories
+        if not isinstance(categories, list) or not all(isinstance(c, dict) and "id" in c for c in categories):
+            raise ValueError(f"{self.json_path}: 'categories' must be a list of objects with an 'id'")
+        return categories
+
+    def _annotation_files(self, img: dict, ann: dict, image_files: Optional[set[str]], png_files: set[str]) -> tuple[Path, Path]:
+        """(image path, PNG path) of an annotation, both checked to exist (``image_files`` and
+        ``png_files``: :meth:`_listing` of the folders; None: the images are listed by absolute path)."""
+        if self.image_dir is None:
+            image_path = _absolute_file(img["file_name"], "image", self.json_path)
+            if not image_path.is_file():
+                raise MissingFileError(f"image file not found: {image_path} (listed in {self.json_path})")
+        else:
+            image_path = _safe_child(self.image_dir, img["file_name"], "image", self.json_path)
+            if str(Path(img["file_name"])) not in image_files:
+                raise MissingFileError(f"image file not found: {image_path} (listed in {self.json_path})")
+        png_path = _safe_child(self.panoptic_dir, ann.get("file_name"), "annotation", self.json_path)
+        if str(Path(ann["file_name"])) not in png_files:
+            raise MissingFileError(f"panoptic PNG not found: {png_path} (listed in {self.json_path})")
+        return image_path, png_path
+
+    def _checked_segments(self, ann: dict) -> list[dict]:
+        """The annotation's ``segments_info`` as {"id", "category_id", "iscrowd", "score"} dicts,
+        with known categories and unique non-zero ids."""
+        segments = []
+        for k, seg in enumerate(ann["segments_info"]):
+            if not isinstance(seg, dict) or "id" not in seg or "category_id" not in seg:
+                raise ValueError(
+                    f"{self.json_path}: {ann['file_name']}: segments_info[{k}] needs 'id' and 'category_id'"
+                )
+            if int(seg["category_id"]) not in self.categories_by_id:
+                raise ValueError(
+                    f"{self.json_path}: {ann['file_name']}: segment {seg['id']} has unknown "
+                    f"category id {seg['category_id']}"
+                )
+            segments.append(
+                {
+                    "id": int(seg["id"]),
+                    "category_id": int(seg["category_id"]),
+                    "iscrowd": int(seg.get("iscrowd", 0)),
+                    "score": float(seg["score"]) if seg.get("score") is not None else None,
+                }
+            )
+        ids = [s["id"] for s in segments]
+        if len(set(ids)) != len(ids) or 0 in ids:
+            raise ValueError(f"{self.json_path}: {ann['file_name']}: segment ids must be unique and non-zero")
+        return segments
 
     @staticmethod
     def _listing(folder: Path, what: str) -> set[str]:
