@@ -247,31 +247,8 @@ def train_small_sam(
     start = time.time()
     history = warm_up_decoder(sam, config.warmup, config.seed, config.loss, config.log_every, progress)
     offset = int(history[-1]["step"]) if history else 0
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, p in sam.named_parameters():
-        groups.setdefault((name.startswith("image_encoder."), _no_weight_decay(name, p)), []).append(p)
-    optimizer = torch.optim.AdamW(
-        [
-            {
-                "params": params,
-                "weight_decay": 0.0 if no_decay else config.weight_decay,
-                "base_lr": config.lr if is_encoder else config.decoder_lr,
-            }
-            for (is_encoder, no_decay), params in groups.items()
-        ],
-        lr=config.lr,
-        betas=(0.9, 0.999),
-    )
-    stream = SyntheticPromptStream(config.seed, config.sampling, renderer)
-    loader = torch.utils.data.DataLoader(
-        stream,
-        batch_size=config.batch_size,
-        collate_fn=list,
-        num_workers=config.num_workers,
-        worker_init_fn=_single_thread_worker,
-        prefetch_factor=4 if config.num_workers else None,
-        persistent_workers=bool(config.num_workers),
-    )
+    optimizer = _optimizer(sam, config)
+    loader = _prompt_loader(config, renderer)
     window: dict[str, list[float]] = {"loss": [], "mask": [], "iou": [], "segment": [], "miou_single": []}
     batches = iter(loader)
     bar = tqdm(range(config.steps), desc="small SAM", disable=not progress, dynamic_ncols=True)
@@ -318,6 +295,40 @@ def train_small_sam(
     log_path = out / "train_log_sam_small.json"
     log_path.write_text(json.dumps({"metadata": metadata, "history": history}, indent=1))
     return TrainResult(ckpt, plot, log_path, history[-1].get("loss", float("nan")) if history else float("nan"), wall, metrics)
+
+
+def _optimizer(sam: Sam, config: SamTrainConfig) -> torch.optim.AdamW:
+    """AdamW with the encoder at ``lr`` and the decoder at ``decoder_lr`` (each group's
+    "base_lr", scaled by the schedule), no weight decay on :func:`_no_weight_decay` parameters."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in sam.named_parameters():
+        groups.setdefault((name.startswith("image_encoder."), _no_weight_decay(name, p)), []).append(p)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "weight_decay": 0.0 if no_decay else config.weight_decay,
+                "base_lr": config.lr if is_encoder else config.decoder_lr,
+            }
+            for (is_encoder, no_decay), params in groups.items()
+        ],
+        lr=config.lr,
+        betas=(0.9, 0.999),
+    )
+
+
+def _prompt_loader(config: SamTrainConfig, renderer: Optional[SceneRenderer]) -> torch.utils.data.DataLoader:
+    """Batches of ``config.batch_size`` prompted scenes rendered on the fly (in ``num_workers`` processes)."""
+    stream = SyntheticPromptStream(config.seed, config.sampling, renderer)
+    return torch.utils.data.DataLoader(
+        stream,
+        batch_size=config.batch_size,
+        collate_fn=list,
+        num_workers=config.num_workers,
+        worker_init_fn=_single_thread_worker,
+        prefetch_factor=4 if config.num_workers else None,
+        persistent_workers=bool(config.num_workers),
+    )
 
 
 _NO_DECAY_NAMES = ("pos_embed", "rel_pos", "point_embeddings", "not_a_point_embed", "no_mask_embed", "iou_token", "mask_tokens")
