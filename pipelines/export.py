@@ -3,7 +3,7 @@
 Examples::
 
     # straight from an autolabel output directory (no FiftyOne needed)
-    python -m pipelines.export --from-dir out/ --out train_set/ --min-confidence 0.6
+    python -m pipelines.export --from-dir out/ --out train_set/ --min-score 0.6
 
     # from a reviewed FiftyOne dataset, corrections applied, reviewed samples only
     python -m pipelines.export --dataset my_dataset --out train_set/ --reviewed-only \\
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Export PosSAM auto-labels as training sets. The source is an autolabel output directory "
             "(--from-dir; reads Parquet only) or a FiftyOne dataset after review (--dataset; relabels, "
-            "deletions and rejections applied). Unreviewed labels below --min-confidence are dropped, "
+            "deletions and rejections applied). Unreviewed labels scored below --min-score are dropped, "
             "labels a reviewer accepted or relabeled are always kept; dropped segments become void."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--formats", default=",".join(EXPORT_FORMATS),
         help=f"comma list of {', '.join(EXPORT_FORMATS)}: COCO panoptic PNG+JSON, COCO instances with RLE masks, semantic category-id PNGs",
     )
-    parser.add_argument("--min-confidence", type=float, default=None, help="drop unreviewed labels with confidence below this (0..1)")
+    parser.add_argument(
+        "--min-score", "--min-confidence", dest="min_score", type=float, default=None,
+        help="drop unreviewed labels scored (confidence) below this, 0..1 (--min-confidence: deprecated alias, same meaning)",
+    )
     parser.add_argument("--reviewed-only", action="store_true", help="with --dataset: only samples marked reviewed")
     parser.add_argument("--include-classes", type=_class_list, default=None, metavar="A,B", help="keep only these classes (comma list of class names)")
     parser.add_argument("--exclude-classes", type=_class_list, default=None, metavar="A,B", help="leave out these classes (comma list of class names)")
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ExportOptions(
         formats=[f.strip() for f in args.formats.split(",") if f.strip()],
-        min_confidence=args.min_confidence,
+        min_score=args.min_score,
         reviewed_only=args.reviewed_only,
         include_classes=args.include_classes,
         exclude_classes=args.exclude_classes,

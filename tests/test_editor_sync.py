@@ -166,7 +166,7 @@ def test_painted_mask_extension_reaches_the_export(db, output_dir: Path, editor,
 
     # Exported with a confidence floor above the label's score: kept (reviewer-verified), extension included.
     floor = min(0.99, float(edited.confidence) + 0.01)
-    export_from_dataset(ds, tmp_path / "export", options=ExportOptions(min_confidence=floor), progress=False)
+    export_from_dataset(ds, tmp_path / "export", options=ExportOptions(min_score=floor), progress=False)
     check_coco_panoptic(tmp_path / "export" / "panoptic.json")
     data = json.loads((tmp_path / "export" / "panoptic.json").read_text())
     ann = next(a for a in data["annotations"] if a["image_id"] == sample.possam_image_id)

@@ -99,7 +99,7 @@ def test_export_all_formats_reproduces_the_output_exactly(output_dir: Path, tmp_
 
 def test_export_filters_confidence_and_classes(output_dir: Path, tmp_path: Path) -> None:
     rows = _rows(output_dir)
-    options = ExportOptions(formats=["panoptic", "semantic"], min_confidence=0.5, exclude_classes=["horse"])
+    options = ExportOptions(formats=["panoptic", "semantic"], min_score=0.5, exclude_classes=["horse"])
     summary = export_from_output_dir(output_dir, tmp_path / "filtered", options, progress=False)
     kept = [r for r in rows if r["score"] >= 0.5 and r["category"] != "horse"]
     assert 0 < len(kept) < len(rows)
@@ -165,13 +165,18 @@ def test_cli_export_from_dir_without_fiftyone(output_dir: Path, tmp_path: Path) 
         "assert 'fiftyone' not in sys.modules, 'export from a directory must not import fiftyone'; sys.exit(rc)"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code, "--from-dir", str(output_dir), "--out", str(out), "--min-confidence", "0.3", "--no-progress"],
+        [sys.executable, "-c", code, "--from-dir", str(output_dir), "--out", str(out), "--min-score", "0.3", "--no-progress"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["num_images"] == 2 and Path(summary["files"]["panoptic"]).is_file()
     check_coco_panoptic(out / "panoptic.json")
+    # --min-confidence is the deprecated alias of --min-score.
+    from pipelines.export import build_parser
+
+    alias = build_parser().parse_args(["--from-dir", "d", "--out", "o", "--min-confidence", "0.3"])
+    assert alias.min_score == 0.3 and not hasattr(alias, "min_confidence")
 
     bad = subprocess.run([sys.executable, "-m", "pipelines.export", "--from-dir", str(tmp_path), "--out", str(tmp_path / "x")],
                          cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -91,6 +91,7 @@ def test_apply_model_gives_the_loaders_labels(db, output: AutolabelOutput, tmp_p
     confidences = ds.values("confident.detections.confidence", unwind=True)
     assert confidences and min(confidences) >= 0.5
     assert len(confidences) == sum(c >= 0.5 for c in ds.values("possam.detections.confidence", unwind=True))
+    assert model.config.min_score is None  # FiftyOne set min_score through confidence_thresh, then restored it
 
     semantic_model = PosSAMModel(PosSAMModelConfig(semantic=True), predictor=predictor)
     ds.apply_model(semantic_model, label_field="sem", progress=False)

@@ -183,7 +183,7 @@ def test_corrections_persist_and_export_reflects_them_exactly(db, output_dir: Pa
     assert (sample.possam_semantic.mask[_full_mask(current[rejected.id], height, width)] == 0).all()
 
     # Export with a confidence floor: corrections applied exactly.
-    summary = export_from_dataset(ds, tmp_path / "export", options=ExportOptions(min_confidence=0.5), progress=False)
+    summary = export_from_dataset(ds, tmp_path / "export", options=ExportOptions(min_score=0.5), progress=False)
     check_coco_panoptic(tmp_path / "export" / "panoptic.json")
     assert pq_compute(tmp_path / "export" / "panoptic.json", tmp_path / "export" / "panoptic.json")["All"]["pq"] == pytest.approx(1.0)
     data = json.loads((tmp_path / "export" / "panoptic.json").read_text())

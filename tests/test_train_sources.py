@@ -210,7 +210,7 @@ def test_fiftyone_targets_reflect_every_correction_pixel_by_pixel(reviewed: dict
     from possam_label.fiftyone.export import ExportOptions, export_from_dataset
 
     export = tmp_path / "export"
-    export_from_dataset(fo.load_dataset(reviewed["name"]), export, options=ExportOptions(min_confidence=reviewed["threshold"]), progress=False)
+    export_from_dataset(fo.load_dataset(reviewed["name"]), export, options=ExportOptions(min_score=reviewed["threshold"]), progress=False)
     exported = open_training_source(export)
     assert exported.kind == "review_export"
     other = next(i for i in range(len(exported)) if str(exported.target(i).image_path) == reviewed["filepath"])

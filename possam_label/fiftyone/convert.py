@@ -57,7 +57,7 @@ def prediction_to_labels(
     prediction: PanopticPrediction,
     attributes: Optional[Mapping[str, Any]] = None,
     with_semantic: bool = True,
-    min_confidence: Optional[float] = None,
+    min_score: Optional[float] = None,
 ) -> tuple[fo.Detections, Optional[fo.Segmentation]]:
     """One image's panoptic result -> (``fo.Detections``, ``fo.Segmentation`` or None).
 
@@ -65,7 +65,7 @@ def prediction_to_labels(
         prediction: panoptic map (H, W) int32 plus segments.
         attributes: extra attributes set on every Detection (e.g. ``{"run_id": ...}``).
         with_semantic: also build the category-map Segmentation.
-        min_confidence: drop segments scored below this (their pixels become void in the
+        min_score: drop segments scored below this (their pixels become void in the
             semantic map too).
     Segments whose id is absent from the map (zero area) are skipped with a warning.
     """
@@ -75,7 +75,7 @@ def prediction_to_labels(
     detections = []
     kept: list[SegmentInfo] = []
     for seg in prediction.segments:
-        if min_confidence is not None and seg.score < min_confidence:
+        if min_score is not None and seg.score < min_score:
             continue
         region = slices[seg.id - 1] if 0 < seg.id <= len(slices) else None
         if region is None:

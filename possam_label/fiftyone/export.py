@@ -13,7 +13,7 @@ Output directory (every path written is checked to stay inside it)::
     OUT/export.json                                  options, source and counts of the export
 
 Rules (the same for both sources): rejected labels are dropped; ``include_classes`` /
-``exclude_classes`` filter by class name; ``min_confidence`` drops *unreviewed* labels scored below
+``exclude_classes`` filter by class name; ``min_score`` drops *unreviewed* labels scored below
 it (labels a reviewer accepted or relabeled are kept whatever their score); with ``reviewed_only``
 only samples marked reviewed are exported. Dropped segments leave void pixels. Stuff segments of
 the same class in one image are merged into one segment, as COCO panoptic requires. Images the
@@ -58,7 +58,7 @@ class ExportOptions:
 
     Attributes:
         formats: any of "panoptic", "instances", "semantic".
-        min_confidence: drop unreviewed labels with confidence below this (None: keep all).
+        min_score: drop unreviewed labels with confidence below this (None: keep all).
         reviewed_only: only samples marked reviewed (dataset source only).
         include_classes: keep only these classes (names; None: all).
         exclude_classes: drop these classes.
@@ -67,7 +67,7 @@ class ExportOptions:
     """
 
     formats: Sequence[str] = EXPORT_FORMATS
-    min_confidence: Optional[float] = None
+    min_score: Optional[float] = None
     reviewed_only: bool = False
     include_classes: Optional[Sequence[str]] = None
     exclude_classes: Optional[Sequence[str]] = None
@@ -79,8 +79,8 @@ class ExportOptions:
         bad = [f for f in formats if f not in EXPORT_FORMATS]
         if bad or not formats:
             raise ValueError(f"export formats must be a non-empty subset of {list(EXPORT_FORMATS)}, got {formats}")
-        if self.min_confidence is not None and not 0.0 <= float(self.min_confidence) <= 1.0:
-            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+        if self.min_score is not None and not 0.0 <= float(self.min_score) <= 1.0:
+            raise ValueError(f"min_score must be in [0, 1], got {self.min_score}")
 
     def selected_categories(self, categories: Vocabulary) -> list[VocabularyClass]:
         """The classes kept by include/exclude; unknown names are an error that lists the classes."""
@@ -318,7 +318,7 @@ def export_from_output_dir(
                 writer.summary.num_skipped_images += 1
                 continue
             prediction = item.prediction
-            prediction = filter_by_score(prediction, options.min_confidence)
+            prediction = filter_by_score(prediction, options.min_score)
             writer.add(item.record.image_id, item.record.file_path, prediction)
     except BaseException:
         writer.abort()
@@ -395,7 +395,7 @@ def export_from_dataset(
                     raise ValueError(f"sample {sample.id}: label {det.label!r} is not a class of {label_field!r}; relabel it with the review tools")
                 if not writer.keep_segment(categories.by_name(det.label).id):
                     continue
-                if options.min_confidence is not None and status not in human and (det.confidence is None or det.confidence < options.min_confidence):
+                if options.min_score is not None and status not in human and (det.confidence is None or det.confidence < options.min_score):
                     continue
                 kept.append((status in human, det.confidence or 0.0, det))
             # Reviewer-verified labels first, then by confidence: they win pixels contested after edits.

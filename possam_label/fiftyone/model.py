@@ -37,8 +37,8 @@ class PosSAMModelConfig:
         device: "cpu", "cuda", ... (None: CUDA when available).
         vocabulary: "coco", "ade20k", a vocabulary file, "cat,dog,..." or a Vocabulary (None: the config's).
         batch_size: images per forward pass inside :meth:`PosSAMModel.predict_all`.
-        confidence_thresh: drop segments scored below this; ``apply_model(confidence_thresh=...)``
-            sets it (FiftyOne defers thresholding to models that have this attribute).
+        min_score: drop segments scored below this (their pixels become void in the semantic map
+            too); ``apply_model(confidence_thresh=...)`` sets it through :attr:`confidence_thresh`.
         semantic: also return the category-map Segmentation.
     """
 
@@ -47,8 +47,19 @@ class PosSAMModelConfig:
     device: Optional[str] = None
     vocabulary: Any = None
     batch_size: int = 4
-    confidence_thresh: Optional[float] = None
+    min_score: Optional[float] = None
     semantic: bool = False
+
+    @property
+    def confidence_thresh(self) -> Optional[float]:
+        """FiftyOne's name for :attr:`min_score`: ``apply_model(confidence_thresh=...)`` sets this
+        attribute when a model's config has it, deferring the threshold to the model (so the
+        semantic map loses the dropped segments too)."""
+        return self.min_score
+
+    @confidence_thresh.setter
+    def confidence_thresh(self, value: Optional[float]) -> None:
+        self.min_score = value
 
 
 def _as_rgb_uint8(image: Any) -> np.ndarray:
@@ -134,7 +145,7 @@ class PosSAMModel(fom.Model):
         predictions = self.predictor.predict(images, vocabulary=self._vocabulary, batch_size=self.config.batch_size)
         outputs = []
         for prediction in predictions:
-            detections, semantic = prediction_to_labels(prediction, with_semantic=self.config.semantic, min_confidence=self.config.confidence_thresh)
+            detections, semantic = prediction_to_labels(prediction, with_semantic=self.config.semantic, min_score=self.config.min_score)
             outputs.append({"detections": detections, "semantic": semantic} if self.config.semantic else detections)
         return outputs
 
@@ -145,11 +156,11 @@ def load_possam_model(
     device: Optional[str] = None,
     vocabulary: Any = None,
     batch_size: int = 4,
-    confidence_thresh: Optional[float] = None,
+    min_score: Optional[float] = None,
     semantic: bool = False,
 ) -> PosSAMModel:
     """Build a :class:`PosSAMModel` (the zoo-style entry point); arguments as in :class:`PosSAMModelConfig`."""
-    return PosSAMModel(PosSAMModelConfig(config_path, checkpoint, device, vocabulary, batch_size, confidence_thresh, semantic))
+    return PosSAMModel(PosSAMModelConfig(config_path, checkpoint, device, vocabulary, batch_size, min_score, semantic))
 
 
 def model_categories(model: PosSAMModel) -> Vocabulary:

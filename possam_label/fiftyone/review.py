@@ -17,6 +17,10 @@ from fiftyone.core.collections import SampleCollection
 
 from .dataset import DEFAULT_LABEL_FIELD
 
+# "Needs review below": the default of the App panel's slider (grid and modal), the review-view
+# and tagging operators. A different idea from ``min_score`` (drop below): nothing is dropped.
+DEFAULT_REVIEW_THRESHOLD = 0.5
+
 NEEDS_REVIEW_TAG = "needs_review"
 CONFIDENT_TAG = "confident"
 NEEDS_REVIEW_VIEW = "needs review"

@@ -102,7 +102,7 @@ class FiftyOneTrainingSource(CocoPanopticSource):
         if len(samples.exists(fields.labels)) == 0:
             raise TrainingDataError(f"{where}: no images to train on: no sample has {label_field!r} labels")
         snapshot = Path(snapshot_dir) if snapshot_dir is not None else Path(tempfile.mkdtemp(prefix="possam-fiftyone-train-"))
-        options = ExportOptions(formats=["panoptic"], min_confidence=min_score, reviewed_only=False, overwrite=True)
+        options = ExportOptions(formats=["panoptic"], min_score=min_score, reviewed_only=False, overwrite=True)
         summary = export_from_dataset(samples, snapshot, label_field=label_field, options=options, progress=False)
         logger.info("%s: snapshot of %d images, %d segments in %s", where, summary.num_images, summary.num_segments, snapshot)
         self._reviewer_classes = reviewer_classes(samples, label_field)
