@@ -44,7 +44,7 @@ from torch import nn
 
 from ..model.bn_convnet import TIMM_NAME as BN_CONVNET, register_with_timm
 from ..model.weights import WeightsError, load_state_dict
-from ..train.checkpoints import prepare_out_dir, save_fp16_checkpoint
+from ..train.checkpoints import load_checkpoint_into, prepare_out_dir, save_fp16_checkpoint
 from ..train.plots import plot_loss_curve
 from ..train.schedules import cosine_lr
 from .classes import WorldIndex
@@ -94,12 +94,7 @@ def build_small_clip(checkpoint: Optional[str | Path] = None, config: Optional[d
     cfg = copy.deepcopy(config or SMALL_CLIP_CONFIG)
     model = open_clip.CLIP(embed_dim=cfg.pop("embed_dim"), vision_cfg=cfg.pop("vision_cfg"), text_cfg=cfg.pop("text_cfg"), **cfg)
     if checkpoint is not None:
-        state = load_state_dict(checkpoint)
-        try:
-            model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-        except RuntimeError as exc:
-            raise WeightsError(f"{checkpoint}: does not fit the small CLIP model ({exc})") from exc
-        logger.info("loaded small CLIP weights from %s", checkpoint)
+        load_checkpoint_into(model, checkpoint, "the small CLIP model")
     model.eval()
     return model
 

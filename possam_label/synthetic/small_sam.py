@@ -48,8 +48,7 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
-from ..model.weights import WeightsError, load_state_dict
-from ..train.checkpoints import prepare_out_dir, save_fp16_checkpoint
+from ..train.checkpoints import load_checkpoint_into, prepare_out_dir, save_fp16_checkpoint
 from ..train.plots import plot_loss_curve
 from ..train.schedules import cosine_lr
 from .sam_losses import SamLossWeights, forward_prompted_batch
@@ -133,12 +132,7 @@ def build_small_sam(checkpoint: Optional[str | Path] = None) -> Sam:
         pixel_std=list(a["pixel_std"]),
     )
     if checkpoint is not None:
-        state = load_state_dict(checkpoint)
-        try:
-            sam.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-        except RuntimeError as exc:
-            raise WeightsError(f"{checkpoint}: does not fit the small SAM architecture ({exc})") from exc
-        logger.info("loaded small SAM weights from %s", checkpoint)
+        load_checkpoint_into(sam, checkpoint, "the small SAM architecture")
     sam.eval()
     return sam
 

@@ -1,15 +1,19 @@
-"""Files a training run writes: its output folder and fp16 safetensors checkpoints with metadata."""
+"""Files a training run writes and reads: its output folder, fp16 safetensors checkpoints with
+metadata, and loading a checkpoint into a model."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..model.weights import WeightsError
+from ..model.weights import WeightsError, load_state_dict
+
+logger = logging.getLogger(__name__)
 
 
 def prepare_out_dir(out_dir: str | Path) -> Path:
@@ -56,3 +60,23 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
             return dict(fh.metadata() or {})
     except Exception as exc:  # safetensors raises several error types for bad headers
         raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def load_checkpoint_into(model: nn.Module, path: str | Path, what: str) -> nn.Module:
+    """Load a state dict file into ``model`` strictly, as float32 (the fp16 checkpoints of
+    :func:`save_fp16_checkpoint` included); returns ``model``.
+
+    Args:
+        path: ``.safetensors``, or a torch file read with ``weights_only=True``
+            (:func:`~possam_label.model.weights.load_state_dict`).
+        what: the model in messages, e.g. "the small SAM architecture".
+    Raises:
+        WeightsError: the file is missing, unreadable or does not fit ``model``.
+    """
+    state = load_state_dict(path)
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path}: does not fit {what} ({exc})") from exc
+    logger.info("loaded %s into %s", path, what)
+    return model
