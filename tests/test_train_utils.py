@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from possam_label.model.weights import WeightsError
-from possam_label.train.checkpoints import prepare_out_dir, read_checkpoint_metadata, save_fp16_checkpoint
+from possam_label.train.checkpoints import load_checkpoint_into, prepare_out_dir, read_checkpoint_metadata, save_fp16_checkpoint
 from possam_label.train.plots import plot_loss_curve
 from possam_label.train.schedules import cosine_lr
 
@@ -50,6 +50,25 @@ def test_fp16_checkpoint_round_trip_with_metadata(tmp_path) -> None:
     assert model[0].weight.dtype == torch.float32  # the model itself is untouched
     meta = read_checkpoint_metadata(path)
     assert meta["name"] == "tiny" and json.loads(meta["steps"]) == 3 and json.loads(meta["arch"]) == {"width": 4}
+
+
+def test_load_checkpoint_into_reads_fp16_safetensors_and_weights_only_torch_files(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    fp16 = save_fp16_checkpoint(model, tmp_path / "m.safetensors", {})
+    torch.manual_seed(1)
+    fresh = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    assert load_checkpoint_into(fresh, fp16, "the tiny model") is fresh
+    assert fresh[0].weight.dtype == torch.float32
+    assert torch.equal(fresh[0].weight, model[0].weight.detach().half().float())
+    pickled = tmp_path / "m.pt"
+    torch.save(model.state_dict(), pickled)
+    load_checkpoint_into(fresh, pickled, "the tiny model")
+    assert torch.equal(fresh[0].weight, model[0].weight)
+    with pytest.raises(WeightsError, match=r"m\.safetensors: does not fit the wide model"):
+        load_checkpoint_into(nn.Sequential(nn.Linear(5, 3)), fp16, "the wide model")
+    with pytest.raises(WeightsError, match="not found"):
+        load_checkpoint_into(fresh, tmp_path / "missing.safetensors", "the tiny model")
 
 
 def test_read_checkpoint_metadata_names_the_bad_file(tmp_path) -> None:
