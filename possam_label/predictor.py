@@ -183,8 +183,3 @@ class PosSAMPredictor(BatchPredictor):
                 )
             )
         return PanopticPrediction(panoptic_map=panoptic_map, segments=infos)
-
-
-def _resolve_vocab(cfg: PosSAMConfig, spec: str) -> str:
-    """Compatibility shim for engine/train.py: use :func:`possam_label.vocab.resolve_vocabulary_spec`."""
-    return resolve_vocabulary_spec(spec, cfg.resolve_path)
