@@ -43,6 +43,7 @@ from typing import Any, Callable, Optional
 import yaml
 
 from pipelines._cli import add_set_argument
+from possam_label.process_usage import PeakTreeRss, process_tree_cpu_seconds
 
 logger = logging.getLogger("pipelines.benchmark")
 
@@ -285,8 +286,8 @@ def measure_pipeline(
     start = time.perf_counter()
     ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, _node_ip_address="127.0.0.1")
     try:
-        cpu_before = _process_tree_cpu_seconds()
-        with _PeakTreeRss() as memory:
+        cpu_before = process_tree_cpu_seconds()
+        with PeakTreeRss() as memory:
             summary = run_autolabel(
                 AutolabelOptions(
                     dataset=str(listing), out_dir=str(out), config=config, vocabulary=vocabulary, batch_size=batch_size,
@@ -294,7 +295,7 @@ def measure_pipeline(
                     gpus_per_worker=None if device in (None, "cuda") else 0.0,
                 )
             )
-        cpu_seconds = _process_tree_cpu_seconds() - cpu_before
+        cpu_seconds = process_tree_cpu_seconds() - cpu_before
     finally:
         ray.shutdown()
     wall = time.perf_counter() - start
@@ -335,55 +336,6 @@ def measure_sam_clip(
     """The two-stage SAM+CLIP baseline alone, on the presized images (settings: the config's
     ``baseline`` section)."""
     return measure_model_only(paths, config, batch_size, device, vocabulary, torch_threads, presize=True, model="sam-clip")
-
-
-class _PeakTreeRss:
-    """Samples the summed resident set of this process and its descendants in a thread."""
-
-    def __init__(self, interval_s: float = 0.2) -> None:
-        import threading
-
-        self.interval_s = interval_s
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for proc in [me] + me.children(recursive=True):
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    continue
-            self.peak_bytes = max(self.peak_bytes, total)
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> "_PeakTreeRss":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _process_tree_cpu_seconds() -> float:
-    """User + system CPU seconds of this process and all its descendants, live or reaped."""
-    import psutil
-
-    me = psutil.Process()
-    total = 0.0
-    for proc in [me] + me.children(recursive=True):
-        try:
-            times = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
 
 
 PATHS: dict[str, Callable[..., dict[str, Any]]] = {

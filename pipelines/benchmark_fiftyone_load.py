@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -119,14 +118,12 @@ def load_with_loader(output_dir: Path, dataset_name: str, mask_storage: str, wor
 def measure(name: str, fn: Any, *args: Any) -> dict[str, Any]:
     """Wall seconds, and CPU seconds of this process and its descendants (workers, and the private
     ``mongod``): on a machine shared with other jobs the CPU rate is the comparable one."""
-    from pipelines.benchmark import _PeakTreeRss, _process_tree_cpu_seconds
+    from possam_label.process_usage import PeakTreeRss, Stopwatch
 
-    with _PeakTreeRss(interval_s=0.1) as memory:
-        cpu_start = _process_tree_cpu_seconds()
-        start = time.perf_counter()
-        counts = fn(*args)
-        seconds = time.perf_counter() - start
-        cpu_seconds = _process_tree_cpu_seconds() - cpu_start
+    with PeakTreeRss(interval_s=0.1) as memory:
+        with Stopwatch() as watch:
+            counts = fn(*args)
+    seconds, cpu_seconds = watch.seconds, watch.cpu_seconds
     row = {"method": name, **counts, "seconds": seconds, "segments_per_second": counts["num_segments"] / seconds,
            "cpu_seconds": cpu_seconds, "segments_per_cpu_second": counts["num_segments"] / max(cpu_seconds, 1e-9),
            "peak_rss_mb_all_processes": memory.peak_bytes / 2**20}
@@ -160,11 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-    if not args.shared_db:
-        from possam_label.fiftyone.testing import use_private_database
+    from possam_label.fiftyone.testing import use_benchmark_database
 
-        use_private_database()
+    use_benchmark_database(shared=args.shared_db)
     import fiftyone as fo
 
     from pipelines.benchmark import machine_description

