@@ -16,14 +16,14 @@ pixels (``round(x * W)``), and the export reproduces the loaded masks bit for bi
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 import fiftyone as fo
 
+from ..panoptic import areas_and_boxes, restrict, score_passes
 from ..types import PanopticPrediction, SegmentInfo
 
 logger = logging.getLogger(__name__)
@@ -71,21 +71,20 @@ def prediction_to_labels(
     """
     height, width = prediction.height, prediction.width
     id_map = prediction.panoptic_map
-    slices = ndimage.find_objects(id_map) if id_map.size else []
+    passes = score_passes(np.array([s.score for s in prediction.segments], dtype=np.float64), min_score)
+    scored = [seg for seg, ok in zip(prediction.segments, passes) if ok]
+    areas, boxes = areas_and_boxes(id_map, [seg.id for seg in scored])
     detections = []
     kept: list[SegmentInfo] = []
-    for seg in prediction.segments:
-        if min_score is not None and seg.score < min_score:
-            continue
-        region = slices[seg.id - 1] if 0 < seg.id <= len(slices) else None
-        if region is None:
+    for seg, area, box in zip(scored, areas, boxes):
+        if box is None:
             logger.warning("segment %d (%s) has no pixels in the panoptic map; skipped", seg.id, seg.category)
             continue
-        rows, cols = region
-        crop = id_map[rows, cols] == seg.id
+        x, y, w, h = (int(v) for v in box)
+        crop = id_map[y : y + h, x : x + w] == seg.id
         detection = fo.Detection(
             label=seg.category,
-            bounding_box=[cols.start / width, rows.start / height, (cols.stop - cols.start) / width, (rows.stop - rows.start) / height],
+            bounding_box=[x / width, y / height, w / width, h / height],
             mask=crop,
             confidence=float(seg.score),
             segment_id=int(seg.id),
@@ -94,7 +93,7 @@ def prediction_to_labels(
             mask_quality=float(seg.mask_quality),
             in_vocab_prob=float(seg.in_vocab_prob),
             out_vocab_prob=float(seg.out_vocab_prob),
-            area=int(crop.sum()),
+            area=area,
         )
         for key, value in (attributes or {}).items():
             detection[key] = value
@@ -102,18 +101,9 @@ def prediction_to_labels(
         kept.append(seg)
     semantic = None
     if with_semantic:
-        kept_prediction = prediction if len(kept) == len(prediction.segments) else _restrict(prediction, kept)
+        kept_prediction = prediction if len(kept) == len(prediction.segments) else restrict(prediction, [s.id for s in kept])
         semantic = fo.Segmentation(mask=category_map(kept_prediction))
     return fo.Detections(detections=detections), semantic
-
-
-def _restrict(prediction: PanopticPrediction, segments: Sequence[SegmentInfo]) -> PanopticPrediction:
-    keep = np.zeros(int(prediction.panoptic_map.max(initial=0)) + 1, dtype=bool)
-    for s in segments:
-        if s.id < keep.size:
-            keep[s.id] = True
-    panoptic_map = np.where(keep[prediction.panoptic_map], prediction.panoptic_map, 0).astype(np.int32)
-    return PanopticPrediction(panoptic_map=panoptic_map, segments=list(segments))
 
 
 def detection_mask_placement(detection: fo.Detection, height: int, width: int) -> Optional[tuple[int, int, np.ndarray]]:
@@ -185,16 +175,13 @@ def detections_to_prediction(
         window = panoptic_map[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]]
         window[mask & (window == 0)] = seg_id
         pending.append((seg_id, det))
-    slices = ndimage.find_objects(panoptic_map)
-    areas = np.bincount(panoptic_map.ravel(), minlength=next_id + 1)
+    areas, boxes = areas_and_boxes(panoptic_map, [seg_id for seg_id, _ in pending])
     segments: list[SegmentInfo] = []
     sources: list[fo.Detection] = []
-    for seg_id, det in pending:
-        region = slices[seg_id - 1] if seg_id <= len(slices) else None
-        if region is None or areas[seg_id] == 0:
+    for (seg_id, det), area, box in zip(pending, areas, boxes):
+        if box is None:
             logger.warning("detection %s (%s) lost all its pixels to other masks; skipped", det.id, det.label)
             continue
-        rows, cols = region
         if categories is not None:
             category = categories.by_name(det.label)
             category_id, isthing = category.id, category.isthing
@@ -211,8 +198,8 @@ def detections_to_prediction(
                 mask_quality=float(det["mask_quality"]) if _has(det, "mask_quality") else 0.0,
                 in_vocab_prob=float(det["in_vocab_prob"]) if _has(det, "in_vocab_prob") else 0.0,
                 out_vocab_prob=float(det["out_vocab_prob"]) if _has(det, "out_vocab_prob") else 0.0,
-                area=int(areas[seg_id]),
-                bbox=[float(cols.start), float(rows.start), float(cols.stop - cols.start), float(rows.stop - rows.start)],
+                area=area,
+                bbox=box,
             )
         )
         sources.append(det)
