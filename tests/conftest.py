@@ -6,10 +6,15 @@
   ``autolabel_inputs`` (local Ray, 2 CPUs), made once per session (shared by pytest-xdist
   workers); returns the output directory.
   Read-only for tests: copy it before changing anything.
+- ``fiftyone_db``: FiftyOne pointed at this test process's own mongod (or :func:`unavailable`).
+- ``coco_autolabel_output(**options)``: writes an autolabel output whose masks are the COCO-panoptic
+  ground truth of ``tests/data/coco_panoptic_sample`` (options of
+  ``possam_label.fiftyone.testing.write_coco_autolabel_output``: seed, error_images,
+  images_per_part) into a new temporary directory; returns it.
 - ``process_reaper``: kills, by pid, every process a test started (directly or through daemons
   such as ``ray start``), including orphans re-parented to the test process.
-- ``unavailable(reason)``, ``import_or_unavailable(module)``, ``private_fiftyone_database()``
-  (``from conftest import ...``): how a test says that something the README installs is missing
+- ``unavailable(reason)``, ``import_or_unavailable(module)``, ``private_fiftyone_database()``,
+  ``fresh_dataset_name(name)`` (``from conftest import ...``): how a test says that something the README installs is missing
   (mongod, Chromium, a shipped weight file, an extra's package): a skip on a developer's machine,
   a failure under ``CI=true``, so that CI cannot pass by skipping. Under ``CI=true`` any other
   skip fails too.
@@ -25,7 +30,7 @@ import shutil
 import signal
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 import psutil
 import pytest
@@ -33,6 +38,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO_ROOT / "configs" / "possam_tiny.yaml"
 AUTOLABEL_INPUTS = REPO_ROOT / "tests" / "data" / "autolabel"
+COCO_PANOPTIC_SAMPLE = REPO_ROOT / "tests" / "data" / "coco_panoptic_sample"
 
 
 def under_ci() -> bool:
@@ -65,6 +71,15 @@ def private_fiftyone_database() -> Any:
     except (FileNotFoundError, RuntimeError) as err:
         reason = f"no runnable mongod for FiftyOne: {err}"
     unavailable(reason)
+
+
+def fresh_dataset_name(name: str) -> str:
+    """``name``, after deleting the FiftyOne dataset of that name left by an earlier run."""
+    import fiftyone as fo
+
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    return name
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -117,6 +132,27 @@ def tiny_config() -> Path:
 @pytest.fixture(scope="session")
 def autolabel_inputs() -> Path:
     return AUTOLABEL_INPUTS
+
+
+@pytest.fixture(scope="module")
+def fiftyone_db() -> Any:
+    """The private database of the FiftyOne tests (one mongod per test process, stopped at exit)."""
+    return private_fiftyone_database()
+
+
+@pytest.fixture(scope="session")
+def coco_autolabel_output(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``coco_autolabel_output(seed=..., error_images=..., images_per_part=...)`` -> a new output
+    directory with COCO-panoptic ground-truth masks and seeded made-up scores."""
+
+    def write(**options: Any) -> Path:
+        from possam_label.fiftyone.testing import write_coco_autolabel_output
+
+        out = tmp_path_factory.mktemp("autolabel") / "out"
+        write_coco_autolabel_output(out, COCO_PANOPTIC_SAMPLE, **options)
+        return out
+
+    return write
 
 
 def _make_autolabel_run(out: Path) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from conftest import import_or_unavailable, private_fiftyone_database  # noqa: E402
+from conftest import fresh_dataset_name, import_or_unavailable  # noqa: E402
 
 fo = import_or_unavailable("fiftyone")
 starlette_testclient = import_or_unavailable("starlette.testclient")
@@ -36,27 +36,13 @@ from possam_label.fiftyone.convert import detection_mask_placement, label_attr  
 from possam_label.fiftyone.editor_sync import sync_editor_edits  # noqa: E402
 from possam_label.fiftyone.export import ExportOptions, check_coco_panoptic, export_from_dataset  # noqa: E402
 from possam_label.fiftyone.load import load_autolabel_output  # noqa: E402
-from possam_label.fiftyone.testing import write_coco_autolabel_output  # noqa: E402
 from possam_label.io.panoptic_png import read_panoptic_png  # noqa: E402
 
 pytestmark = pytest.mark.fiftyone
 
-REPO = Path(__file__).resolve().parents[1]
-COCO = REPO / "tests" / "data" / "coco_panoptic_sample"
-if not COCO.is_dir():
-    COCO = Path("/work/shared/data/coco_panoptic_sample")
-
-
 @pytest.fixture(scope="module")
-def db():
-    return private_fiftyone_database()
-
-
-@pytest.fixture(scope="module")
-def output_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("autolabel") / "out"
-    write_coco_autolabel_output(out, COCO, seed=11)
-    return out
+def output_dir(coco_autolabel_output) -> Path:
+    return coco_autolabel_output(seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +53,7 @@ def editor():
 
 
 def _fresh(name: str, output_dir: Path) -> fo.Dataset:
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-    load_autolabel_output(output_dir, name, progress=False)
+    load_autolabel_output(output_dir, fresh_dataset_name(name), progress=False)
     return fo.load_dataset(name)
 
 
@@ -110,7 +94,7 @@ def _labeled_sample(ds):
     return max(ds.match(fo.ViewField("possam").exists()), key=lambda s: len(s.possam.detections))
 
 
-def test_loader_readies_the_annotate_tab(db, output_dir: Path) -> None:
+def test_loader_readies_the_annotate_tab(fiftyone_db, output_dir: Path) -> None:
     ds = _fresh("editor_schema", output_dir)
     schema = ds.label_schemas["possam"]
     assert ds.active_label_schemas[0] == "possam"
@@ -125,7 +109,7 @@ def test_loader_readies_the_annotate_tab(db, output_dir: Path) -> None:
     assert [e["label_id"] for e in sample.possam_original] == [d.id for d in sample.possam.detections]
 
 
-def test_painted_mask_extension_reaches_the_export(db, output_dir: Path, editor, tmp_path: Path) -> None:
+def test_painted_mask_extension_reaches_the_export(fiftyone_db, output_dir: Path, editor, tmp_path: Path) -> None:
     ds = _fresh("editor_paint", output_dir)
     sample = _labeled_sample(ds)
     height, width = sample.possam_semantic.mask.shape
@@ -182,7 +166,7 @@ def test_painted_mask_extension_reaches_the_export(db, output_dir: Path, editor,
     assert sync_editor_edits(ds, full=True).num_edits == 0
 
 
-def test_export_alone_finds_an_unsynced_edit(db, output_dir: Path, editor, tmp_path: Path) -> None:
+def test_export_alone_finds_an_unsynced_edit(fiftyone_db, output_dir: Path, editor, tmp_path: Path) -> None:
     ds = _fresh("editor_export_only", output_dir)
     sample = _labeled_sample(ds)
     height, width = sample.possam_semantic.mask.shape
@@ -200,7 +184,7 @@ def test_export_alone_finds_an_unsynced_edit(db, output_dir: Path, editor, tmp_p
     assert np.array_equal(id_map == target.segment_id, grown)
 
 
-def test_class_change_added_and_deleted_labels(db, output_dir: Path, editor) -> None:
+def test_class_change_added_and_deleted_labels(fiftyone_db, output_dir: Path, editor) -> None:
     ds = _fresh("editor_kinds", output_dir)
     sample = _labeled_sample(ds)
     height, width = sample.possam_semantic.mask.shape

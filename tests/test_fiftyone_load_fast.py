@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import import_or_unavailable, private_fiftyone_database  # noqa: E402
+from conftest import fresh_dataset_name, import_or_unavailable  # noqa: E402
 
 fo = import_or_unavailable("fiftyone")
 
@@ -30,38 +30,23 @@ from possam_label.fiftyone.convert import detection_mask_placement, prediction_t
 from possam_label.fiftyone.export import check_coco_panoptic, export_from_dataset  # noqa: E402
 from possam_label.fiftyone.load import load_autolabel_output  # noqa: E402
 from possam_label.fiftyone.review_baseline import baseline_entries  # noqa: E402
-from possam_label.fiftyone.testing import write_coco_autolabel_output  # noqa: E402
 from possam_label.io.panoptic_png import read_panoptic_png  # noqa: E402
 from possam_label.io.rle import decode_rle  # noqa: E402
 
 pytestmark = pytest.mark.fiftyone
 
 REPO = Path(__file__).resolve().parents[1]
-COCO = REPO / "tests" / "data" / "coco_panoptic_sample"
 BROKEN = REPO / "tests" / "data" / "autolabel" / "edge_cases" / "corrupt_random_bytes.jpg"
 
 
 @pytest.fixture(scope="module")
-def db():
-    return private_fiftyone_database()
-
-
-@pytest.fixture(scope="module")
-def output_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("autolabel") / "out"
-    write_coco_autolabel_output(out, COCO, seed=7, error_images=[BROKEN], images_per_part=1)
-    return out
+def output_dir(coco_autolabel_output) -> Path:
+    return coco_autolabel_output(seed=7, error_images=[BROKEN], images_per_part=1)
 
 
 @pytest.fixture(scope="module")
 def rows(output_dir: Path) -> list[dict]:
     return pa.concat_tables([pq.read_table(p) for p in sorted((output_dir / "segments").glob("*.parquet"))]).to_pylist()
-
-
-def _fresh(name: str) -> str:
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-    return name
 
 
 def _full_mask(det, height: int, width: int) -> np.ndarray:
@@ -71,9 +56,9 @@ def _full_mask(det, height: int, width: int) -> np.ndarray:
     return full
 
 
-def test_files_storage_masks_match_the_rles_and_fiftyone_objects(db, output_dir: Path, rows: list[dict], tmp_path: Path) -> None:
+def test_files_storage_masks_match_the_rles_and_fiftyone_objects(fiftyone_db, output_dir: Path, rows: list[dict], tmp_path: Path) -> None:
     masks_dir = tmp_path / "masks"
-    result = load_autolabel_output(output_dir, _fresh("fast_files"), mask_storage="files", masks_dir=masks_dir, progress=False)
+    result = load_autolabel_output(output_dir, fresh_dataset_name("fast_files"), mask_storage="files", masks_dir=masks_dir, progress=False)
     assert result.num_segments == len(rows) and result.num_errors == 1 and result.part_errors == []
     assert result.masks_dir == str(masks_dir)
     ds = fo.load_dataset("fast_files")
@@ -102,8 +87,8 @@ def test_files_storage_masks_match_the_rles_and_fiftyone_objects(db, output_dir:
     assert checked == len(rows)
 
 
-def test_corrections_and_export_work_on_file_masks(db, output_dir: Path, tmp_path: Path) -> None:
-    name = _fresh("fast_files_review")
+def test_corrections_and_export_work_on_file_masks(fiftyone_db, output_dir: Path, tmp_path: Path) -> None:
+    name = fresh_dataset_name("fast_files_review")
     load_autolabel_output(output_dir, name, mask_storage="files", masks_dir=tmp_path / "masks", progress=False)
     ds = fo.load_dataset(name)
     sample = ds.match(fo.ViewField("possam").exists()).first()
@@ -120,9 +105,9 @@ def test_corrections_and_export_work_on_file_masks(db, output_dir: Path, tmp_pat
     assert len(pngs) == 2 and all(read_panoptic_png(png).max() > 0 for png in pngs)
 
 
-def test_workers_write_what_one_process_writes(db, output_dir: Path) -> None:
-    one = load_autolabel_output(output_dir, _fresh("fast_w1"), workers=1, progress=False)
-    two = load_autolabel_output(output_dir, _fresh("fast_w2"), workers=2, progress=False)
+def test_workers_write_what_one_process_writes(fiftyone_db, output_dir: Path) -> None:
+    one = load_autolabel_output(output_dir, fresh_dataset_name("fast_w1"), workers=1, progress=False)
+    two = load_autolabel_output(output_dir, fresh_dataset_name("fast_w2"), workers=2, progress=False)
     assert two.workers == 2 and one.workers == 1
     assert (two.num_segments, two.num_samples_added, two.num_errors) == (one.num_segments, one.num_samples_added, one.num_errors)
     a, b = fo.load_dataset("fast_w1"), fo.load_dataset("fast_w2")
@@ -141,14 +126,14 @@ def test_workers_write_what_one_process_writes(db, output_dir: Path) -> None:
     assert again.num_samples_added == 0 and len(b) == 3 and b.count("possam.detections") == one.num_segments
 
 
-def test_needs_review_and_audit_selection(db, output_dir: Path, rows: list[dict]) -> None:
+def test_needs_review_and_audit_selection(fiftyone_db, output_dir: Path, rows: list[dict]) -> None:
     scores: dict[str, list[float]] = {}
     for row in rows:
         scores.setdefault(row["file_path"], []).append(row["score"])
     threshold = float(np.median([min(s) for s in scores.values()]) + 1e-6)  # between the images' lowest scores
     below = {path for path, s in scores.items() if min(s) < threshold}
     assert 0 < len(below) < len(scores)
-    result = load_autolabel_output(output_dir, _fresh("fast_review"), review_below=threshold, progress=False)
+    result = load_autolabel_output(output_dir, fresh_dataset_name("fast_review"), review_below=threshold, progress=False)
     ds = fo.load_dataset("fast_review")
     assert set(ds.values("filepath")) == below
     assert result.num_not_selected == 3 - len(below)  # the error image is not "needs review"
@@ -157,18 +142,18 @@ def test_needs_review_and_audit_selection(db, output_dir: Path, rows: list[dict]
     run = ds.info["possam_label"]["possam"]["runs"][-1]
     assert run["selection"]["review_below"] == threshold
 
-    everything = load_autolabel_output(output_dir, _fresh("fast_audit_all"), audit_fraction=1.0, progress=False)
+    everything = load_autolabel_output(output_dir, fresh_dataset_name("fast_audit_all"), audit_fraction=1.0, progress=False)
     assert everything.num_not_selected == 0 and len(fo.load_dataset("fast_audit_all")) == 3
-    nothing = load_autolabel_output(output_dir, _fresh("fast_audit_none"), audit_fraction=0.0, progress=False)
+    nothing = load_autolabel_output(output_dir, fresh_dataset_name("fast_audit_none"), audit_fraction=0.0, progress=False)
     assert nothing.num_labeled == 0 and len(fo.load_dataset("fast_audit_none")) == 0
 
     # The audit draw depends on the seed and the path only: the same in every load and worker.
     selection = LoadSelection(audit_fraction=0.5, audit_seed=3)
     drawn = {p for p in list(scores) + [str(BROKEN)] if selection.audited(p)}
-    audit = load_autolabel_output(output_dir, _fresh("fast_audit"), audit_fraction=0.5, audit_seed=3, workers=2, progress=False)
+    audit = load_autolabel_output(output_dir, fresh_dataset_name("fast_audit"), audit_fraction=0.5, audit_seed=3, workers=2, progress=False)
     assert set(fo.load_dataset("fast_audit").values("filepath")) == drawn
     assert audit.num_not_selected == 3 - len(drawn)
-    both = load_autolabel_output(output_dir, _fresh("fast_both"), review_below=threshold, audit_fraction=0.5, audit_seed=3, progress=False)
+    both = load_autolabel_output(output_dir, fresh_dataset_name("fast_both"), review_below=threshold, audit_fraction=0.5, audit_seed=3, progress=False)
     assert set(fo.load_dataset("fast_both").values("filepath")) == below | drawn and both.num_labeled == len(below | drawn)
     with pytest.raises(ValueError, match="review_below must be in"):
         load_autolabel_output(output_dir, "fast_bad", review_below=1.5)
@@ -176,7 +161,7 @@ def test_needs_review_and_audit_selection(db, output_dir: Path, rows: list[dict]
         load_autolabel_output(output_dir, "fast_bad", mask_storage="s3")
 
 
-def test_a_bad_part_is_reported_and_the_others_load(db, output_dir: Path, rows: list[dict], tmp_path: Path) -> None:
+def test_a_bad_part_is_reported_and_the_others_load(fiftyone_db, output_dir: Path, rows: list[dict], tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(output_dir, broken)
     part = sorted((broken / "segments").glob("*.parquet"))[0]
@@ -185,7 +170,7 @@ def test_a_bad_part_is_reported_and_the_others_load(db, output_dir: Path, rows: 
     overlap[1]["rle"] = overlap[0]["rle"]  # two segments claiming the same pixels
     pq.write_table(pa.Table.from_pylist(overlap, schema=table.schema), part)
     bad_path = overlap[0]["file_path"]
-    result = load_autolabel_output(broken, _fresh("fast_broken"), progress=False)
+    result = load_autolabel_output(broken, fresh_dataset_name("fast_broken"), progress=False)
     assert len(result.part_errors) == 1 and part.name in result.part_errors[0] and "overlaps another segment" in result.part_errors[0]
     ds = fo.load_dataset("fast_broken")
     assert bad_path not in ds.values("filepath") and len(ds) == 2

@@ -11,7 +11,7 @@ os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 import numpy as np
 import pytest
 
-from conftest import import_or_unavailable, private_fiftyone_database  # noqa: E402
+from conftest import COCO_PANOPTIC_SAMPLE, fresh_dataset_name, import_or_unavailable  # noqa: E402
 
 fo = import_or_unavailable("fiftyone")
 
@@ -20,26 +20,15 @@ from possam_label.fiftyone.convert import detection_mask_placement  # noqa: E402
 from possam_label.fiftyone.export import ExportOptions, check_coco_panoptic, export_from_dataset  # noqa: E402
 from possam_label.fiftyone.load import load_autolabel_output  # noqa: E402
 from possam_label.fiftyone.model import PosSAMModel, PosSAMModelConfig, load_possam_model, prepare_review_field  # noqa: E402
-from possam_label.fiftyone.testing import write_coco_autolabel_output  # noqa: E402
 
 pytestmark = pytest.mark.fiftyone
 
 REPO = Path(__file__).resolve().parents[1]
-COCO = REPO / "tests" / "data" / "coco_panoptic_sample"
-if not COCO.is_dir():
-    COCO = Path("/work/shared/data/coco_panoptic_sample")
 
 
 @pytest.fixture(scope="module")
-def db():
-    return private_fiftyone_database()
-
-
-@pytest.fixture(scope="module")
-def output(tmp_path_factory) -> AutolabelOutput:
-    out = tmp_path_factory.mktemp("autolabel") / "out"
-    write_coco_autolabel_output(out, COCO, seed=11)
-    return AutolabelOutput.open(out)
+def output(coco_autolabel_output) -> AutolabelOutput:
+    return AutolabelOutput.open(coco_autolabel_output(seed=11))
 
 
 class RecordedPredictor:
@@ -68,10 +57,8 @@ def _masks(detections, height, width):
     return out
 
 
-def test_apply_model_gives_the_loaders_labels(db, output: AutolabelOutput, tmp_path: Path) -> None:
-    name = "model_check"
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
+def test_apply_model_gives_the_loaders_labels(fiftyone_db, output: AutolabelOutput, tmp_path: Path) -> None:
+    name = fresh_dataset_name("model_check")
     load_autolabel_output(output.root, name, progress=False)
     ds = fo.load_dataset(name)
     predictor = RecordedPredictor(output)
@@ -106,14 +93,11 @@ def test_apply_model_gives_the_loaders_labels(db, output: AutolabelOutput, tmp_p
 
 
 @pytest.mark.slow
-def test_apply_model_with_the_real_tiny_predictor(db) -> None:
+def test_apply_model_with_the_real_tiny_predictor(fiftyone_db) -> None:
     """The real PosSAMPredictor (tiny config, random weights): apply_model stores exactly what
     the predictor returns for the same images."""
-    name = "model_real_check"
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-    ds = fo.Dataset(name)
-    ds.add_samples([fo.Sample(filepath=str(p)) for p in sorted((COCO / "images").glob("*.jpg"))])
+    ds = fo.Dataset(fresh_dataset_name("model_real_check"))
+    ds.add_samples([fo.Sample(filepath=str(p)) for p in sorted((COCO_PANOPTIC_SAMPLE / "images").glob("*.jpg"))])
     model = load_possam_model(config_path=str(REPO / "configs" / "possam_tiny.yaml"), device="cpu", vocabulary="cat,dog,grass [stuff],sky [stuff]", batch_size=2)
     ds.apply_model(model, label_field="tiny", batch_size=2, progress=False)
     assert ds.count("tiny.detections") >= 1  # random weights still give segments to compare

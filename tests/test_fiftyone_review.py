@@ -20,7 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import import_or_unavailable, private_fiftyone_database  # noqa: E402
+from conftest import fresh_dataset_name, import_or_unavailable  # noqa: E402
 
 fo = import_or_unavailable("fiftyone")
 
@@ -33,44 +33,32 @@ from possam_label.fiftyone.export import ExportOptions, check_coco_panoptic, exp
 from possam_label.fiftyone.load import load_autolabel_output  # noqa: E402
 from possam_label.fiftyone.review import needs_review_view, review_summary, save_review_views, tag_by_confidence  # noqa: E402
 from possam_label.fiftyone.review_baseline import original_predictions  # noqa: E402
-from possam_label.fiftyone.testing import write_coco_autolabel_output  # noqa: E402
 from possam_label.io.panoptic_png import read_panoptic_png  # noqa: E402
 from possam_label.io.rle import decode_rle  # noqa: E402
 
 pytestmark = pytest.mark.fiftyone
 
 REPO = Path(__file__).resolve().parents[1]
-COCO = REPO / "tests" / "data" / "coco_panoptic_sample"
-if not COCO.is_dir():
-    COCO = Path("/work/shared/data/coco_panoptic_sample")
 BROKEN = REPO / "tests" / "data" / "autolabel" / "edge_cases" / "corrupt_random_bytes.jpg"
 PLUGIN = "@possam/review"
 
 
 @pytest.fixture(scope="module")
-def db():
-    server = private_fiftyone_database()
+def db(fiftyone_db):
+    """The private database, with FiftyOne finding the review plugin in this checkout."""
     fo.config.plugins_dir = str(REPO / "plugins")
     os.environ["FIFTYONE_PLUGINS_DIR"] = str(REPO / "plugins")
-    return server
+    return fiftyone_db
 
 
 @pytest.fixture(scope="module")
-def output_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("autolabel") / "out"
-    write_coco_autolabel_output(out, COCO, seed=7, error_images=[BROKEN])
-    return out
+def output_dir(coco_autolabel_output) -> Path:
+    return coco_autolabel_output(seed=7, error_images=[BROKEN])
 
 
 @pytest.fixture(scope="module")
 def rows(output_dir: Path) -> list[dict]:
     return pa.concat_tables([pq.read_table(p) for p in sorted((output_dir / "segments").glob("*.parquet"))]).to_pylist()
-
-
-def _fresh(name: str) -> str:
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-    return name
 
 
 def _full_mask(det, height: int, width: int) -> np.ndarray:
@@ -85,7 +73,7 @@ def _sel(sample, *dets) -> list[dict]:
 
 
 def test_load_matches_parquet_rows_and_rles(db, output_dir: Path, rows: list[dict]) -> None:
-    result = load_autolabel_output(output_dir, _fresh("load_check"), progress=False)
+    result = load_autolabel_output(output_dir, fresh_dataset_name("load_check"), progress=False)
     ds = fo.load_dataset("load_check")
     assert ds.persistent
     assert result.num_images == 3 and result.num_errors == 1 and result.num_segments == len(rows)
@@ -117,7 +105,7 @@ def test_load_matches_parquet_rows_and_rles(db, output_dir: Path, rows: list[dic
 
 
 def test_reload_replaces_instead_of_duplicating(db, output_dir: Path, rows: list[dict]) -> None:
-    name = _fresh("reload_check")
+    name = fresh_dataset_name("reload_check")
     load_autolabel_output(output_dir, name, progress=False)
     ds = fo.load_dataset(name)
     first = ds.match(fo.ViewField("possam").exists()).first()
@@ -142,7 +130,7 @@ def test_reload_replaces_instead_of_duplicating(db, output_dir: Path, rows: list
 
 
 def test_corrections_persist_and_export_reflects_them_exactly(db, output_dir: Path, rows: list[dict], tmp_path: Path) -> None:
-    name = _fresh("corrections_check")
+    name = fresh_dataset_name("corrections_check")
     load_autolabel_output(output_dir, name, progress=False)
     ds = fo.load_dataset(name)
     sample = ds.match(fo.ViewField("possam").exists()).first()
@@ -230,7 +218,7 @@ def test_corrections_persist_and_export_reflects_them_exactly(db, output_dir: Pa
 
 
 def test_review_summary_views_and_tags(db, output_dir: Path, rows: list[dict]) -> None:
-    name = _fresh("review_check")
+    name = fresh_dataset_name("review_check")
     load_autolabel_output(output_dir, name, progress=False)
     ds = fo.load_dataset(name)
     threshold = 0.5
@@ -267,7 +255,7 @@ def test_plugin_lists_every_operator_and_runs_them(db, output_dir: Path) -> None
     registered = {op.uri for op in foo.list_operators() if op.uri.startswith(PLUGIN + "/")}
     assert registered == {f"{PLUGIN}/{n}" for n in manifest["operators"] + manifest["panels"]}
 
-    name = _fresh("operator_check")
+    name = fresh_dataset_name("operator_check")
     fo.Dataset(name, persistent=True)
     result = foo.execute_operator(f"{PLUGIN}/load_autolabel_output", ctx={"dataset": name, "params": {"output_dir": str(output_dir)}})
     assert result.result["num_segments"] > 0
@@ -318,7 +306,7 @@ def test_plugin_lists_every_operator_and_runs_them(db, output_dir: Path) -> None
 def test_cli_export_from_dataset(db, output_dir: Path, tmp_path: Path, capsys) -> None:
     from pipelines.export import main
 
-    name = _fresh("cli_check")
+    name = fresh_dataset_name("cli_check")
     load_autolabel_output(output_dir, name, progress=False)
     assert main(["--dataset", name, "--out", str(tmp_path / "cli"), "--formats", "panoptic", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["num_images"] == 2
@@ -333,7 +321,7 @@ def test_queue_one_click_and_auto_accept_operators(db, output_dir: Path) -> None
 
     from possam_label.fiftyone.review_queue import next_in_queue, queue_status
 
-    name = _fresh("queue_check")
+    name = fresh_dataset_name("queue_check")
     load_autolabel_output(output_dir, name, progress=False)
     ds = fo.load_dataset(name)
     first, second = list(ds.exists("possam"))[:2]
