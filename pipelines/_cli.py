@@ -23,3 +23,10 @@ def add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
         "--set", dest="assignments", action="append", default=[], type=_assignment, metavar="SECTION.KEY=VALUE",
         help=f"override one config value, e.g. {example} (repeatable; values are YAML data)",
     )
+
+
+def add_shared_db_argument(parser: argparse.ArgumentParser) -> None:
+    """``--shared-db`` of the FiftyOne benchmarks (``args.shared_db``, for
+    ``possam_label.fiftyone.testing.use_benchmark_database``)."""
+    parser.add_argument("--shared-db", action="store_true",
+                        help="use FiftyOne's configured database (default: a private mongod in a temporary directory, stopped at exit)")

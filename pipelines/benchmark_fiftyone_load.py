@@ -37,6 +37,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
+from pipelines._cli import add_shared_db_argument
+
 logger = logging.getLogger("pipelines.benchmark_fiftyone_load")
 
 
@@ -148,8 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-size", type=int, default=64, help="add_samples: images per call")
     parser.add_argument("--repeats", type=int, default=1, help="measure each method this many times (best rate reported)")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one, deleted afterwards)")
-    parser.add_argument("--shared-db", action="store_true",
-                        help="use FiftyOne's configured database (default: a private mongod in a temporary directory, stopped at exit)")
+    add_shared_db_argument(parser)
     parser.add_argument("--json", dest="json_out", type=Path, default=None, help="also write the results as JSON")
     return parser
 

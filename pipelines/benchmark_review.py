@@ -34,6 +34,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from pipelines._cli import add_shared_db_argument
+
 logger = logging.getLogger("pipelines.benchmark_review")
 
 CLASSES = [f"class_{i:02d}" for i in range(1, 41)]
@@ -121,8 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each call")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", default=None, metavar="NAME", help="reuse (or keep) the dataset NAME instead of a fresh temporary one")
-    parser.add_argument("--shared-db", action="store_true",
-                        help="use FiftyOne's configured database (default: a private mongod in a temporary directory, stopped at exit)")
+    add_shared_db_argument(parser)
     parser.add_argument("--json", dest="json_out", type=Path, default=None, help="also write the results as JSON")
     return parser
 
