@@ -132,11 +132,27 @@ class PosSAMPredictor(BatchPredictor):
 
     def predict_batch(self, images: Sequence[np.ndarray], vocab: Vocabulary, text: TextClassifier) -> list[PanopticPrediction]:
         """Predictions of one batch (see :meth:`BatchPredictor.predict`)."""
+        pixels, shapes = preprocess(images, self.model.sam.img_size, self.config.sam.pixel_mean, self.device)
+        outputs, out_logits = self.forward_raw(pixels, text)
+        return self.postprocess(images, shapes, outputs, out_logits, vocab, text)
+
+    def postprocess(
+        self,
+        images: Sequence[np.ndarray],
+        shapes: Sequence[tuple[int, int]],
+        outputs: dict[str, Any],
+        out_logits: torch.Tensor,
+        vocab: Vocabulary,
+        text: TextClassifier,
+    ) -> list[PanopticPrediction]:
+        """Panoptic predictions at each image's size from :meth:`forward_raw`'s outputs.
+
+        ``shapes`` are the resized (h, w) of each image inside the padded square input, as
+        :func:`preprocess` returns them.
+        """
         seen = torch.tensor(vocab.seen_mask(self.train_vocabulary), dtype=torch.bool, device=self.device)
         isthing = text.isthing  # (K,) bool, built with the text classifier
         size = self.model.sam.img_size
-        pixels, shapes = preprocess(images, size, self.config.sam.pixel_mean, self.device)
-        outputs, out_logits = self.forward_raw(pixels, text)
         post = self.config.postprocess
         results = []
         for b, image in enumerate(images):

@@ -42,15 +42,21 @@ def test_vit_b_and_convnext_end_to_end_on_a_1024_image(sam_vit_b_checkpoint):
     assert model.clip.dense_channels == 1024  # ConvNeXt-B final stage
     image = np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
 
+    # The encoder's input and output inside the full prediction (one ViT-B pass, not two: the
+    # 1024 px encoder dominates this test's time on a CPU).
+    seen: dict[str, torch.Tensor] = {}
+    hook = model.sam.register_forward_hook(lambda _m, args, out: seen.update(pixels=args[0], features=out))
+    try:
+        result = predictor.predict([image], "cat,dog,grass [stuff]")[0]
+    finally:
+        hook.remove()
     # The encoder loaded from the segment_anything checkpoint gives segment_anything's own output.
-    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    assert seen["pixels"].shape == (1, 3, 1024, 1024)
     with torch.no_grad():
-        ours = model.sam(pixels)
-        theirs = sam.image_encoder(sam.preprocess(pixels))
-    assert ours.shape == (1, 256, 64, 64)
-    assert torch.equal(ours, theirs)
+        theirs = sam.image_encoder(sam.preprocess(seen["pixels"].float()))
+    assert seen["features"].shape == (1, 256, 64, 64)
+    assert torch.equal(seen["features"], theirs)
 
-    result = predictor.predict([image], "cat,dog,grass [stuff]")[0]
     assert result.panoptic_map.shape == (1024, 1024)
     assert model.transformer_decoder.num_queries == 250 and model.transformer_decoder.num_layers == 9
     ids = sorted(int(i) for i in np.unique(result.panoptic_map) if i)
