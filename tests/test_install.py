@@ -118,6 +118,11 @@ def test_the_wheel_carries_configs_assets_and_plugin(fresh_env: dict) -> None:
                  "possam_label/plugins/possam_review/fiftyone.yml", "possam_label/plugins/possam_review/__init__.py",
                  "pipelines/autolabel.py", "pipelines/install_plugin.py"):
         assert name in names, f"{name} is not in {fresh_env['wheel'].name}"
+    # Every module of the plugin (it is split in several), else FiftyOne lists it but cannot register it.
+    for path in sorted((REPO / "plugins").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            name = f"possam_label/{path.relative_to(REPO).as_posix()}"
+            assert name in names, f"{name} is not in {fresh_env['wheel'].name}"
     assert not any("__pycache__" in n for n in names)
 
     probe = (

@@ -1,8 +1,11 @@
-"""Report library modules over a line limit and function bodies over a line limit (read with ``ast``).
+"""Report modules over a line limit and function bodies over a line limit (read with ``ast``).
 
 Usage::
 
-    python tools/code_sizes.py [ROOT] [--module-lines 500] [--body-lines 80]
+    python tools/code_sizes.py [ROOT ...] [--module-lines 500] [--body-lines 80]
+
+Default roots: the library (``possam_label``), the FiftyOne plugin (``plugins``) and the command
+lines (``pipelines``), each reported on its own.
 
 A function's body runs from its first statement (after the docstring) to its last line; nested
 functions count inside their parent and are also reported on their own. Exit status 0 always:
@@ -16,6 +19,9 @@ import ast
 import sys
 from pathlib import Path
 from typing import Iterator
+
+# The library, the FiftyOne plugin and the command lines.
+DEFAULT_ROOTS = ("possam_label", "plugins", "pipelines")
 
 
 def function_bodies(path: Path) -> Iterator[tuple[str, int, int]]:
@@ -56,17 +62,18 @@ def report(root: Path, module_lines: int, body_lines: int) -> tuple[list[tuple[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", nargs="?", default="possam_label", type=Path)
+    parser.add_argument("roots", nargs="*", default=[Path(root) for root in DEFAULT_ROOTS], type=Path, metavar="ROOT")
     parser.add_argument("--module-lines", type=int, default=500)
     parser.add_argument("--body-lines", type=int, default=80)
     args = parser.parse_args(argv)
-    modules, functions = report(args.root.resolve(), args.module_lines, args.body_lines)
-    print(f"modules over {args.module_lines} lines: {len(modules)}")
-    for rel, count in modules:
-        print(f"  {count:5d}  {rel}")
-    print(f"function bodies over {args.body_lines} lines: {len(functions)}")
-    for where, name, lines in functions:
-        print(f"  {lines:5d}  {name}  ({where})")
+    for root in args.roots:
+        modules, functions = report(root.resolve(), args.module_lines, args.body_lines)
+        print(f"{root}: modules over {args.module_lines} lines: {len(modules)}")
+        for rel, count in modules:
+            print(f"  {count:5d}  {rel}")
+        print(f"{root}: function bodies over {args.body_lines} lines: {len(functions)}")
+        for where, name, lines in functions:
+            print(f"  {lines:5d}  {name}  ({where})")
     return 0
 
 
