@@ -115,8 +115,22 @@ RAY_TEST_MODULES = frozenset({
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.stem in RAY_TEST_MODULES:
+        if item.path.stem in RAY_TEST_MODULES or item.get_closest_marker("ray") is not None:
             item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, the workers share the machine's cores: each gets its share of threads
+    (torch here, OpenMP in the processes a test starts), so two PyTorch tests side by side do not
+    run four spinning threads on two cores."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers is None:
+        return
+    threads = max(1, (os.cpu_count() or 1) // int(workers))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

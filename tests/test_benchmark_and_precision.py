@@ -30,6 +30,7 @@ def _demo_images(n: int) -> list[np.ndarray]:
     return [load_image_rgb(p) for p in sorted(DEMO.glob("*.png"))[:n]]
 
 
+@pytest.mark.ray  # the pipeline path runs on a local Ray
 def test_benchmark_side_by_side_with_memory_and_flops(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     rc = benchmark.main(

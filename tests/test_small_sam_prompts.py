@@ -51,6 +51,7 @@ def test_shipped_file_records_its_training(prompt_sam) -> None:
     assert held["num_scenes"] >= 30 and held["box_miou_things"] > 0.3
 
 
+@pytest.mark.ray  # run_autolabel starts a local Ray
 def test_sam_clip_on_demo_images_with_the_shipped_config(tmp_path: Path) -> None:
     """``--model sam-clip`` with no other setting: every demo image gets segments, outputs valid."""
     listing = tmp_path / "inputs.txt"
