@@ -90,6 +90,9 @@ def run_training(
     if val_every is None:
         val_every = cfg.train.checkpoint_every
     _make_init_heads_absolute(cfg)
+    if not resuming:
+        # A run without train.init_heads starts from no heads at all (the bootstrap of docs/bootstrap.md).
+        logger.info("heads start from %s", cfg.train.init_heads or "random initialisation (no train.init_heads)")
     record = {
         "config": cfg.to_dict(), "vocabulary": vocab.to_dict(), "data": str(data_dir), "source": source.describe(),
         "data_summary": {"images": summary.num_images, "segments": summary.num_segments, "per_class": summary.per_class},

@@ -121,6 +121,8 @@ def prepare_run(options: AutolabelOptions) -> RunSetup:
     checkpoint = os.path.abspath(options.checkpoint) if options.checkpoint else None
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise AutolabelError(f"checkpoint {checkpoint} does not exist")
+    if options.model == "possam" and checkpoint is None:
+        check_config_heads(cfg, config_path)
     try:
         vocabulary = load_vocabulary(options.vocabulary if options.vocabulary is not None else resolve_vocabulary_spec(cfg.vocabulary, cfg.resolve_path))
     except (ValueError, OSError) as exc:
@@ -130,6 +132,27 @@ def prepare_run(options: AutolabelOptions) -> RunSetup:
     if duplicates:
         logger.warning("%d duplicate paths in %s were dropped (each image is labeled once)", duplicates, options.dataset)
     return RunSetup(config_path, cfg, checkpoint, vocabulary, max_side, inputs, duplicates)
+
+
+def check_config_heads(cfg: Any, config_path: str) -> None:
+    """Refuse a PosSAM run whose config cannot give it trained heads (no ``--checkpoint``).
+
+    A config that names no heads (``checkpoint: null``) would label with randomly initialised
+    heads; that is only meant for configs whose backbones are random too (tests, speed runs).
+    Heads come from ``pipelines.train`` (from the two-stage path's labels: docs/bootstrap.md).
+    """
+    if cfg.checkpoint is None:
+        real_backbones = cfg.sam.checkpoint is not None or bool(cfg.clip.pretrained)
+        if real_backbones:
+            raise AutolabelError(
+                f"{config_path} names no PosSAM head weights (checkpoint: null), so PosSAM would label with random heads: "
+                "pass --checkpoint HEADS.safetensors (trained with pipelines.train; without any, bootstrap them from "
+                "--model sam-clip labels as in docs/bootstrap.md) or label with --model sam-clip"
+            )
+        return
+    heads = cfg.resolve_path(cfg.checkpoint)
+    if not os.path.isfile(heads):
+        raise AutolabelError(f"{config_path}: checkpoint {heads} (PosSAM head weights) does not exist; pass --checkpoint HEADS.safetensors or label with --model sam-clip")
 
 
 def relative_to_cwd(path: Optional[str]) -> Optional[str]:
