@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 import yaml
 
@@ -229,10 +229,16 @@ class BaselineConfig:
     classify: str = "mask_pooled"
     crop_size: int = 224
     crop_context: float = 0.1  # box margin as a fraction of its size
-    min_score: float = 0.0
+    # Candidate masks scored at or below it (CLIP class probability x SAM predicted IoU) are
+    # dropped before the panoptic merge: this path's counterpart of
+    # ``postprocess.object_mask_threshold`` (the autolabel ``min_score`` filters finished segments).
+    object_mask_threshold: float = 0.0
     # SAM weights of this path when they differ from ``sam.checkpoint`` (same architecture;
     # None: ``sam.checkpoint``). Resolved like every other path of the config.
     sam_checkpoint: Optional[str] = None
+
+    # Keys of earlier versions and their names now: a config that uses one is refused with both.
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"min_score": "object_mask_threshold"}
 
 
 @dataclass

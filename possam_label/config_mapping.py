@@ -1,8 +1,9 @@
 """Typed config dataclasses to and from plain data (YAML / JSON mappings), field by field.
 
 Configs are data: values are checked against the dataclasses' type hints, and unknown keys and
-values of the wrong type are errors (:class:`ConfigError`) that name the key. Also the deep
-merge of overrides and the ``section.key=value`` assignments of the command lines.
+values of the wrong type are errors (:class:`ConfigError`) that name the key. A key that was
+renamed (listed in the dataclass's ``RENAMED_KEYS``, old name -> new name) is an error that names
+both. Also the deep merge of overrides and the ``section.key=value`` assignments of the command lines.
 """
 
 from __future__ import annotations
@@ -83,9 +84,12 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)}
+    prefix = f"{where}." if where else ""
+    renamed = sorted(set(data) & set(_renamed_keys(cls)))
+    if renamed:
+        raise ConfigError("; ".join(f"config key {prefix}{old} was renamed {prefix}{_renamed_keys(cls)[old]}" for old in renamed) + ": use the new name")
     unknown = sorted(set(data) - set(known))
     if unknown:
-        prefix = f"{where}." if where else ""
         raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}; known: {', '.join(sorted(known))}")
     kwargs = {}
     for name, value in data.items():
@@ -96,6 +100,25 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
         else:
             kwargs[name] = _check_type(value, hint, key)
     return cls(**kwargs)
+
+
+def _renamed_keys(cls: type) -> dict[str, str]:
+    """Old key -> new key of a config dataclass (its ``RENAMED_KEYS``; none when it has none)."""
+    return getattr(cls, "RENAMED_KEYS", {})
+
+
+def with_current_keys(cls: type, data: Any) -> Any:
+    """A copy of ``data`` (plain data of the dataclass ``cls``'s tree) with renamed keys under their
+    new names. For records an earlier version wrote (a run's recorded config), which are compared
+    with today's config, not loaded as configs."""
+    if not isinstance(data, dict) or not dataclasses.is_dataclass(cls):
+        return copy.deepcopy(data)
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = _renamed_keys(cls).get(key, key)
+        out[name] = with_current_keys(hints.get(name), value)
+    return out
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

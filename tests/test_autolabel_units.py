@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -89,7 +90,9 @@ def test_unique_inputs_and_stable_ids(tmp_path: Path) -> None:
 
 def test_resume_compatibility_and_thread_rules() -> None:
     from possam_label.engine.autolabel import default_torch_threads
-    from possam_label.engine.autolabel.run_record import NON_INFERENCE_CONFIG_SECTIONS, config_differences
+    from possam_label.config import PosSAMConfig
+    from possam_label.config_mapping import with_current_keys
+    from possam_label.engine.autolabel.run_record import NON_INFERENCE_CONFIG_SECTIONS, check_resume_compatible, config_differences
 
     before = {"sam": {"img_size": 128, "depth": 2}, "train": {"lr": 1.0}, "mase": {"alpha": 0.4}}
     after = {"sam": {"img_size": 128, "depth": 2}, "train": {"lr": 2.0}, "mase": {"alpha": 0.5}, "baseline": {"x": 1}}
@@ -100,6 +103,15 @@ def test_resume_compatibility_and_thread_rules() -> None:
     changed_baseline = {**after, "baseline": {"x": 2}}
     assert config_differences(after, changed_baseline, skip=NON_INFERENCE_CONFIG_SECTIONS["possam"]) == []
     assert config_differences(after, changed_baseline, skip=NON_INFERENCE_CONFIG_SECTIONS["sam-clip"]) == ["baseline.x"]
+    # A run recorded before baseline.min_score became baseline.object_mask_threshold compares under the new name.
+    recorded = {"baseline": {"min_score": 0.3, "classify": "crop"}, "mase": {"alpha": 0.4}}
+    assert with_current_keys(PosSAMConfig, recorded) == {"baseline": {"object_mask_threshold": 0.3, "classify": "crop"}, "mase": {"alpha": 0.4}}
+    model = {"kind": "sam-clip", "checkpoint": None, "vocabulary_identity": "v",
+             "config": {"baseline": {"object_mask_threshold": 0.0, "classify": "crop"}, "mase": {"alpha": 0.4}}}
+    previous = {"model": {**model, "config": recorded}, "output_settings": {}}
+    with pytest.raises(AutolabelError, match=r"config differs in baseline\.object_mask_threshold"):
+        check_resume_compatible(previous, model, {}, SimpleNamespace(root="OUT"))
+    check_resume_compatible({**previous, "model": {**model, "config": {**recorded, "baseline": {"min_score": 0.0, "classify": "crop"}}}}, model, {}, SimpleNamespace(root="OUT"))
     assert default_torch_threads(2, 1) == 1 and default_torch_threads(16, 1) == 15 and default_torch_threads(16, 4) == 3
     assert default_torch_threads(1, 1) == 1
 

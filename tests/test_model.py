@@ -502,6 +502,13 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
     bad.write_text("sam:\n  variant: vit_b\n  depth: 3\n")
     with pytest.raises(ConfigError, match="contradicts"):
         load_config(bad)
+    # A renamed key: the file, the old key and the new one are named (also for a --set override).
+    bad.write_text("baseline:\n  min_score: 0.2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: config key baseline\.min_score was renamed baseline\.object_mask_threshold"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"possam_tiny\.yaml: config key baseline\.min_score was renamed baseline\.object_mask_threshold"):
+        load_config(TINY, parse_assignments(["baseline.min_score=0.2"]))
+    assert load_config(TINY, parse_assignments(["baseline.object_mask_threshold=0.2"])).baseline.object_mask_threshold == 0.2
     for name in ("possam_vit_b.yaml", "possam_vit_h.yaml", "possam_tiny.yaml"):
         cfg = load_config(ROOT / "configs" / name)
         assert cfg.sam.resolved().embed_dim > 0

@@ -14,6 +14,7 @@ from torch import nn
 from conftest import unavailable
 
 from possam_label.config import load_config
+from possam_label.config_mapping import ConfigError, merge, parse_assignments
 from possam_label.baselines.sam_clip import SamClipPredictor, build_sam, merge_masks
 from possam_label.model.weights import WeightsError
 from possam_label.types import PanopticPrediction
@@ -90,6 +91,26 @@ def test_tiny_random_weights_give_valid_panoptic_outputs(tiny_predictor: SamClip
     identity = tiny_predictor.weights_identity()
     assert identity["sam"] is None and identity["clip"] is None
     assert identity["method"] == f"sam_clip_baseline/{tiny_predictor.config.baseline.classify}"
+
+
+def test_object_mask_threshold_drops_candidate_masks_and_its_old_name_is_refused() -> None:
+    """``--set baseline.object_mask_threshold=T`` reaches the merge: candidates scored <= T are gone.
+    ``baseline.min_score``, its name before, is refused with the file and the new name."""
+    image = _images()[0]
+    overrides = merge(TINY_OVERRIDES, parse_assignments(["baseline.object_mask_threshold=0.0"]))
+    torch.manual_seed(0)
+    predictor = SamClipPredictor.from_config(TINY, device="cpu", overrides=overrides, load_backbones=False)
+    predictor.mask_generator.box_nms_thresh = 1.0  # as in the tiny_predictor fixture
+    every = predictor.predict([image], vocabulary="cat,dog")[0].segments
+    assert len(every) >= 2
+    # Between the scores of the segments kept at 0, set like the command line sets it.
+    threshold = float(np.median([s.score for s in every]))
+    predictor.config = load_config(TINY, merge(TINY_OVERRIDES, parse_assignments([f"baseline.object_mask_threshold={threshold}"])))
+    assert predictor.config.baseline.object_mask_threshold == threshold
+    kept = predictor.predict([image], vocabulary="cat,dog")[0].segments
+    assert 0 < len(kept) < len(every) and all(s.score > threshold - 1e-6 for s in kept)
+    with pytest.raises(ConfigError, match=r"possam_tiny\.yaml: config key baseline\.min_score was renamed baseline\.object_mask_threshold"):
+        SamClipPredictor.from_config(TINY, device="cpu", overrides=parse_assignments(["baseline.min_score=0.5"]), load_backbones=False)
 
 
 def test_batched_encoder_serves_the_mask_generator(tiny_predictor: SamClipPredictor) -> None:
@@ -181,9 +202,9 @@ def test_merge_masks_rules() -> None:
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.05])
     labels = np.array([0, 0, 0, 1, 1, 0])
     isthing = [True, False]
-    panoptic, segments = merge_masks(masks, boxes, scores, labels, isthing, overlap_threshold=0.6, min_segment_area=5, min_score=0.1)
+    panoptic, segments = merge_masks(masks, boxes, scores, labels, isthing, overlap_threshold=0.6, min_segment_area=5, object_mask_threshold=0.1)
     # thing_b keeps only half of itself (< 0.6) -> skipped; thing_c is below min_segment_area;
-    # the two sky masks merge into one segment; the weak mask is below min_score (void).
+    # the two sky masks merge into one segment; the weak mask is below object_mask_threshold (void).
     assert [(s.id, s.label, s.mask_index) for s in segments] == [(1, 0, 0), (2, 1, 3)]
     assert (panoptic == 1).sum() == 100 and (panoptic[thing_a] == 1).all()
     assert (panoptic[sky_1 | sky_2] == 2).all() and (panoptic == 2).sum() == 100

@@ -25,12 +25,12 @@ def merge_masks(
     isthing: Sequence[bool],
     overlap_threshold: float,
     min_segment_area: int = 0,
-    min_score: float = 0.0,
+    object_mask_threshold: float = 0.0,
 ) -> tuple[np.ndarray, list[MergedSegment]]:
     """Combine overlapping class-labelled masks into one panoptic map.
 
     Masks are taken in decreasing score; each paints only the pixels still free. A mask is
-    skipped when its score is <= ``min_score``, when less than ``overlap_threshold`` of its
+    skipped when its score is <= ``object_mask_threshold``, when less than ``overlap_threshold`` of its
     own area is free, or when the free part is smaller than ``min_segment_area``. The free part
     of a stuff mask joins the segment of its class when there is one already.
 
@@ -43,7 +43,7 @@ def merge_masks(
         isthing: (K,) per class.
         overlap_threshold: min free fraction of a mask's area.
         min_segment_area: min pixels a mask must add.
-        min_score: masks at or below this score are dropped.
+        object_mask_threshold: masks at or below this score are dropped (``baseline.object_mask_threshold``).
     Returns:
         (H, W) int32 map (0 = void, segments 1..M) and the M segments in id order.
     """
@@ -54,7 +54,7 @@ def merge_masks(
     segments: list[MergedSegment] = []
     stuff_segment: dict[int, int] = {}
     for n in np.argsort(-np.asarray(scores), kind="stable"):
-        if scores[n] <= min_score:
+        if scores[n] <= object_mask_threshold:
             break
         x, y, w, h = (int(round(v)) for v in boxes[n])
         window = (slice(max(y, 0), min(y + h + 1, height)), slice(max(x, 0), min(x + w + 1, width)))

@@ -375,7 +375,7 @@ class SamClipPredictor(BatchPredictor):
                 vocab.isthing,
                 self.config.postprocess.overlap_threshold,
                 self.config.postprocess.min_segment_area,
-                base.min_score,
+                base.object_mask_threshold,
             )
             id_map = resize_ids(panoptic, height, width)
             results.append(self._to_prediction(id_map, segments, scores, class_prob_np, gen.predicted_iou, vocab))

@@ -14,6 +14,8 @@ import socket
 from importlib import metadata as importlib_metadata
 from typing import Any, Optional, Sequence
 
+from ...config import PosSAMConfig
+from ...config_mapping import with_current_keys
 from ...io.tables import OutputStore, atomic_write_json, new_part_prefix, utc_now
 from .inputs import FIFTYONE_PREFIX
 from .options import AutolabelError, AutolabelOptions, AutolabelSummary
@@ -66,7 +68,9 @@ def check_resume_compatible(previous: dict[str, Any], model: dict[str, Any], set
     # Runs written before model kinds existed were PosSAM runs.
     if before.get("kind", "possam") != model["kind"]:
         problems.append(f"the model differs ({before.get('kind', 'possam')} vs {model['kind']})")
-    changed = config_differences(before.get("config", {}), model["config"], skip=NON_INFERENCE_CONFIG_SECTIONS.get(model["kind"], ("train",)))
+    # A run written before a config key was renamed recorded it under its old name.
+    before_config = with_current_keys(PosSAMConfig, before.get("config", {}))
+    changed = config_differences(before_config, model["config"], skip=NON_INFERENCE_CONFIG_SECTIONS.get(model["kind"], ("train",)))
     if changed:
         problems.append(f"the model config differs in {', '.join(changed[:8])}")
     if before.get("checkpoint") != model["checkpoint"]:
