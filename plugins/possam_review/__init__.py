@@ -12,6 +12,7 @@ One module per concern; FiftyOne imports this package and calls :func:`register`
 - :mod:`.correction_ops`: corrections through forms (relabel, delete, accept, reject, merge,
   split, undo, mark reviewed, revert);
 - :mod:`.quick_ops`: one-click actions in the sample viewer (accept, reject, delete, next in queue);
+- :mod:`.sam_ops`: PosSAM's SAM (refine selected labels, segment and classify drawn boxes);
 - :mod:`.export_ops`: the training-set export;
 - :mod:`.train_ops`: train on the reviewed samples, relabel with the new heads;
 - :mod:`.panel`: the review panel;
@@ -36,6 +37,7 @@ from .export_ops import ExportTrainingSet
 from .panel import ReviewPanel
 from .quick_ops import NextInQueue, QuickAccept, QuickDelete, QuickReject
 from .review_ops import AutoAccept, SaveReviewViews, SyncEditorEdits, TagByConfidence
+from .sam_ops import OPERATORS as SAM_OPERATORS  # refine with SAM, segment and classify drawn boxes
 from .train_ops import OPERATORS as TRAIN_OPERATORS  # train on reviewed samples, relabel with these heads
 
 # In the order the App lists them.
@@ -60,6 +62,7 @@ OPERATORS_AND_PANELS = (
     MergeLabels,
     SplitLabel,
     UndoCorrection,
+    *SAM_OPERATORS,
     ReviewPanel,
     *TRAIN_OPERATORS,
 )

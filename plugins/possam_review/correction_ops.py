@@ -131,7 +131,7 @@ class UndoCorrection(foo.Operator):
     @property
     def config(self):
         return foo.OperatorConfig(name="undo_correction", label="PosSAM: undo last mask correction",
-                                  description="Undo the latest merge or split of the open sample")
+                                  description="Undo the latest merge, split or SAM correction of the open sample")
 
     def resolve_placement(self, ctx):
         return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS,
