@@ -70,9 +70,10 @@ def promptable_sam_checkpoint(cfg: PosSAMConfig) -> Optional[str]:
 # (6 px at the small model's 256 px). Chosen on 10 held-out synthetic scenes (seed 4242, 66
 # segments, docs/review.md): IoU with the ground truth of masks eroded by 3 px 0.64 -> 0.77, of
 # masks with the middle third cut out 0.61 -> 0.66; SAM's box mask alone lowers both (0.58, 0.56:
-# the small SAM's box-prompt mIoU is 0.55 on things), as does the mask prompt (its dense-prompt
-# path was never trained: 0.47 against 0.57 for the box alone) and a band letting SAM move the
-# boundary both ways (4 px: 0.77 / 0.57; 8 px: 0.69 / 0.58); 10 px: 0.72 / 0.66.
+# the small SAM's box-prompt mIoU is 0.55 on things), the mask prompt added to the box even more
+# (its dense-prompt path was never trained: 0.50 / 0.49), and a band letting SAM move the boundary
+# both ways (4 px: 0.77 / 0.57; 8 px: 0.69 / 0.58); growing by 10 px: 0.72 / 0.66.
+# tools/measure_review_sam.py measures these.
 REFINE_GROW_FRACTION = 6 / 256
 
 
