@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 
 from pipelines._cli import add_set_argument
 from possam_label.engine.autolabel import OPTION_GROUPS, AutolabelError, AutolabelOptions, AutolabelSummary, run_autolabel
@@ -27,20 +28,8 @@ from possam_label.io.tables import OutputDirError
 from possam_label.predictors import PREDICTOR_REGISTRY
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.autolabel",
-        description=(
-            "Label every image of a dataset with PosSAM (open-vocabulary panoptic segmentation) on a "
-            "local Ray or a Ray cluster. Writes per-segment and per-image Parquet tables, COCO-panoptic "
-            "PNGs + JSON and run.json into --out. Killing the job at any point loses at most the "
-            "uncommitted part; rerun with --resume to finish."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    # One argument group per AutolabelOptions group (OPTION_GROUPS), same titles, same order.
-    groups = {title: parser.add_argument_group(title) for title in OPTION_GROUPS}
-    group = groups["inputs and outputs"]
+def _add_input_output_arguments(group: Any) -> None:
+    """The inputs and outputs arguments (AutolabelOptions group 'inputs and outputs')."""
     group.add_argument(
         "--dataset", required=True, metavar="SOURCE",
         help="a directory of images (recursive; jpg, jpeg, png, webp, bmp, tif, tiff), an image file, a text "
@@ -55,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-errors", action="store_true",
         help="with --resume: label again the images whose committed row has status error (e.g. after a transient failure)",
     )
-    group = groups["model"]
+
+
+def _add_model_arguments(group: Any) -> None:
+    """The model arguments (AutolabelOptions group 'model')."""
     group.add_argument(
         "--vocab", default=None, metavar="SPEC",
         help="class vocabulary: coco, ade20k, a vocabulary file (.yaml or .txt), or a comma list such as "
@@ -73,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", default=None,
         help="PosSAM head weights (.safetensors) overriding the config's; with --model sam-clip, a full SAM checkpoint",
     )
-    group = groups["labels"]
+
+
+def _add_label_arguments(group: Any) -> None:
+    """The labels arguments (AutolabelOptions group 'labels')."""
     group.add_argument("--min-score", type=float, default=0.0, help="drop segments whose MASE score is below this (their pixels become void)")
     group.add_argument(
         "--max-side", type=int, default=None,
@@ -81,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         "always at the original size (default: the model's input size; 0: never downscale)",
     )
     group.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels (decompression bombs)")
-    group = groups["cluster"]
+
+
+def _add_cluster_arguments(group: Any) -> None:
+    """The cluster arguments (AutolabelOptions group 'cluster')."""
     group.add_argument("--batch-size", type=int, default=4, help="images per model call and per decode/encode task")
     group.add_argument(
         "--workers", type=int, default=None,
@@ -119,11 +117,34 @@ def build_parser() -> argparse.ArgumentParser:
         "images are labeled again in halves down to single images, and an image that still kills its worker is "
         "recorded as error worker_lost (the run always ends)",
     )
-    group = groups["commits"]
+
+
+def _add_commit_arguments(group: Any) -> None:
+    """The commits arguments (AutolabelOptions group 'commits')."""
     group.add_argument("--rows-per-part", type=int, default=64, help="images per committed Parquet part")
     group.add_argument("--commit-interval", type=float, default=30.0, help="commit a part at least every this many seconds")
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     group.add_argument("--no-fsync", action="store_true", help="skip fsync on commit (faster; safe against process kills, not power loss)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.autolabel",
+        description=(
+            "Label every image of a dataset with PosSAM (open-vocabulary panoptic segmentation) on a "
+            "local Ray or a Ray cluster. Writes per-segment and per-image Parquet tables, COCO-panoptic "
+            "PNGs + JSON and run.json into --out. Killing the job at any point loses at most the "
+            "uncommitted part; rerun with --resume to finish."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    # One argument group per AutolabelOptions group (OPTION_GROUPS), same titles, same order.
+    groups = {title: parser.add_argument_group(title) for title in OPTION_GROUPS}
+    _add_input_output_arguments(groups["inputs and outputs"])
+    _add_model_arguments(groups["model"])
+    _add_label_arguments(groups["labels"])
+    _add_cluster_arguments(groups["cluster"])
+    _add_commit_arguments(groups["commits"])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
     return parser
 

@@ -146,17 +146,6 @@ def decide(masks: Sequence[tuple[Any, np.ndarray]], gt_map: np.ndarray, gt_segme
     return decisions
 
 
-def _full_mask(det: Any, height: int, width: int) -> np.ndarray:
-    from possam_label.fiftyone.convert import detection_mask_placement
-
-    full = np.zeros((height, width), dtype=bool)
-    placement = detection_mask_placement(det, height, width)
-    if placement is not None:
-        x0, y0, crop = placement
-        full[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
-    return full
-
-
 def review_queue(dataset: Any, label_field: str, limit: int) -> list[tuple[str, str, float]]:
     """``(sample id, filepath, mean confidence)`` of up to ``limit`` unreviewed labelled samples,
     lowest mean label confidence first (ties by file path)."""
@@ -182,6 +171,7 @@ def simulate_review(
     """Review the ``num_images`` lowest-confidence images of ``dataset`` with the ground truth in ``gt_dir``."""
     from possam_label.eval.matching import image_key
     from possam_label.fiftyone import corrections as C
+    from possam_label.fiftyone.convert import detection_full_mask
     from possam_label.io.panoptic_png import read_panoptic_png
 
     gt_by_key, gt_categories = load_ground_truth(gt_dir)
@@ -221,7 +211,7 @@ def simulate_review(
             gt_map = read_panoptic_png(gt_dir / "panoptic" / annotation["file_name"])
             height, width = gt_map.shape
             detections = sample[label_field].detections if sample[label_field] is not None else []
-            decisions = decide([(d, _full_mask(d, height, width)) for d in detections], gt_map, annotation["segments_info"], gt_categories)
+            decisions = decide([(d, detection_full_mask(d, height, width)) for d in detections], gt_map, annotation["segments_info"], gt_categories)
             for d in decisions:
                 write({"kind": "decision", "sample_id": sample_id, "filepath": filepath, "image_confidence": mean_confidence, **asdict(d)})
                 actions[d.action] += 1

@@ -106,6 +106,16 @@ def prediction_to_labels(
     return fo.Detections(detections=detections), semantic
 
 
+def detection_full_mask(detection: fo.Detection, height: int, width: int) -> np.ndarray:
+    """(height, width) bool mask of a Detection in image pixels (all False without a mask)."""
+    full = np.zeros((height, width), dtype=bool)
+    placement = detection_mask_placement(detection, height, width)
+    if placement is not None:
+        x0, y0, crop = placement
+        full[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
+    return full
+
+
 def detection_mask_placement(detection: fo.Detection, height: int, width: int) -> Optional[tuple[int, int, np.ndarray]]:
     """(x0, y0, mask) of a Detection in image pixels: its mask resized to its box and clipped.
 

@@ -19,7 +19,7 @@ from scipy import ndimage
 import fiftyone as fo
 
 from ..io.rle import decode_rle, encode_mask
-from .convert import detection_mask_placement, label_attr
+from .convert import detection_full_mask, label_attr
 from .corrections import sync_before_change
 from .review_baseline import record_state
 from .review_record import (
@@ -67,15 +67,6 @@ def detection_from_snapshot(entry: Mapping[str, Any]) -> fo.Detection:
     return det
 
 
-def _full_mask(det: fo.Detection, height: int, width: int) -> np.ndarray:
-    full = np.zeros((height, width), dtype=bool)
-    placement = detection_mask_placement(det, height, width)
-    if placement is not None:
-        x0, y0, crop = placement
-        full[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
-    return full
-
-
 def set_full_mask(det: fo.Detection, full: np.ndarray) -> bool:
     """Store an image-sized mask on a Detection as its tight box and cropped mask (False if empty)."""
     rows, cols = np.flatnonzero(full.any(axis=1)), np.flatnonzero(full.any(axis=0))
@@ -120,7 +111,7 @@ def merge_labels(
     keeper = max(dets, key=lambda d: d.confidence or 0.0)
     union = np.zeros((height, width), dtype=bool)
     for det in dets:
-        union |= _full_mask(det, height, width)
+        union |= detection_full_mask(det, height, width)
     if label is not None:
         if label not in categories:
             raise ValueError(f"{label!r} is not a class of {label_field!r}; relabel to add a new class")
@@ -156,7 +147,7 @@ def split_label(dataset: fo.Dataset, selected: Iterable[LabelSelection], label_f
                       [int(label_attr(d, "segment_id", 0)) for d in (sample[fields.deleted].detections if sample.has_field(fields.deleted) and sample[fields.deleted] else [])])
     for label_id in label_ids:
         det = find_label(sample, fields, label_id)
-        full = _full_mask(det, height, width)
+        full = detection_full_mask(det, height, width)
         parts, count = ndimage.label(full, structure=np.ones((3, 3), dtype=bool))
         if count < 2:
             logger.info("split: label %s is one connected part; left as is", label_id)

@@ -33,7 +33,7 @@ from PIL import Image
 import fiftyone as fo
 
 from ..prompting import PromptedSegmenter, mask_iou, prompted_segmenter, refine_mask
-from .convert import detection_mask_placement, label_attr
+from .convert import detection_full_mask, label_attr
 from .corrections import sync_before_change
 from .dataset import DEFAULT_LABEL_FIELD, ReviewFields, get_categories, loaded_runs
 from .mask_tools import detection_snapshot, set_full_mask
@@ -91,15 +91,6 @@ def _read_image(sample: fo.Sample) -> np.ndarray:
         raise ValueError(f"{sample.filepath}: cannot read the image ({err})") from None
 
 
-def _full_mask(det: fo.Detection, height: int, width: int) -> np.ndarray:
-    full = np.zeros((height, width), dtype=bool)
-    placement = detection_mask_placement(det, height, width)
-    if placement is not None:
-        x0, y0, crop = placement
-        full[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
-    return full
-
-
 def _box_pixels(det: fo.Detection, height: int, width: int) -> list[float]:
     """``x0, y0, x1, y1`` in image pixels of a Detection's box."""
     bx, by, bw, bh = det.bounding_box
@@ -119,7 +110,7 @@ def _claim(
     for det in sample[fields.labels].detections:
         if det.id in changed or label_attr(det, "review_status") == REJECTED:
             continue
-        own = _full_mask(det, height, width)
+        own = detection_full_mask(det, height, width)
         lost = own & claimed
         if not lost.any():
             continue
@@ -167,7 +158,7 @@ def refine_labels(
     if image.shape[:2] != (height, width):
         raise ValueError(f"{sample.filepath}: image is {image.shape[1]}x{image.shape[0]}, its labels {width}x{height}")
     sam_masks, _ = segmenter.segment_boxes(image, [_box_pixels(d, height, width) for d in dets])
-    before = {d.id: _full_mask(d, height, width) for d in dets}
+    before = {d.id: detection_full_mask(d, height, width) for d in dets}
     changed = {}
     for det, sam_mask in zip(dets, sam_masks):  # no label grows into another selected label
         others = np.zeros((height, width), dtype=bool)
