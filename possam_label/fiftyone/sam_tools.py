@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import numpy as np
-from PIL import Image
 
 import fiftyone as fo
 
+from ..io.images import load_image_rgb
 from ..prompting import PromptedSegmenter, mask_iou, prompted_segmenter, refine_mask
 from .convert import detection_full_mask, label_attr
 from .corrections import sync_before_change
@@ -83,12 +83,13 @@ def segmenter_for(dataset: fo.Dataset, label_field: str = DEFAULT_LABEL_FIELD) -
     return prompted_segmenter(config, checkpoint)
 
 
-def _read_image(sample: fo.Sample) -> np.ndarray:
-    try:
-        with Image.open(sample.filepath) as image:
-            return np.asarray(image.convert("RGB"))
-    except OSError as err:
-        raise ValueError(f"{sample.filepath}: cannot read the image ({err})") from None
+def _read_image(sample: fo.Sample, height: int, width: int) -> np.ndarray:
+    """The sample's image as the autolabel job decoded it (EXIF orientation applied), which must
+    have its labels' size; an unreadable file raises ImageDecodeError (a ValueError naming it)."""
+    image = load_image_rgb(sample.filepath)
+    if image.shape[:2] != (height, width):
+        raise ValueError(f"{sample.filepath}: image is {image.shape[1]}x{image.shape[0]}, its labels {width}x{height}")
+    return image
 
 
 def _box_pixels(det: fo.Detection, height: int, width: int) -> list[float]:
@@ -154,9 +155,7 @@ def refine_labels(
     dets = [find_label(sample, fields, label_id) for label_id in label_ids]
     segmenter = segmenter or segmenter_for(dataset, label_field)
     height, width = image_size(sample, fields)
-    image = _read_image(sample)
-    if image.shape[:2] != (height, width):
-        raise ValueError(f"{sample.filepath}: image is {image.shape[1]}x{image.shape[0]}, its labels {width}x{height}")
+    image = _read_image(sample, height, width)
     sam_masks, _ = segmenter.segment_boxes(image, [_box_pixels(d, height, width) for d in dets])
     before = {d.id: detection_full_mask(d, height, width) for d in dets}
     changed = {}
@@ -211,9 +210,7 @@ def segment_new_boxes(
         raise ValueError(f"sample {sample_id}: no box without a mask in {label_field!r}; draw a box in the Annotate tab first")
     segmenter = segmenter or segmenter_for(dataset, label_field)
     height, width = image_size(sample, fields)
-    image = _read_image(sample)
-    if image.shape[:2] != (height, width):
-        raise ValueError(f"{sample.filepath}: image is {image.shape[1]}x{image.shape[0]}, its labels {width}x{height}")
+    image = _read_image(sample, height, width)
     sam_masks, _ = segmenter.segment_boxes(image, [_box_pixels(d, height, width) for d in boxes])
     found = [(d, m) for d, m in zip(boxes, sam_masks) if m.any()]
     for det, mask in zip(boxes, sam_masks):
