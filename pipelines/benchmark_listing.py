@@ -42,7 +42,9 @@ def rss_bytes() -> int:
 
 
 def measure(fn: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
-    """Run ``fn``; its seconds and its peak resident memory above the start (MB)."""
+    """Run ``fn``; its wall and CPU seconds (this process: the stages are single-threaded Python
+    and Arrow, so on a machine shared with other jobs the CPU seconds are the comparable figure)
+    and its peak resident memory above the start (MB)."""
     start_rss, peak = rss_bytes(), [0]
     done = threading.Event()
 
@@ -53,13 +55,13 @@ def measure(fn: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = fn()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     done.set()
     thread.join()
     peak[0] = max(peak[0], rss_bytes())
-    return result, {"seconds": round(seconds, 3), "peak_rss_above_start_mb": round((peak[0] - start_rss) / 2**20, 1), "rss_mb": round(rss_bytes() / 2**20, 1)}
+    return result, {"seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3), "peak_rss_above_start_mb": round((peak[0] - start_rss) / 2**20, 1), "rss_mb": round(rss_bytes() / 2**20, 1)}
 
 
 def template_segments(num_segments: int) -> pa.Table:
@@ -147,6 +149,7 @@ def run_size(size: int, rows_per_part: int, segments_per_image: int, work: Path)
     store.release()
     for stage in stages.values():
         stage["us_per_path"] = round(stage["seconds"] / size * 1e6, 2)
+        stage["cpu_us_per_path"] = round(stage["cpu_seconds"] / size * 1e6, 2)
     return result
 
 
@@ -163,13 +166,19 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(run_size(args.one_size, args.rows_per_part, args.segments, Path(work))))
         return 0
     results = []
+    from pipelines.benchmark import machine_description
+
+    machine = machine_description()
     for size in args.sizes:
+        load_before = os.getloadavg()
         cmd = [sys.executable, "-m", "pipelines.benchmark_listing", "--one-size", str(size), "--rows-per-part", str(args.rows_per_part), "--segments", str(args.segments)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
         r = results[-1]
-        print(f"{size:>9} paths: " + ", ".join(f"{name} {s['seconds']:.2f}s (+{s['peak_rss_above_start_mb']:.0f} MB)" for name, s in r["stages"].items()), flush=True)
-    report = {"machine": {"cpu_count": os.cpu_count(), "note": "2-core shared machine"}, "results": results}
+        r["load_average_1_5_15_before_after"] = [list(load_before), list(os.getloadavg())]
+        print(f"{size:>9} paths: " + ", ".join(f"{name} {s['seconds']:.2f}s / {s['cpu_seconds']:.2f} CPU s (+{s['peak_rss_above_start_mb']:.0f} MB)" for name, s in r["stages"].items())
+              + f"  [load {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}]", flush=True)
+    report = {"machine": machine, "command": "python -m pipelines.benchmark_listing " + " ".join(argv if argv is not None else sys.argv[1:]), "results": results}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..io.rle import decode_rle
+from ..io.rle import decode_rle_crop, first_overlap
 from ..io.tables import SEGMENT_COLUMNS, OutputStore
 from ..types import PanopticPrediction, SegmentInfo
 from ..vocab import Vocabulary
@@ -100,32 +100,49 @@ class ImageLabels:
     run_id: Optional[str] = None
 
 
-def segments_to_prediction(rows: Sequence[Mapping[str, Any]], height: int, width: int, where: str) -> PanopticPrediction:
-    """Paint the RLE masks of one image's segment rows into an (H, W) int32 id map.
+def decode_segment_rows(
+    rows: Sequence[Mapping[str, Any]], height: int, width: int, where: str
+) -> list[tuple[Mapping[str, Any], tuple[int, int, int, int], Optional[np.ndarray]]]:
+    """Check one image's segment rows and decode each RLE once, cropped to its box.
 
     Args:
         rows: segment rows (dicts with the :data:`SEGMENT_COLUMNS` keys) of one image.
         height, width: the image size (every RLE must have this size).
         where: file/image description for error messages.
+    Returns:
+        ``(row, (x, y, w, h), crop)`` per row in segment-id order: the tight pixel box and the
+        (h, w) bool mask inside it (None for a segment without pixels).
     Raises:
-        AutolabelOutputError: an RLE of another size, a duplicate segment id, overlapping masks.
+        AutolabelOutputError: a segment id not positive or duplicated, an RLE of another size,
+            overlapping masks.
     """
-    panoptic_map = np.zeros((height, width), dtype=np.int32)
-    segments: list[SegmentInfo] = []
+    ordered = sorted(rows, key=lambda r: int(r["segment_id"]))
     seen: set[int] = set()
-    for row in sorted(rows, key=lambda r: int(r["segment_id"])):
+    for row in ordered:
         segment_id = int(row["segment_id"])
         if segment_id <= 0 or segment_id in seen:
             raise AutolabelOutputError(f"{where}: segment id {segment_id} is {'not positive' if segment_id <= 0 else 'duplicated'}")
         seen.add(segment_id)
-        rle = row["rle"]
-        size = [int(v) for v in rle["size"]]
+        size = [int(v) for v in row["rle"]["size"]]
         if size != [height, width]:
             raise AutolabelOutputError(f"{where}: segment {segment_id} RLE size {size} differs from the image size [{height}, {width}]")
-        mask = decode_rle(rle)
-        if panoptic_map[mask].any():
-            raise AutolabelOutputError(f"{where}: segment {segment_id} overlaps another segment (panoptic masks must be disjoint)")
-        panoptic_map[mask] = segment_id
+    overlapping = first_overlap([row["rle"] for row in ordered])
+    if overlapping is not None:
+        raise AutolabelOutputError(f"{where}: segment {int(ordered[overlapping]['segment_id'])} overlaps another segment (panoptic masks must be disjoint)")
+    return [(row, *decode_rle_crop(row["rle"])) for row in ordered]
+
+
+def segments_to_prediction(rows: Sequence[Mapping[str, Any]], height: int, width: int, where: str) -> PanopticPrediction:
+    """Paint the RLE masks of one image's segment rows into an (H, W) int32 id map.
+
+    Checks and errors as :func:`decode_segment_rows`.
+    """
+    panoptic_map = np.zeros((height, width), dtype=np.int32)
+    segments: list[SegmentInfo] = []
+    for row, (x, y, w, h), crop in decode_segment_rows(rows, height, width, where):
+        segment_id = int(row["segment_id"])
+        if crop is not None:
+            panoptic_map[y : y + h, x : x + w][crop] = segment_id
         segments.append(
             SegmentInfo(
                 id=segment_id,

@@ -8,7 +8,7 @@ fits JSON and an Arrow ``string`` column. :func:`decode_rle` accepts bytes or st
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -45,6 +45,39 @@ def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
         # pycocotools 2.0.x + NumPy 2 warn about the copy keyword inside decode; harmless.
         warnings.simplefilter("ignore", DeprecationWarning)
         return mask_utils.decode(_to_pycocotools(rle)).astype(bool)
+
+
+def first_overlap(rles: Sequence[Mapping[str, Any]]) -> Optional[int]:
+    """Index of the first RLE that overlaps one before it, or None when all are disjoint.
+
+    Found from areas alone (a union smaller than the sum of the areas), without decoding: the
+    common disjoint case costs one merge.
+    """
+    coco = [_to_pycocotools(r) for r in rles]
+    if len(coco) < 2:
+        return None
+    areas = mask_utils.area(coco)
+    if int(mask_utils.area(mask_utils.merge(coco, intersect=False))) == int(areas.sum()):
+        return None
+    union, total = coco[0], int(areas[0])
+    for index in range(1, len(coco)):
+        union, total = mask_utils.merge([union, coco[index]], intersect=False), total + int(areas[index])
+        if int(mask_utils.area(union)) < total:
+            return index
+    return None
+
+
+def decode_rle_crop(rle: Mapping[str, Any]) -> tuple[tuple[int, int, int, int], Optional[np.ndarray]]:
+    """An RLE as its tight pixel box ``(x, y, w, h)`` and the C-contiguous (h, w) bool mask cropped
+    to it; ``((0, 0, 0, 0), None)`` for an empty mask."""
+    coco = _to_pycocotools(rle)
+    x, y, w, h = (int(v) for v in mask_utils.toBbox(coco))
+    if w == 0 or h == 0:
+        return (0, 0, 0, 0), None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # as in decode_rle
+        full = mask_utils.decode(coco)
+    return (x, y, w, h), np.ascontiguousarray(full[y : y + h, x : x + w], dtype=bool)
 
 
 def rle_area(rle: Mapping[str, Any]) -> int:
