@@ -102,14 +102,14 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
         report.longrepr = f"skipped under CI=true, which must run every test: {report.longrepr}"
 
 
-# Test modules that start Ray (a local instance, a two-node cluster, Ray Train, or the installed
-# job). Under ``pytest -n 2 --dist loadgroup`` they run one after another on one worker while the
-# other tests run beside them: two Ray instances starting at once on a loaded 2-core machine can
+# Test modules whose every test starts Ray or needs a run that did (a local instance, a two-node
+# cluster, Ray Train, the installed job); elsewhere a test that starts Ray is marked ``ray``. Under
+# ``pytest -n 2 --dist loadgroup`` they run one after another on one worker while the other tests
+# run beside them: two Ray instances starting at once on a loaded 2-core machine can
 # miss Ray's fixed 30 s raylet registration deadline.
 RAY_TEST_MODULES = frozenset({
-    "test_autolabel", "test_autolabel_cluster", "test_autolabel_resume", "test_autolabel_units",
-    "test_autolabel_worker_lost", "test_evaluate_matching", "test_fiftyone_autolabel_run", "test_install",
-    "test_tools_reports", "test_train", "test_train_sources",
+    "test_autolabel", "test_autolabel_cluster", "test_autolabel_resume", "test_autolabel_worker_lost",
+    "test_evaluate_matching", "test_fiftyone_autolabel_run", "test_install", "test_tools_reports",
 })
 
 

@@ -160,36 +160,3 @@ def test_overwrite_with_listing_file_and_custom_vocabulary(autolabel_run: Path, 
     assert {p: p.stat().st_mtime_ns for p in DATA.rglob("*") if p.is_file()} == inputs_before
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
     assert len(list((out / "images").iterdir())) == len(list((out / "segments").iterdir())) == 1
-
-
-def test_sam_clip_baseline_through_the_pipeline(tmp_path: Path) -> None:
-    """``--model sam-clip``: the two-stage baseline on the shipped small SAM + CLIP labels the demo
-    images through the same Ray pipeline and writers; a resume with the other model is refused."""
-    demo = Path(__file__).resolve().parents[1] / "possam_label" / "assets" / "demo"
-    listing = tmp_path / "inputs.txt"
-    listing.write_text("".join(f"{demo / n}\n" for n in ("909_000000.png", "909_000001.png")))
-    out = tmp_path / "out"
-    overrides = {"baseline": {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}}
-    summary = run_autolabel(
-        AutolabelOptions(
-            dataset=str(listing), out_dir=str(out), model="sam-clip", config_overrides=overrides,
-            batch_size=2, show_progress=False, durable=False,
-        )
-    )
-    assert (summary.inputs, summary.ok, summary.errors, summary.complete) == (2, 2, 0, True)
-    assert summary.segments > 0
-    counts = validate_coco_panoptic(out / "panoptic.json", out / "panoptic")
-    assert counts["annotations"] == 2 and counts["segments"] == summary.segments
-    segments = read_segments_table(out).to_pylist()
-    for image in read_images_table(out).to_pylist():
-        id_map = read_panoptic_png(out / image["panoptic_file"])
-        for seg in (s for s in segments if s["image_id"] == image["image_id"]):
-            assert np.array_equal(decode_rle(seg["rle"]), id_map == seg["segment_id"])
-    run = json.loads((out / "run.json").read_text())
-    assert run["model"]["kind"] == "sam-clip" and run["model"]["checkpoint"] is None
-    assert run["model"]["config"]["baseline"]["points_per_side"] == 8
-    (worker,) = {json.dumps(w["weights"], sort_keys=True) for w in run["model"]["workers"]}
-    weights = json.loads(worker)
-    assert weights["method"] == "sam_clip_baseline/mask_pooled" and weights["heads"] is None and weights["sam"] and weights["clip"]
-    with pytest.raises(AutolabelError, match=r"the model differs \(sam-clip vs possam\)"):
-        run_autolabel(AutolabelOptions(dataset=str(listing), out_dir=str(out), mode="resume", config_overrides=overrides, show_progress=False))

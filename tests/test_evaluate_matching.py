@@ -29,9 +29,12 @@ SMALL = REPO / "configs" / "possam_small.yaml"
 NUM_SCENES = 5
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run(tmp_path_factory) -> dict[str, Path]:
-    """Ground truth of NUM_SCENES synthetic scenes and the small model's autolabel output of them."""
+    """Ground truth of NUM_SCENES synthetic scenes and the small model's autolabel output of them.
+
+    Session-scoped: under xdist the Ray group's tests of several modules interleave on one worker,
+    and a module-scoped fixture was torn down and built again (tests here only read the run)."""
     from possam_label.engine.autolabel import AutolabelOptions, run_autolabel
 
     root = tmp_path_factory.mktemp("evaluate_matching")

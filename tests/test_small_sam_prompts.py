@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from possam_label.engine.autolabel import AutolabelOptions, run_autolabel
+from possam_label.engine.autolabel import AutolabelError, AutolabelOptions, run_autolabel
 from possam_label.io.coco_panoptic_validate import validate_coco_panoptic
 from possam_label.io.panoptic_png import read_panoptic_png
 from possam_label.io.rle import decode_rle
@@ -53,7 +53,9 @@ def test_shipped_file_records_its_training(prompt_sam) -> None:
 
 @pytest.mark.ray  # run_autolabel starts a local Ray
 def test_sam_clip_on_demo_images_with_the_shipped_config(tmp_path: Path) -> None:
-    """``--model sam-clip`` with no other setting: every demo image gets segments, outputs valid."""
+    """``--model sam-clip`` with no other setting: the two-stage path on the shipped SAM + CLIP labels
+    every demo image through the same Ray pipeline and writers, outputs valid; a resume with the
+    other model is refused."""
     listing = tmp_path / "inputs.txt"
     names = sorted(p.name for p in DEMO.glob("*.png"))[:4]
     listing.write_text("".join(f"{DEMO / n}\n" for n in names))
@@ -70,5 +72,10 @@ def test_sam_clip_on_demo_images_with_the_shipped_config(tmp_path: Path) -> None
         for seg in (s for s in segments if s["image_id"] == image["image_id"]):
             assert np.array_equal(decode_rle(seg["rle"]), id_map == seg["segment_id"])
     run = json.loads((out / "run.json").read_text())
-    assert run["model"]["kind"] == "sam-clip"
+    assert run["model"]["kind"] == "sam-clip" and run["model"]["checkpoint"] is None
     assert run["model"]["config"]["baseline"]["sam_checkpoint"].endswith("sam_small_prompt.safetensors")
+    (worker,) = {json.dumps(w["weights"], sort_keys=True) for w in run["model"]["workers"]}
+    weights = json.loads(worker)
+    assert weights["method"] == "sam_clip_baseline/mask_pooled" and weights["heads"] is None and weights["sam"] and weights["clip"]
+    with pytest.raises(AutolabelError, match=r"the model differs \(sam-clip vs possam\)"):
+        run_autolabel(AutolabelOptions(dataset=str(listing), out_dir=str(out), mode="resume", show_progress=False))

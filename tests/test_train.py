@@ -180,26 +180,13 @@ def _run_train(args, out, **kw):
 
 
 @pytest.mark.slow
-def test_two_worker_ray_train_run_completes(world, tmp_path):
-    out = tmp_path / "run2"
-    proc = _run_train(["--data", str(world), "--workers", "2", "--cpus-per-worker", "1", "--max-iters", "4"], out)
-    log, _ = proc.communicate(timeout=500)
-    assert proc.returncode == 0, log[-3000:]
-    assert "world_rank=1" in log  # a second worker really took part
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["iteration"] for m in metrics] == [1, 2, 3, 4]
-    assert (out / "heads.safetensors").is_file()
-    from possam_label.predictor import PosSAMPredictor
-
-    # The trained heads load as a PosSAM checkpoint.
-    PosSAMPredictor.from_config(TINY, checkpoint=str(out / "heads.safetensors"), device="cpu")
-
-
-@pytest.mark.slow
-def test_killed_training_resumes_from_its_last_checkpoint(world, tmp_path):
+@pytest.mark.ray  # Ray Train in subprocesses
+def test_killed_two_worker_training_resumes_from_its_last_checkpoint(world, tmp_path):
+    """A two-worker Ray Train run (the cached-feature path: frozen encoders run once) killed after a
+    checkpoint resumes from it and ends with heads that load as a PosSAM checkpoint."""
     out = tmp_path / "killed"
-    # The cached-feature path (frozen encoders run once) is the one killed and resumed here.
-    args = ["--data", str(world), "--cpus-per-worker", "1", "--max-iters", "20", "--cache-features"]
+    iters = 16
+    args = ["--data", str(world), "--workers", "2", "--cpus-per-worker", "1", "--max-iters", str(iters), "--cache-features"]
     proc = _run_train(args, out)
     deadline = time.time() + 400
     try:
@@ -216,14 +203,19 @@ def test_killed_training_resumes_from_its_last_checkpoint(world, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     killed_at = int(latest_checkpoint(out).name.split("_")[1])
-    assert killed_at < 20
+    assert killed_at < iters
     proc = _run_train(args, out)
     log, _ = proc.communicate(timeout=500)
     assert proc.returncode == 0, log[-3000:]
     assert "resumed from" in log
+    assert "world_rank=1" in log  # a second worker really took part
     metrics = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     # First run: 1..m (m >= the checkpoint it was killed after); the rerun continues at killed_at + 1.
-    m = len(metrics) - (20 - killed_at)  # the rerun appends exactly the iterations after the checkpoint
+    m = len(metrics) - (iters - killed_at)  # the rerun appends exactly the iterations after the checkpoint
     assert metrics[:m] == list(range(1, m + 1)) and m >= killed_at
-    assert metrics[m:] == list(range(killed_at + 1, 21))
-    assert int(latest_checkpoint(out).name.split("_")[1]) == 20
+    assert metrics[m:] == list(range(killed_at + 1, iters + 1))
+    assert int(latest_checkpoint(out).name.split("_")[1]) == iters
+    assert (out / "heads.safetensors").is_file()
+    from possam_label.predictor import PosSAMPredictor
+
+    PosSAMPredictor.from_config(TINY, checkpoint=str(out / "heads.safetensors"), device="cpu")

@@ -4,7 +4,7 @@ The autolabel output is written with the producer's own store (real COCO images 
 scores); the FiftyOne dataset is loaded from it with the library loader and corrected with the
 plugin's library calls (a relabel to a new class, a rejection, a deletion, an acceptance), in a
 private ``mongod``. The targets training builds are checked pixel by pixel against the corrected
-labels, and ``pipelines.train`` runs 2 iterations of the tiny config from each source.
+labels, and ``pipelines.train`` runs 2 iterations of the tiny config from the dataset and the export.
 """
 
 from __future__ import annotations
@@ -267,9 +267,13 @@ def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.ray  # Ray Train in this process
 @pytest.mark.slow
 @pytest.mark.fiftyone
 def test_pipelines_train_runs_from_each_new_source(reviewed: dict, output_dir: Path, tmp_path: Path, ray_session):
+    """Two Ray Train runs cover the three new sources: heads from ``fiftyone://`` (a reviewed dataset),
+    then a fine-tune of those heads on the review plugin's export, validated on the autolabel output
+    (an autolabel output as ``--data`` runs end to end in tests/test_bootstrap.py)."""
     import fiftyone as fo
 
     from possam_label.fiftyone.export import ExportOptions, export_from_dataset
@@ -277,39 +281,36 @@ def test_pipelines_train_runs_from_each_new_source(reviewed: dict, output_dir: P
 
     export = tmp_path / "review_export"
     export_from_dataset(fo.load_dataset(reviewed["name"]), export, options=ExportOptions(formats=["panoptic"]), progress=False)
-    runs = {
-        "autolabel": (str(output_dir), "--min-score", "0.3"),
-        "export": (str(export),),
-        "fiftyone": (f"fiftyone://{reviewed['name']}", "--min-score", f"{reviewed['threshold']}"),
-    }
-    for name, (data, *extra) in runs.items():
-        out = tmp_path / name
-        code, log = _train(out, "--data", data, *extra)
-        assert code == 0, log[-3000:]
-        assert [m["iteration"] for m in _metrics(out)] == [1, 2]
-        record = json.loads((out / "train_config.json").read_text())
-        assert record["data_summary"]["images"] == 2
-        names = [c["name"] for c in record["vocabulary"]["classes"]]
-        assert (NEW_CLASS in names) == (name != "autolabel")
-        PosSAMPredictor.from_config(TINY, checkpoint=str(out / "heads.safetensors"), device="cpu")
+    out = tmp_path / "fiftyone"
+    code, log = _train(out, "--data", f"fiftyone://{reviewed['name']}", "--min-score", f"{reviewed['threshold']}")
+    assert code == 0, log[-3000:]
+    assert [m["iteration"] for m in _metrics(out)] == [1, 2]
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["data_summary"]["images"] == 2 and record["source"].startswith("fiftyone ")
+    assert NEW_CLASS in [c["name"] for c in record["vocabulary"]["classes"]]
+    PosSAMPredictor.from_config(TINY, checkpoint=str(out / "heads.safetensors"), device="cpu")
     # The FiftyOne run trained on a snapshot in its output folder, not on the live database.
-    assert (tmp_path / "fiftyone" / "train_data" / "panoptic.json").is_file()
+    assert (out / "train_data" / "panoptic.json").is_file()
 
-    # Fine-tuning from those heads with a validation set: PQ reported, best heads kept.
-    out = tmp_path / "finetune"
+    # Fine-tuning those heads on the export with a validation set: PQ reported, best heads kept.
+    finetuned = tmp_path / "finetune"
     code, log = _train(
-        out, "--data", str(export), "--schedule", "finetune", "--set", f"train.init_heads={tmp_path / 'export' / 'heads.safetensors'}",
+        finetuned, "--data", str(export), "--schedule", "finetune", "--set", f"train.init_heads={out / 'heads.safetensors'}",
         "--val-data", str(output_dir), "--val-every", "1",
     )
     assert code == 0, log[-3000:]
-    metrics = _metrics(out)
+    metrics = _metrics(finetuned)
     assert [m["iteration"] for m in metrics] == [1, 2] and all(0.0 <= m["val_pq"] <= 1.0 for m in metrics)
-    best = json.loads((out / "best_metrics.json").read_text())
+    best = json.loads((finetuned / "best_metrics.json").read_text())
     assert best["pq"] == max(m["val_pq"] for m in metrics) and best["num_images"] == 2
     assert best["iteration"] == next(m["iteration"] for m in metrics if m["val_pq"] == best["pq"])
-    assert (out / "best.safetensors").is_file()
-    config = json.loads((out / "train_config.json").read_text())
+    assert (finetuned / "best.safetensors").is_file()
+    config = json.loads((finetuned / "train_config.json").read_text())
     assert config["schedule"] == "finetune" and config["config"]["train"]["lr"] == pytest.approx(0.2 * 1e-4)
+    assert config["data_summary"]["images"] == 2 and config["source"].startswith("review_export")
+    # The reviewer's new class travels through the export into the training vocabulary.
+    assert NEW_CLASS in [c["name"] for c in config["vocabulary"]["classes"]]
+    PosSAMPredictor.from_config(TINY, checkpoint=str(finetuned / "best.safetensors"), device="cpu")
 
 
 def test_data_that_cannot_train_fails_before_any_worker(output_dir: Path, tmp_path: Path):

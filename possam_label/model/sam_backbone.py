@@ -76,6 +76,11 @@ class SAMBackbone(nn.Module):
     def from_config(cls, cfg: SAMConfig, checkpoint: Optional[str] = None) -> "SAMBackbone":
         """Build from config; ``checkpoint`` is a resolved path, "official", or None (random init)."""
         cfg = cfg.resolved()
+        if checkpoint == "official":
+            # Fetch before building the (large) encoder, so an offline machine fails fast.
+            if cfg.variant not in SAM_CHECKPOINT_URLS:
+                raise WeightsError("sam.checkpoint 'official' needs sam.variant vit_b, vit_l or vit_h")
+            checkpoint = str(download(SAM_CHECKPOINT_URLS[cfg.variant], "sam.checkpoint"))
         model = cls(
             img_size=cfg.img_size,
             patch_size=cfg.patch_size,
@@ -89,10 +94,6 @@ class SAMBackbone(nn.Module):
             pixel_mean=cfg.pixel_mean,
             pixel_std=cfg.pixel_std,
         )
-        if checkpoint == "official":
-            if cfg.variant not in SAM_CHECKPOINT_URLS:
-                raise WeightsError("sam.checkpoint 'official' needs sam.variant vit_b, vit_l or vit_h")
-            checkpoint = str(download(SAM_CHECKPOINT_URLS[cfg.variant], "sam.checkpoint"))
         if checkpoint is not None:
             model.load_sam_checkpoint(checkpoint)
         return model
