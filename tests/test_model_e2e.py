@@ -106,6 +106,11 @@ def test_offline_downloads_fail_with_a_clear_message(tmp_path, monkeypatch):
     clip_cfg = load_config(ROOT / "configs" / "possam_tiny.yaml").clip
     clip_cfg.model_cfg = None
     clip_cfg.model_name = "convnext_base"
+    # Offline as huggingface_hub sees it: its constant is read at import, which an earlier test in
+    # this process may have done (without it, the hub client retries for ~45 s before failing).
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(WeightsError, match=r"clip\.pretrained: /path/to/"):
         build_open_clip(clip_cfg, "laion400m_s13b_b51k")
