@@ -169,10 +169,10 @@ def image_documents(
     the semantic category map and the review baseline of one labeled image.
 
     The same conversion as :func:`possam_label.fiftyone.convert.prediction_to_labels`, writing
-    documents instead of FiftyOne objects, and the same checks as
-    :func:`~possam_label.fiftyone.autolabel_output.segments_to_prediction`, without painting the
-    full-size id map: each RLE is decoded once, boxes and the overlap check come from the RLEs
-    (:func:`~possam_label.fiftyone.autolabel_output.decode_segment_rows`), and the semantic map is painted crop by crop.
+    documents instead of FiftyOne objects. The rows are checked and each RLE decoded once, cropped
+    to its box, by :func:`~possam_label.fiftyone.autolabel_output.decode_segment_rows` (the checks of
+    ``segments_to_prediction``, without painting a full-size id map); the semantic map is painted
+    crop by crop.
     """
     height, width = int(record.height), int(record.width)  # type: ignore[arg-type]
     run_ids = {r["run_id"] for r in rows}
