@@ -5,13 +5,16 @@ Builds a dataset of ``--samples`` samples (default 100,000) with synthetic possa
 masks, a semantic map), written with bulk inserts of the documents the loader writes
 (:mod:`possam_label.fiftyone.bulk_load`) and indexed as the loader indexes them. Then times:
 
-- ``panel_open``: :func:`~possam_label.fiftyone.review.review_summary` at the default threshold
-  (what the panel computes when it opens; the first call, cold);
-- ``threshold_change``: ``review_summary`` at another threshold;
+- ``panel_open``: :func:`~possam_label.fiftyone.review_panel.panel_state` at the default
+  threshold, everything the panel computes when it opens (editor sync, summary, queue line,
+  auto-accept estimate) in a process that has not read the dataset yet (cache cleared);
+- ``threshold_change``: ``panel_state`` at another threshold;
 - ``needs_review_view``: :func:`~possam_label.fiftyone.review.needs_review_view`, its sample
   count and its first page of 20 samples (what the App's grid asks for first);
 - ``correction``: :func:`~possam_label.fiftyone.corrections.accept_labels` of one label (the
-  sample is loaded, changed, its semantic map repainted and saved).
+  sample is loaded, changed, its semantic map repainted and saved);
+- ``refresh_after_correction``: ``panel_state`` after that correction (what the panel shows next);
+- ``queue_step``: :func:`~possam_label.fiftyone.review_queue.next_in_queue` from a sample.
 
 Each is run ``--repeats`` times; the first run and the median are reported.
 
@@ -51,6 +54,7 @@ def build_dataset(name: str, num_samples: int, labels_per_sample: int, seed: int
     from possam_label.fiftyone.bulk_load import serialize_mask
     from possam_label.fiftyone.dataset import set_categories
     from possam_label.fiftyone.load import create_indexes, ensure_review_fields
+    from possam_label.fiftyone.review_stats import review_snapshot
     from possam_label.vocab import Vocabulary
 
     ds = fo.Dataset(name, persistent=True)
@@ -89,11 +93,12 @@ def build_dataset(name: str, num_samples: int, labels_per_sample: int, seed: int
                 "_dataset_id": dataset_id,
                 "possam": {"_cls": "Detections", "detections": detections},
                 "possam_semantic": {"_id": ObjectId(), "_cls": "Segmentation", "tags": [], "mask": serialize_mask(semantic)},
-                "possam_reviewed": False, "possam_run_id": "bench", "possam_image_id": start + i,
+                "possam_reviewed": False, "possam_run_id": "bench", "possam_image_id": start + i, "possam_loaded_at": now,
             })
         collection.insert_many(docs, ordered=False)
     create_indexes(ds, "possam")
     ds.reload()
+    review_snapshot(ds, "possam")  # as the loader leaves it: the review snapshot stored
     return ds
 
 
@@ -138,7 +143,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from pipelines.benchmark import machine_description
     from possam_label.fiftyone.corrections import accept_labels
-    from possam_label.fiftyone.review import needs_review_view, review_summary
+    from possam_label.fiftyone.review import needs_review_view
+    from possam_label.fiftyone.review_panel import panel_state
+    from possam_label.fiftyone.review_queue import next_in_queue
+    from possam_label.fiftyone.review_stats import clear_cache
 
     name = args.keep or f"bench-review-{uuid.uuid4().hex[:8]}"
     build_seconds = None
@@ -151,8 +159,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"built {name}: {len(ds)} samples, {args.labels_per_sample} labels each, in {build_seconds:.1f} s", flush=True)
     try:
         results: dict[str, Any] = {}
-        results["panel_open"] = timed(lambda: review_summary(ds.view(), args.threshold, "possam").num_below, args.repeats)
-        results["threshold_change"] = timed(lambda: review_summary(ds.view(), args.new_threshold, "possam").num_below, args.repeats)
+        def open_panel() -> int:
+            clear_cache()
+            return panel_state(ds, ds.view(), args.threshold, "possam").summary.num_below
+
+        results["panel_open"] = timed(open_panel, args.repeats)
+        thresholds = iter([args.new_threshold, args.threshold] * args.repeats)
+        results["threshold_change"] = timed(lambda: panel_state(ds, ds.view(), next(thresholds), "possam").summary.num_below, args.repeats)
 
         def open_needs_review() -> int:
             view = needs_review_view(ds, args.threshold, "possam")
@@ -165,6 +178,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         label_ids = ds.limit(args.repeats * 7).values("possam.detections.id")
         picks = iter([{"sample_id": s, "label_id": labels[0], "field": "possam"} for s, labels in zip(ids, label_ids)])
         results["correction"] = timed(lambda: accept_labels(ds, [next(picks)], "possam").num_labels, args.repeats)
+
+        def refresh_after_correction() -> int:
+            accept_labels(ds, [next(picks)], "possam")
+            return panel_state(ds, ds.view(), args.threshold, "possam").summary.status_counts.get("accepted", 0)
+
+        results["refresh_after_correction"] = timed(refresh_after_correction, args.repeats)
+        results["queue_step"] = timed(lambda: int(next_in_queue(ds.view(), args.threshold, ids[0], "possam") is not None), args.repeats)
     finally:
         if not args.keep:
             fo.delete_dataset(name)

@@ -6,19 +6,17 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from possam_label.fiftyone.auto_accept import estimate_auto_accept
 from possam_label.fiftyone.corrections import accept_labels, delete_segments, mark_reviewed, reject_labels
 from possam_label.fiftyone.dataset import has_possam_field
-from possam_label.fiftyone.editor_sync import sync_editor_edits
 from possam_label.fiftyone.review import (
     DEFAULT_REVIEW_THRESHOLD,
     confident_view,
     needs_review_view,
-    review_summary,
     save_review_views,
     tag_by_confidence,
 )
-from possam_label.fiftyone.review_queue import next_in_queue, queue_status
+from possam_label.fiftyone.review_panel import panel_state
+from possam_label.fiftyone.review_queue import next_in_queue
 
 from .operator_support import (
     PLUGIN,
@@ -58,23 +56,14 @@ class ReviewPanel(foo.Panel):
             return
         threshold = float(ctx.panel.state.threshold if ctx.panel.state.threshold is not None else DEFAULT_REVIEW_THRESHOLD)
         # Edits made in the Annotate tab since the last refresh become corrections (incremental).
-        synced = sync_editor_edits(ctx.dataset, label_field)
-        if synced.num_edits:
+        state = panel_state(ctx.dataset, ctx.view, threshold, label_field)
+        if state.synced.num_edits:
             ctx.ops.reload_samples()
-        summary = review_summary(ctx.view, threshold, label_field)
+        summary = state.summary
         ctx.panel.state.ready = True
-        ctx.panel.state.queue_md = queue_status(ctx.view, threshold, label_field).describe()
-        try:
-            estimate = estimate_auto_accept(ctx.view, label_field, thresholds=[threshold], num_bootstrap=100)
-            ctx.panel.state.auto_accept_md = estimate.at(threshold).describe() + f" (from {estimate.num_reviewed:,} reviewed labels)"
-        except ValueError as err:
-            ctx.panel.state.auto_accept_md = f"Auto-accept estimate: {err}"
-        ctx.panel.state.summary_md = (
-            f"**{summary.num_labels}** labels in **{summary.num_samples}** samples &nbsp;·&nbsp; "
-            f"below {threshold:.2f}: **{summary.num_below}** &nbsp;·&nbsp; at or above: **{summary.num_above}** &nbsp;·&nbsp; "
-            f"reviewed samples: **{summary.num_reviewed_samples}**"
-            + ("" if not summary.status_counts else " &nbsp;·&nbsp; " + ", ".join(f"{k}: {v}" for k, v in sorted(summary.status_counts.items())))
-        )
+        ctx.panel.state.queue_md = state.queue.describe()
+        ctx.panel.state.auto_accept_md = state.auto_accept
+        ctx.panel.state.summary_md = state.summary_markdown()
         centers = [(a + b) / 2 for a, b in zip(summary.histogram_edges[:-1], summary.histogram_edges[1:])]
         colors = ["#d9534f" if c < threshold else "#5cb85c" for c in centers]
         ctx.panel.data.histogram = [{"type": "bar", "x": centers, "y": summary.histogram_counts, "marker": {"color": colors}, "name": "labels"}]

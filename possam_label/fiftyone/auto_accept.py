@@ -37,6 +37,7 @@ from fiftyone.core.collections import SampleCollection
 from .corrections import apply_correction
 from .review_record import ACCEPTED, ADDED, AUTO_ACCEPTED, EDITED, REJECTED, RELABELED, CorrectionResult, set_status
 from .dataset import DEFAULT_LABEL_FIELD, ReviewFields
+from .review_stats import review_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -111,54 +112,42 @@ class ReviewOutcomes:
     unreviewed_label: np.ndarray
 
 
-def _predicted_class(label: Any, original: Any) -> str:
-    return str(original if original is not None else label)
-
-
 def review_outcomes(
     samples: SampleCollection, label_field: str = DEFAULT_LABEL_FIELD, reviewed_samples_accept_rest: bool = True
 ) -> ReviewOutcomes:
-    """Collect the outcomes (see the module docstring) with database projections, no masks loaded."""
-    fields = ReviewFields(label_field)
-    base = f"{label_field}.detections"
-    has_status = samples.has_field(f"{base}.review_status")
-    has_original = samples.has_field(f"{base}.original_label")
-    has_reviewed = samples.has_field(fields.reviewed)
-    columns = [f"{base}.confidence", f"{base}.label"]
-    columns += [f"{base}.review_status"] if has_status else []
-    columns += [f"{base}.original_label"] if has_original else []
-    values = samples.values(columns + ([fields.reviewed] if has_reviewed else []))
-    confs, labels = values[0], values[1]
-    statuses = values[2] if has_status else [None] * len(confs)
-    originals = values[2 + has_status] if has_original else [None] * len(confs)
-    reviewed_flags = values[-1] if has_reviewed else [False] * len(confs)
-    conf_r, label_r, ok_r, conf_u, label_u = [], [], [], [], []
-    for sample_confs, sample_labels, sample_status, sample_orig, reviewed in zip(confs, labels, statuses, originals, reviewed_flags):
-        if sample_confs is None:
-            continue
-        sample_status = sample_status or [None] * len(sample_confs)
-        sample_orig = sample_orig or [None] * len(sample_confs)
-        for conf, label, status, orig in zip(sample_confs, sample_labels, sample_status, sample_orig):
-            if conf is None or status in _NOT_OUTCOMES:
-                continue
-            name = _predicted_class(label, orig)
-            if status in _CORRECT or (status is None and reviewed and reviewed_samples_accept_rest):
-                conf_r.append(conf), label_r.append(name), ok_r.append(True)
-            elif status in _WRONG:
-                conf_r.append(conf), label_r.append(name), ok_r.append(False)
-            elif status is None:
-                conf_u.append(conf), label_u.append(name)
-    if samples.has_field(f"{fields.deleted}.detections.confidence"):
-        deleted = samples.values([f"{fields.deleted}.detections.confidence", f"{fields.deleted}.detections.label"]
-                                 + ([f"{fields.deleted}.detections.original_label"] if samples.has_field(f"{fields.deleted}.detections.original_label") else []))
-        for i, (sample_confs, sample_labels) in enumerate(zip(deleted[0], deleted[1])):
-            origs = deleted[2][i] if len(deleted) > 2 and deleted[2][i] is not None else [None] * len(sample_confs or [])
-            for conf, label, orig in zip(sample_confs or [], sample_labels or [], origs):
-                if conf is not None:
-                    conf_r.append(conf), label_r.append(_predicted_class(label, orig)), ok_r.append(False)
+    """Collect the outcomes (see the module docstring) from the review snapshot
+    (:mod:`.review_stats`: scores, classes and statuses only, no masks loaded). A label's
+    predicted class is its ``original_label`` when a reviewer changed it."""
+    snapshot = review_snapshot(samples, label_field)
+    names = np.asarray([str(c) for c in snapshot.classes] + ["None"], dtype=object)
+    predicted = names[np.where(snapshot.predicted < 0, len(snapshot.classes), snapshot.predicted)]
+    status = snapshot.status
+    scored = ~np.isnan(snapshot.confidence)
+
+    def rows_of(names_: set) -> np.ndarray:
+        return np.isin(status, [snapshot.status_index(n) for n in names_])
+
+    current = snapshot.current() & scored & ~rows_of(_NOT_OUTCOMES)
+    undecided = status < 0
+    accepted_rest = undecided & snapshot.reviewed[snapshot.sample_row] if reviewed_samples_accept_rest else np.zeros_like(undecided)
+    correct = current & (rows_of(_CORRECT) | accepted_rest)
+    wrong = (current & ~correct & rows_of(_WRONG)) | (snapshot.deleted_rows() & scored)
+    unreviewed = np.flatnonzero(current & undecided & ~accepted_rest)
+    # Labels in sample-id order (the order of a dataset's samples; the snapshot's own row order
+    # depends on which samples changed when), the deleted ones last: the bootstrap draws by
+    # position, so the estimate does not depend on the review's history.
+    rank = np.empty(len(snapshot.sample_ids), dtype=np.int64)
+    rank[np.argsort(np.asarray(snapshot.sample_ids, dtype=object), kind="stable")] = np.arange(rank.size)
+
+    def ordered(rows: np.ndarray) -> np.ndarray:
+        rows = np.flatnonzero(rows)
+        return rows[np.lexsort((rows, rank[snapshot.sample_row[rows]]))]
+
+    outcome = np.concatenate([ordered((correct | wrong) & ~snapshot.deleted), ordered(wrong & snapshot.deleted)])
+    unreviewed = unreviewed[np.lexsort((unreviewed, rank[snapshot.sample_row[unreviewed]]))]
     return ReviewOutcomes(
-        np.asarray(conf_r, dtype=np.float64), np.asarray(label_r, dtype=object), np.asarray(ok_r, dtype=bool),
-        np.asarray(conf_u, dtype=np.float64), np.asarray(label_u, dtype=object),
+        snapshot.confidence[outcome], predicted[outcome], correct[outcome],
+        snapshot.confidence[unreviewed], predicted[unreviewed],
     )
 
 

@@ -240,6 +240,7 @@ def _field_values(job: PartJob, record: ImageRecord, docs: Optional[ImageDocs], 
         f"{field}_synced": None,
         f"{field}_reviewed": False,
         f"{field}_reviewed_at": None,
+        f"{field}_loaded_at": now,  # == last_modified_at until anything else writes the sample
         f"{field}_run_id": (docs.run_id if docs is not None else None) or job.run_id,
         f"{field}_image_id": int(record.image_id),
         f"{field}_error": record.error if record.status != "ok" else None,

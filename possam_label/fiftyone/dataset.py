@@ -11,6 +11,8 @@ For a label field ``F`` (default ``"possam"``) a dataset holds, per sample:
 ``F_original``               list of dicts: the labels as loaded (masks as RLE), what revert restores
 ``F_synced``                 list of dicts: each label's fingerprint as last seen (finds App-editor edits)
 ``F_reviewed_at``            datetime of that mark
+``F_loaded_at``              when the loader wrote the sample (equal to ``last_modified_at`` until
+                             anything else changes it: the editor sync skips such samples)
 ``F_run_id``                 the autolabel run the labels came from
 ``F_image_id``               the image id in that run's Parquet files
 ``F_error``                  why the run could not label the image (None when it could)
@@ -78,6 +80,10 @@ class ReviewFields:
     @property
     def reviewed_at(self) -> str:
         return f"{self.labels}_reviewed_at"
+
+    @property
+    def loaded_at(self) -> str:
+        return f"{self.labels}_loaded_at"
 
     @property
     def run_id(self) -> str:

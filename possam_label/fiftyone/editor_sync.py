@@ -21,7 +21,8 @@ moved box, a new class, a drawn or deleted label. None of that passes through
 When it runs: the review plugin calls it on every panel refresh, before export and training, and
 on revert (its operator "sync editor edits" runs it on demand); :func:`.export.export_from_dataset`
 calls it too, so no edit is lost whoever exports. A sync of the whole dataset looks only at the
-samples modified since the previous one (``last_modified_at``, indexed).
+samples modified since the previous one (``last_modified_at``, indexed) and not since the loader
+wrote them (``<field>_loaded_at``, set to the same time as ``last_modified_at`` by the loader).
 
 :func:`prepare_annotation` readies the Annotate tab for the field: a label schema whose classes
 are the vocabulary's (derived attributes read-only), activated, and an App colour scheme that
@@ -390,6 +391,10 @@ def sync_editor_edits(
     since = _sync_stamp(dataset, label_field) if whole and not full else None
     if whole:
         view = dataset if since is None else dataset.match(F("last_modified_at") >= since)
+        if dataset.has_field(fields.loaded_at):
+            # A sample nothing wrote since the loader did holds its labels as loaded: nothing to
+            # find there, and reading it (masks included) is what would cost minutes at 100k samples.
+            view = view.match(F("last_modified_at") != F(fields.loaded_at))
     else:
         # A view may filter labels: read its samples whole, or a hidden label would look deleted.
         view = dataset.select(samples.values("id"))

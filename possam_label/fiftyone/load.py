@@ -40,6 +40,7 @@ from .dataset import (
     set_categories,
 )
 from .editor_sync import prepare_annotation
+from .review_stats import review_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ def ensure_review_fields(dataset: fo.Dataset, label_field: str) -> ReviewFields:
         fields.synced: lambda: fo.ListField(fo.DictField()),  # labels as last seen (editor_sync)
         fields.reviewed: fo.BooleanField,
         fields.reviewed_at: fo.DateTimeField,
+        fields.loaded_at: fo.DateTimeField,
         fields.run_id: fo.StringField,
         fields.image_id: fo.IntField,
         fields.error: fo.StringField,
@@ -271,6 +273,7 @@ def load_autolabel_output(
     _write_parts(ds, jobs, n_workers, part_rows, result, progress, f"load {output.root.name} -> {ds.name}.{label_field}")
     create_indexes(ds, label_field)
     prepare_annotation(ds, label_field)  # Annotate-tab label schema, review colours
+    review_snapshot(ds, label_field)  # stored: the App's first panel refresh reads only what changed since
     record_run(
         ds,
         label_field,

@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+import numpy as np
+
 import fiftyone as fo
 from fiftyone import ViewField as F
-from fiftyone.core.aggregations import Aggregation
 from fiftyone.core.collections import SampleCollection
 
 from .dataset import DEFAULT_LABEL_FIELD
+from .review_stats import review_snapshot
 
 # "Needs review below": the default of the App panel's slider (grid and modal), the review-view
 # and tagging operators. A different idea from ``min_score`` (drop below): nothing is dropped.
@@ -131,75 +133,46 @@ class ReviewSummary:
         return asdict(self)
 
 
-class ClassConfidenceCounts(Aggregation):
-    """Per class: the number of labels and of those scored below ``threshold``, in one
-    ``$unwind``/``$group`` (so it joins the other aggregations of one ``aggregate`` call: a single
-    pass over the collection instead of one per count). Result: ``{label: (total, below)}``."""
-
-    def __init__(self, label_field: str, threshold: float) -> None:
-        super().__init__(f"{label_field}.detections")
-        self._label_field = label_field
-        self._threshold = float(threshold)
-
-    def _kwargs(self) -> list:
-        return [["label_field", self._label_field], ["threshold", self._threshold]]
-
-    def default_result(self) -> dict:
-        return {}
-
-    def parse_result(self, d: dict) -> dict:
-        return {row["label"]: (int(row["total"]), int(row["below"])) for row in d["result"] if row["label"] is not None}
-
-    def to_mongo(self, sample_collection: SampleCollection, context=None) -> list:
-        below = {"$cond": [{"$lt": ["$label.confidence", self._threshold]}, 1, 0]}  # None counts below, as F("confidence") < t
-        return [
-            {"$project": {"label": f"${self._label_field}.detections"}},
-            {"$unwind": "$label"},
-            {"$group": {"_id": "$label.label", "total": {"$sum": 1}, "below": {"$sum": below}}},
-            {"$group": {"_id": None, "result": {"$push": {"label": "$_id", "total": "$total", "below": "$below"}}}},
-        ]
-
-
 def review_summary(
     samples: SampleCollection, threshold: float, label_field: str = DEFAULT_LABEL_FIELD, bins: int = 20
 ) -> ReviewSummary:
     """Per-class label counts below/above ``threshold``, a confidence histogram over [0, 1] and
-    review progress, computed by one database aggregation (one ``$facet``: a single pass over the
-    samples, no labels loaded into Python)."""
+    review progress, from the collection's review snapshot (:mod:`.review_stats`: one read of the
+    labels' scores and statuses, kept current incrementally; a threshold change reads nothing).
+
+    As database aggregations would count them: a label without confidence is below every
+    threshold; the histogram's bins are [e_i, e_i+1) (a confidence of exactly 1.0, or none, falls
+    outside them); labels without a class are not counted."""
     threshold = _check_threshold(threshold)
-    confidence = f"{label_field}.detections.confidence"
-    status = f"{label_field}.detections.review_status"
-    reviewed = f"{label_field}_reviewed"
-    aggregations = [
-        fo.Count(),
-        ClassConfidenceCounts(label_field, threshold),
-        fo.HistogramValues(confidence, bins=bins, range=[0.0, 1.0]),
-    ]
-    has_status = samples.has_field(status)
-    if has_status:
-        aggregations.append(fo.CountValues(status))
-    if samples.has_field(reviewed):
-        aggregations.append(fo.CountValues(reviewed))
-    results = samples.aggregate(aggregations)
-    num_samples, counts, (hist_counts, hist_edges, _other) = results[0], results[1], results[2]
-    rest = results[3:]
-    statuses = {str(k): int(v) for k, v in (rest.pop(0) if has_status else {}).items() if k is not None}
-    reviewed_counts = rest.pop(0) if rest else {}
-    per_class = [
-        ClassCount(label=str(name), total=total, below=below, above=total - below)
-        for name, (total, below) in sorted(counts.items(), key=lambda kv: (-kv[1][0], str(kv[0])))
-    ]
+    snapshot = review_snapshot(samples, label_field)
+    current = snapshot.current()
+    classes = snapshot.label[current]
+    named = classes >= 0
+    below = snapshot.below(threshold)[current]
+    totals = np.bincount(classes[named], minlength=len(snapshot.classes))
+    belows = np.bincount(classes[named & below], minlength=len(snapshot.classes))
+    per_class = sorted(
+        (ClassCount(label=str(snapshot.classes[i]), total=int(totals[i]), below=int(belows[i]), above=int(totals[i] - belows[i]))
+         for i in np.flatnonzero(totals)),
+        key=lambda c: (-c.total, c.label),
+    )
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    confidence = snapshot.confidence[current]
+    bin_index = np.searchsorted(edges, confidence[~np.isnan(confidence)], side="right") - 1
+    histogram = np.bincount(bin_index[(bin_index >= 0) & (bin_index < bins)], minlength=bins)
+    statuses = snapshot.status[current]
+    status_counts = np.bincount(statuses[statuses >= 0], minlength=len(snapshot.statuses))
     num_labels = sum(c.total for c in per_class)
     num_below = sum(c.below for c in per_class)
     return ReviewSummary(
         threshold=threshold,
-        num_samples=int(num_samples),
+        num_samples=snapshot.num_samples,
         num_labels=num_labels,
         num_below=num_below,
         num_above=num_labels - num_below,
-        num_reviewed_samples=int(reviewed_counts.get(True, 0)),
+        num_reviewed_samples=snapshot.num_reviewed_samples,
         per_class=per_class,
-        histogram_edges=[float(e) for e in hist_edges],
-        histogram_counts=[int(c) for c in hist_counts],
-        status_counts=statuses,
+        histogram_edges=[float(e) for e in edges],
+        histogram_counts=[int(c) for c in histogram],
+        status_counts={name: int(status_counts[i]) for i, name in enumerate(snapshot.statuses) if status_counts[i]},
     )

@@ -3,7 +3,7 @@
 A sample is in the queue while it is not marked reviewed and holds an undecided label (no
 ``review_status``) below the threshold; accepting, rejecting, relabeling, editing or deleting its
 doubtful labels, or marking it reviewed, takes it out. :func:`next_in_queue` is the App's
-"next" step; :func:`queue_status` the panel's "left / done" line (database aggregations only).
+"next" step; :func:`queue_status` the panel's "left / done" line (from the review snapshot, :mod:`.review_stats`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+import numpy as np
+
 from fiftyone import ViewField as F
 from fiftyone.core.collections import SampleCollection
 
 from .dataset import DEFAULT_LABEL_FIELD, ReviewFields
 from .review import undecided
+from .review_stats import ReviewSnapshot, review_snapshot
 
 
 def _check(threshold: float) -> float:
@@ -50,21 +53,23 @@ class QueueStatus:
         return asdict(self)
 
 
+def _waiting(snapshot: ReviewSnapshot, threshold: float) -> np.ndarray:
+    """Label rows in the queue: undecided, below the threshold, in a sample not marked reviewed."""
+    return snapshot.current() & ~snapshot.reviewed[snapshot.sample_row] & snapshot.below(_check(threshold)) & (snapshot.status < 0)
+
+
 def queue_status(samples: SampleCollection, threshold: float, label_field: str = DEFAULT_LABEL_FIELD) -> QueueStatus:
-    fields = ReviewFields(label_field)
-    queue = queue_view(samples, threshold, label_field)
-    samples_left, labels_left = queue.aggregate([_count(), _count(f"{label_field}.detections")])
-    status_path = f"{label_field}.detections.review_status"
-    decided = samples.count(status_path) if samples.has_field(status_path) else 0
-    deleted = samples.count(f"{fields.deleted}.detections") if samples.has_field(fields.deleted) else 0
-    done = samples.match(F(fields.reviewed) == True).count() if samples.has_field(fields.reviewed) else 0  # noqa: E712
-    return QueueStatus(int(samples_left), int(labels_left), int(done), int(decided), int(deleted))
-
-
-def _count(path: Optional[str] = None):
-    import fiftyone as fo
-
-    return fo.Count(path) if path else fo.Count()
+    """The queue's size and the review's progress, from the review snapshot (:mod:`.review_stats`)."""
+    snapshot = review_snapshot(samples, label_field)
+    current = snapshot.current()
+    waiting = _waiting(snapshot, threshold)
+    return QueueStatus(
+        samples_left=int(np.unique(snapshot.sample_row[waiting]).size),
+        labels_left=int(waiting.sum()),
+        samples_done=snapshot.num_reviewed_samples,
+        labels_decided=int((current & (snapshot.status >= 0)).sum()),
+        labels_deleted=int(snapshot.deleted_rows().sum()),
+    )
 
 
 def next_in_queue(
@@ -72,7 +77,8 @@ def next_in_queue(
 ) -> Optional[str]:
     """The id of the first queue sample after ``current_sample_id`` in the order of ``samples``
     (wrapping around; the current sample only if it is the last one left); None when the queue is empty."""
-    queued = set(queue_view(samples, threshold, label_field).values("id"))
+    snapshot = review_snapshot(samples, label_field)
+    queued = {str(snapshot.sample_ids[row]) for row in np.unique(snapshot.sample_row[_waiting(snapshot, threshold)])}
     if not queued:
         return None
     order = samples.values("id")
