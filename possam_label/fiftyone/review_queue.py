@@ -78,7 +78,7 @@ def next_in_queue(
     """The id of the first queue sample after ``current_sample_id`` in the order of ``samples``
     (wrapping around; the current sample only if it is the last one left); None when the queue is empty."""
     snapshot = review_snapshot(samples, label_field)
-    queued = {str(snapshot.sample_ids[row]) for row in np.unique(snapshot.sample_row[_waiting(snapshot, threshold)])}
+    queued = {snapshot.sample_ids[row].hex() for row in np.unique(snapshot.sample_row[_waiting(snapshot, threshold)])}  # str(ObjectId)
     if not queued:
         return None
     order = samples.values("id")

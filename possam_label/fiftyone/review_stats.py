@@ -24,6 +24,7 @@ import datetime as _dt
 import io
 import json
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import chain
@@ -54,7 +55,8 @@ class ReviewSnapshot:
     ``sample_row`` (into the per-sample arrays), ``confidence`` (NaN: none), ``label`` and
     ``predicted`` (class indices into ``classes``; predicted = ``original_label`` when a reviewer
     changed the class), ``status`` (index into ``statuses``, -1: undecided) and ``deleted``.
-    Per sample row: ``reviewed`` and ``alive`` (False once the sample's rows were replaced).
+    Per sample row: its id (the ObjectId's 12 bytes), ``reviewed`` and ``alive`` (False once the
+    sample's rows were replaced).
     """
 
     classes: list[str]
@@ -148,7 +150,7 @@ class _Builder:
 
     def add(self, docs: list[dict[str, Any]], first_row: int) -> None:
         first_row += len(self.sample_ids)
-        self.sample_ids.extend(doc["_id"] for doc in docs)
+        self.sample_ids.extend(doc["_id"].binary for doc in docs)
         self.reviewed.extend(doc.get("r") is True for doc in docs)
         self.parts += [self._labels(docs, first_row, "", False), self._labels(docs, first_row, "x", True)]
 
@@ -231,8 +233,8 @@ def _unaligned(docs: list[dict[str, Any]]) -> list[int]:
 @dataclass
 class _Entry:
     snapshot: ReviewSnapshot
-    since: _dt.datetime  # every write at or after it is not yet applied (except at_since)
-    at_since: set  # ids already applied whose last_modified_at equals ``since``
+    since: _dt.datetime  # the newest write applied
+    at_since: Optional[set]  # ids applied whose last_modified_at equals ``since``; None: since is settled
     count: int  # the dataset's sample count the snapshot accounts for
     created_max: Optional[_dt.datetime]
     row_of: dict
@@ -260,23 +262,21 @@ def _store_name(dataset: fo.Dataset, label_field: str) -> str:
 
 
 def _ids_bytes(ids: Any) -> np.ndarray:
-    """ObjectIds as a (n, 12) uint8 array (a bytes dtype would drop trailing zero bytes)."""
-    return np.frombuffer(b"".join(i.binary for i in ids), dtype=np.uint8).reshape(-1, 12)
+    """12-byte ids as a (n, 12) uint8 array (a bytes dtype would drop trailing zero bytes)."""
+    return np.frombuffer(b"".join(ids), dtype=np.uint8).reshape(-1, 12)
 
 
-def _ids_from(array: np.ndarray) -> list:
-    from bson import ObjectId
-
+def _ids_from(array: np.ndarray) -> list[bytes]:
     raw = array.tobytes()
-    return [ObjectId(raw[i : i + 12]) for i in range(0, len(raw), 12)]
+    return [raw[i : i + 12] for i in range(0, len(raw), 12)]
 
 
 def _store(dataset: fo.Dataset, label_field: str, entry: _Entry) -> None:
     snap = entry.snapshot
     buffer = io.BytesIO()
-    np.savez(buffer, sample_ids=_ids_bytes(snap.sample_ids), at_since=_ids_bytes(list(entry.at_since)),
+    np.savez(buffer, sample_ids=_ids_bytes(snap.sample_ids), at_since=_ids_bytes(list(entry.at_since or ())),
              reviewed=snap.reviewed, alive=snap.alive, **{key: getattr(snap, key) for key in _ROW_DTYPES})
-    meta = {"format": _STORE_FORMAT, "since": entry.since, "count": entry.count, "created_max": entry.created_max,
+    meta = {"format": _STORE_FORMAT, "since": entry.since, "settled": entry.at_since is None, "count": entry.count, "created_max": entry.created_max,
             "classes": snap.classes, "statuses": snap.statuses}
     bucket, name = _bucket(), _store_name(dataset, label_field)
     old = [f._id for f in bucket.find({"filename": name})]
@@ -295,7 +295,7 @@ def _restore(dataset: fo.Dataset, label_field: str) -> Optional[_Entry]:
         ids = _ids_from(arrays["sample_ids"])
         snapshot = ReviewSnapshot(list(meta["classes"]), list(meta["statuses"]), ids, arrays["reviewed"], arrays["alive"],
                                   **{key: arrays[key] for key in _ROW_DTYPES})
-        at_since = set(_ids_from(arrays["at_since"]))
+        at_since = None if meta.get("settled") else set(_ids_from(arrays["at_since"]))
     return _Entry(snapshot, meta["since"], at_since, int(meta["count"]), meta["created_max"],
                   {s: i for i, s in enumerate(ids)})
 
@@ -339,6 +339,30 @@ def _read(samples: SampleCollection, fields: ReviewFields, builder: _Builder, fi
     builder.add(docs, first_row)
 
 
+# FiftyOne stamps last_modified_at with the writer's clock, in milliseconds: a write racing the
+# snapshot's read may share the newest stamp, so samples at that stamp are tracked by id until it
+# is this old; past it any new write has a later stamp (one machine's clock, or synchronised ones).
+SETTLED_S = 2.0
+
+
+def _settled(stamp: _dt.datetime) -> bool:
+    now = _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+    return stamp == _dt.datetime.min or (now - stamp).total_seconds() > SETTLED_S
+
+
+_MAX_TRACKED = 1000
+
+
+def _wait_if_bulk_written(collection: Any, since: _dt.datetime) -> _dt.datetime:
+    """Right after a bulk write (the loader's) thousands of samples share the newest stamp: wait
+    until it is settled (at most SETTLED_S) rather than track and store all their ids."""
+    if _settled(since) or collection.count_documents({"last_modified_at": since}) <= _MAX_TRACKED:
+        return since
+    now = _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+    time.sleep(max(0.0, SETTLED_S - (now - since).total_seconds()) + 0.05)
+    return _newest(collection, "last_modified_at") or since
+
+
 def _newest(collection: Any, path: str) -> Optional[_dt.datetime]:
     doc = next(iter(collection.find({}, {path: 1}).sort(path, -1).limit(1)), None)
     return None if doc is None else doc.get(path)
@@ -366,14 +390,14 @@ def review_snapshot(samples: SampleCollection, label_field: str) -> ReviewSnapsh
                 return updated
         # Read the version first: a write during the read has a later last_modified_at and is
         # applied by the next call.
-        since = _newest(collection, "last_modified_at") or _dt.datetime.min
+        since = _wait_if_bulk_written(collection, _newest(collection, "last_modified_at") or _dt.datetime.min)
         created_max = _newest(collection, "created_at")
         count = collection.estimated_document_count()
         builder = _Builder()
         _read(samples, fields, builder, 0)
         snapshot = builder.snapshot()
         if incremental:
-            at_since = {d["_id"] for d in collection.find({"last_modified_at": since}, {"_id": 1})}
+            at_since = None if _settled(since) else {d["_id"].binary for d in collection.find({"last_modified_at": since}, {"_id": 1})}
             _cache[key] = _Entry(snapshot, since, at_since, count, created_max, {s: i for i, s in enumerate(snapshot.sample_ids)})
             _cache.move_to_end(key)
             if whole:
@@ -386,8 +410,9 @@ def review_snapshot(samples: SampleCollection, label_field: str) -> ReviewSnapsh
 def _update(entry: _Entry, samples: SampleCollection, fields: ReviewFields, collection: Any) -> Optional[ReviewSnapshot]:
     """Apply the writes since the entry's version; None when the snapshot must be rebuilt (a
     sample was deleted)."""
-    changed = list(collection.find({"last_modified_at": {"$gte": entry.since}}, {"_id": 1, "last_modified_at": 1}))
-    fresh = [d for d in changed if d["last_modified_at"] > entry.since or d["_id"] not in entry.at_since]
+    after = {"$gt": entry.since} if entry.at_since is None else {"$gte": entry.since}
+    changed = list(collection.find({"last_modified_at": after}, {"_id": 1, "last_modified_at": 1}))
+    fresh = [d for d in changed if entry.at_since is None or d["last_modified_at"] > entry.since or d["_id"].binary not in entry.at_since]
     created = 0
     if entry.created_max is not None:
         created = collection.count_documents({"created_at": {"$gt": entry.created_max}})
@@ -395,12 +420,15 @@ def _update(entry: _Entry, samples: SampleCollection, fields: ReviewFields, coll
     if count != entry.count + created:
         return None  # samples were deleted (or the count moved under us): read everything again
     if not fresh:
+        if entry.at_since is not None and _settled(entry.since):
+            entry.at_since = None  # from now on one indexed range query finds every new write
+            entry.unsaved = max(entry.unsaved, STORE_EVERY)  # store that too
         return entry.snapshot
     ids = [d["_id"] for d in fresh]
     builder = _Builder(entry.snapshot)
     first_row = len(entry.snapshot.sample_ids)
     _read(samples, fields, builder, first_row, only_ids=ids)
-    replaced = np.asarray([entry.row_of[i] for i in ids if i in entry.row_of], dtype=np.int64)
+    replaced = np.asarray([entry.row_of[i.binary] for i in ids if i.binary in entry.row_of], dtype=np.int64)
     snapshot, compacted = builder.merge_into(entry.snapshot, replaced)
     if compacted:
         row_of = {s: i for i, s in enumerate(snapshot.sample_ids)}
@@ -410,7 +438,7 @@ def _update(entry: _Entry, samples: SampleCollection, fields: ReviewFields, coll
     newest = max(d["last_modified_at"] for d in changed)
     entry.snapshot, entry.row_of = snapshot, row_of
     entry.unsaved += len(ids)
-    entry.at_since = {d["_id"] for d in changed if d["last_modified_at"] == newest}
+    entry.at_since = None if _settled(newest) else {d["_id"].binary for d in changed if d["last_modified_at"] == newest}
     entry.since = newest
     entry.count, entry.created_max = count, _newest(collection, "created_at")
     return snapshot
