@@ -3,7 +3,9 @@
 Starts ``python -m fiftyone.server.main`` on 127.0.0.1 against a private mongod, with
 ``FIFTYONE_PLUGINS_DIR=plugins``, opens a dataset whose saved workspace shows the review panel,
 checks that the panel renders the dataset's numbers and that the operator browser lists every
-operator of the plugin, and saves screenshots under ``test-artifacts/browser/`` (or
+operator of the plugin, drives the sample view's one-click "accept" and "next in queue" buttons
+(a label clicked on the image, accepted in the dataset without a page reload; the next queue
+sample opened), and saves screenshots under ``test-artifacts/browser/`` (or
 ``$POSSAM_TEST_ARTIFACTS``). Needs Debian's ``chromium`` and ``chromium-driver`` packages
 (``apt-get install -y chromium chromium-driver``) and the ``selenium`` package.
 """
@@ -127,6 +129,7 @@ def browser(app):
         f"--user-data-dir={profile}",
     ):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for the session test
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     try:
         yield driver
@@ -230,3 +233,117 @@ def test_review_panel_and_operator_browser_render(app, browser) -> None:
     browser.save_screenshot(str(operators_png))
     print(f"screenshot: {operators_png}")
     assert panel_png.stat().st_size > 10_000 and operators_png.stat().st_size > 10_000
+
+
+def _plugin_buttons(driver) -> dict[str, object]:
+    """The plugin's buttons in the sample viewer's action bar, by the label their tooltip shows."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    found = {}
+    for icon in driver.find_elements(By.XPATH, "//img[contains(@src, 'possam_review/assets/icon.svg')]"):
+        button = icon.find_element(By.XPATH, "..")
+        ActionChains(driver).move_to_element(button).perform()
+        time.sleep(0.6)
+        shown = [line for line in driver.find_element(By.TAG_NAME, "body").text.splitlines() if line.startswith("PosSAM: ")]
+        if shown:
+            found[shown[-1]] = button
+    return found
+
+
+def _hover_label(driver, sample, det) -> str:
+    """Point at the most interior pixel of ``det`` in the open sample; returns the tooltip's text."""
+    import numpy as np
+    from scipy import ndimage
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from possam_label.fiftyone.convert import detection_mask_placement
+
+    width, height = sample.metadata.width, sample.metadata.height
+    x0, y0, crop = detection_mask_placement(det, height, width)
+    cy, cx = np.unravel_index(np.argmax(ndimage.distance_transform_edt(crop)), crop.shape)
+    canvas = max(driver.find_elements(By.TAG_NAME, "canvas"), key=lambda c: c.rect["width"] * c.rect["height"])
+    box = canvas.rect
+    scale = min(box["width"] / width, box["height"] / height)  # the image is fitted and centred
+    dx = (box["width"] - width * scale) / 2 + (x0 + cx + 0.5) * scale - box["width"] / 2
+    dy = (box["height"] - height * scale) / 2 + (y0 + cy + 0.5) * scale - box["height"] / 2
+    ActionChains(driver).move_to_element_with_offset(canvas, 1, 1).perform()
+    time.sleep(0.3)
+    ActionChains(driver).move_to_element_with_offset(canvas, dx, dy).perform()
+    time.sleep(1.0)
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+_OPEN_SAMPLE_AFTER_ACCEPT: dict[str, str] = {}
+
+
+def test_one_click_accept_and_next_in_queue_in_the_sample_view(app, browser) -> None:
+    """In the sample view: click a label, click "PosSAM: accept" in the action bar: the label is
+    accepted in the dataset and the open sample shows it without a page reload; then "PosSAM: next
+    in queue" opens the sample the library says is next. The console holds no plugin error."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from possam_label.fiftyone.review_queue import next_in_queue
+
+    base, dataset = app
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.get_log("browser")  # drop what earlier tests logged
+    sample = dataset.sort_by("filepath").first()
+    browser.get(f"{base}/datasets/{DATASET}?id={sample.id}")
+    _wait_for_text(browser, ["Explore", "Annotate", "possam"])
+    time.sleep(2.0)
+    _dismiss_popovers(browser)
+    buttons = _plugin_buttons(browser)
+    assert {"PosSAM: accept", "PosSAM: reject", "PosSAM: delete", "PosSAM: next in queue"} <= set(buttons), sorted(buttons)
+    browser.execute_script("window.__possam_no_reload = true;")
+
+    # Point at the largest thing; the App picks the label under the pointer (its tooltip names it).
+    det = max((d for d in sample["possam"].detections if d["isthing"]), key=lambda d: d["area"])
+    tooltip = _hover_label(browser, sample, det)
+    names = {d.label for d in sample["possam"].detections}
+    hovered = next(line for line in tooltip.splitlines() if line in names)
+    ActionChains(browser).click().perform()
+    time.sleep(0.5)
+    started = time.monotonic()
+    buttons["PosSAM: accept"].click()
+    accepted = []
+    while time.monotonic() - started < 30 and not accepted:
+        # values() reads the database (a Sample object here is this process's cached copy).
+        labels, statuses = dataset.select(sample.id).values(["possam.detections.label", "possam.detections.review_status"])
+        accepted = [name for name, status in zip(labels[0], statuses[0] or []) if status == "accepted"]
+        time.sleep(0.2)
+    correction_s = time.monotonic() - started
+    assert accepted == [hovered], (hovered, accepted)
+    assert browser.execute_script("return window.__possam_no_reload === true;")  # no page reload
+    time.sleep(1.0)
+    browser.save_screenshot(str(ARTIFACTS / "one_click_accept.png"))
+    _OPEN_SAMPLE_AFTER_ACCEPT["tooltip"] = _hover_label(browser, sample, det)
+
+    expected = next_in_queue(dataset, 0.5, sample.id)
+    assert expected is not None and expected != sample.id
+    buttons = _plugin_buttons(browser)
+    started = time.monotonic()
+    buttons["PosSAM: next in queue"].click()
+    while time.monotonic() - started < 30 and f"id={expected}" not in browser.current_url:
+        time.sleep(0.2)
+    queue_step_s = time.monotonic() - started
+    assert f"id={expected}" in browser.current_url, browser.current_url
+    time.sleep(1.0)
+    browser.save_screenshot(str(ARTIFACTS / "next_in_queue.png"))
+    print(f"\none-click accept: {correction_s:.2f} s from the click to the database; next in queue: {queue_step_s:.2f} s from the click to the new sample's URL")
+
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    for entry in errors:
+        print("console:", entry["message"][:300])
+    assert not [e for e in errors if "possam" in e["message"].lower() or "operator" in e["message"].lower()], errors
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "FiftyOne 1.22: the open sample keeps the labels it was opened with after an operator's "
+    "reload_samples (also tried: reload_dataset, set_view, close+open, opening another sample and "
+    "back); a page reload shows the change. Issue 25 part 3 open."))
+def test_the_open_sample_shows_the_accepted_label_without_a_reload(app, browser) -> None:
+    tooltip = _OPEN_SAMPLE_AFTER_ACCEPT.get("tooltip")
+    assert tooltip is not None, "runs after test_one_click_accept_and_next_in_queue_in_the_sample_view"
+    assert "accepted" in tooltip.splitlines()  # review_status, as the tooltip lists it after a page reload
