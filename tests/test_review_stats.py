@@ -147,3 +147,38 @@ def test_snapshot_matches_database_aggregations_through_every_kind_of_write(fift
 
     assert review_stats.delete_stored_snapshots(ds) == 1
     fo.delete_dataset(name)
+
+
+def test_tiny_segments_are_listed_smallest_first_and_selectable_from_the_panel(fiftyone_db, coco_autolabel_output) -> None:
+    from types import SimpleNamespace
+
+    from possam_label.fiftyone.review import TINY_SEGMENT_AREA, tiny_segments
+
+    name = fresh_dataset_name("tiny_segments")
+    load_autolabel_output(coco_autolabel_output(seed=4), name, progress=False)
+    ds = fo.load_dataset(name)
+    every = [(s.id, d.id, d.label, d["area"]) for s in ds for d in s["possam"].detections]
+    max_area = sorted(area for *_, area in every)[len(every) // 4]  # the smallest quarter
+    expected = sorted((area, sid, lid) for sid, lid, _, area in every if area <= max_area)
+    found = tiny_segments(ds, max_area, limit=None)
+    assert sorted((t.area, t.sample_id, t.label_id) for t in found) == expected
+    assert [t.area for t in found] == sorted(t.area for t in found) and len(found) >= 2
+    assert tiny_segments(ds, max_area, limit=2) == found[:2]
+    assert all(t.area <= TINY_SEGMENT_AREA for t in tiny_segments(ds))
+
+    # The panel lists them and a row's "Select" opens its sample with that label selected.
+    import fiftyone.operators as foo
+
+    fo.config.plugins_dir = str(Path(__file__).resolve().parents[1] / "plugins")
+    calls: list = []
+    ops = SimpleNamespace(open_sample=lambda id: calls.append(("open", id)), set_selected_labels=lambda labels: calls.append(("select", labels)))
+    ctx = SimpleNamespace(view=ds.view(), dataset=ds, panel=SimpleNamespace(state=SimpleNamespace(label_field="possam")), params={}, ops=ops)
+    panel = foo.get_operator("@possam/review/review_panel")  # the plugin as FiftyOne loads it
+    panel.find_tiny_segments(ctx)
+    small = tiny_segments(ds, TINY_SEGMENT_AREA, limit=50)
+    assert [row["area"] for row in ctx.panel.state.tiny_table] == [t.area for t in small]
+    assert small, "the COCO fixture has segments of at most 256 pixels"
+    ctx.params = {"row": 0}
+    panel.select_tiny_segment(ctx)
+    assert calls == [("open", small[0].sample_id), ("select", [small[0].selection("possam")])]
+    fo.delete_dataset(name)

@@ -3,6 +3,8 @@ the review queue and auto-accept estimate, review views and the actions on the s
 
 from __future__ import annotations
 
+import os
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -10,10 +12,12 @@ from possam_label.fiftyone.corrections import accept_labels, delete_segments, ma
 from possam_label.fiftyone.dataset import has_possam_field
 from possam_label.fiftyone.review import (
     DEFAULT_REVIEW_THRESHOLD,
+    TINY_SEGMENT_AREA,
     confident_view,
     needs_review_view,
     save_review_views,
     tag_by_confidence,
+    tiny_segments,
 )
 from possam_label.fiftyone.review_panel import panel_state
 from possam_label.fiftyone.review_queue import next_in_queue
@@ -26,6 +30,9 @@ from .operator_support import (
     set_shared_threshold,
     shared_threshold,
 )
+
+
+TINY_LIST_SIZE = 50  # rows of the panel's tiny-segment list
 
 
 class ReviewPanel(foo.Panel):
@@ -137,6 +144,27 @@ class ReviewPanel(foo.Panel):
             return
         ctx.ops.open_sample(id=sample_id)
 
+    def find_tiny_segments(self, ctx):
+        found = tiny_segments(ctx.view, TINY_SEGMENT_AREA, ctx.panel.state.label_field or default_label_field(ctx), limit=TINY_LIST_SIZE)
+        ctx.panel.state.tiny_refs = [t.selection(ctx.panel.state.label_field or default_label_field(ctx)) for t in found]
+        ctx.panel.state.tiny_table = [
+            {"label": t.label, "area": t.area, "confidence": "" if t.confidence is None else f"{t.confidence:.2f}",
+             "image": os.path.basename(t.filepath)}
+            for t in found
+        ]
+        ctx.panel.state.tiny_md = (f"{len(found)} label(s) of at most {TINY_SEGMENT_AREA} px in this view"
+                                   + (f" (the {TINY_LIST_SIZE} smallest)" if len(found) == TINY_LIST_SIZE else "")
+                                   + ": select one to open its sample with the label selected.")
+
+    def select_tiny_segment(self, ctx):
+        refs = ctx.panel.state.tiny_refs or []
+        row = ctx.params.get("row")
+        if row is None or not 0 <= int(row) < len(refs):
+            return
+        ref = refs[int(row)]
+        ctx.ops.open_sample(id=ref["sample_id"])
+        ctx.ops.set_selected_labels([ref])
+
     def open_auto_accept(self, ctx):
         ctx.prompt(f"{PLUGIN}/auto_accept", params={"threshold": self._threshold(ctx), "label_field": ctx.panel.state.label_field})
 
@@ -235,4 +263,16 @@ class ReviewPanel(foo.Panel):
         table.add_column("below", label="Below")
         table.add_column("above", label="At/above")
         panel.list("class_table", types.Object(), view=table, label="Per-class counts")
+
+        tiny = panel.h_stack("tiny", gap=1)
+        tiny.btn("find_tiny", label=f"Find tiny segments (≤ {TINY_SEGMENT_AREA} px)", on_click=self.find_tiny_segments)
+        tiny.md(ctx.panel.state.tiny_md or "", name="tiny_md")
+        if ctx.panel.state.tiny_table:
+            tiny_view = types.TableView()
+            tiny_view.add_column("label", label="Class")
+            tiny_view.add_column("area", label="Pixels")
+            tiny_view.add_column("confidence", label="Confidence")
+            tiny_view.add_column("image", label="Image")
+            tiny_view.add_row_action("select", self.select_tiny_segment, label="Select", icon="ads_click")
+            panel.list("tiny_table", types.Object(), view=tiny_view, label="Tiny segments")
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=2, padding=2))

@@ -133,6 +133,44 @@ class ReviewSummary:
         return asdict(self)
 
 
+# Smaller than a 16 x 16 patch: hard to see under the App's overlays and to click.
+TINY_SEGMENT_AREA = 256
+
+
+@dataclass
+class TinySegment:
+    """A label whose mask covers at most a few pixels, and where to find it."""
+
+    sample_id: str
+    label_id: str
+    label: str
+    area: int
+    confidence: Optional[float]
+    filepath: str
+
+    def selection(self, label_field: str = DEFAULT_LABEL_FIELD) -> dict:
+        """The App's selected-label form of it (``ctx.ops.set_selected_labels``)."""
+        return {"sample_id": self.sample_id, "label_id": self.label_id, "field": label_field}
+
+
+def tiny_segments(
+    samples: SampleCollection, max_area: int = TINY_SEGMENT_AREA, label_field: str = DEFAULT_LABEL_FIELD, limit: Optional[int] = 100
+) -> list[TinySegment]:
+    """Labels of ``samples`` whose mask has at most ``max_area`` pixels (the ``area`` attribute),
+    smallest first (then lowest confidence): up to ``limit`` of them (None: all)."""
+    view = samples.filter_labels(label_field, F("area") <= int(max_area))
+    base = f"{label_field}.detections"
+    ids, paths, label_ids, labels, areas, scores = view.values(
+        ["id", "filepath", f"{base}.id", f"{base}.label", f"{base}.area", f"{base}.confidence"])
+    found = [
+        TinySegment(sample_id, label_id, str(label), int(area), None if score is None else float(score), path)
+        for sample_id, path, *per_label in zip(ids, paths, label_ids, labels, areas, scores)
+        for label_id, label, area, score in zip(*(values or [] for values in per_label))
+    ]
+    found.sort(key=lambda t: (t.area, 2.0 if t.confidence is None else t.confidence, t.sample_id, t.label_id))
+    return found if limit is None else found[: int(limit)]
+
+
 def review_summary(
     samples: SampleCollection, threshold: float, label_field: str = DEFAULT_LABEL_FIELD, bins: int = 20
 ) -> ReviewSummary:
