@@ -146,7 +146,13 @@ def test_snapshot_matches_database_aggregations_through_every_kind_of_write(fift
     assert first in set(queue_view(ds, 0.5).values("id"))
 
     assert review_stats.delete_stored_snapshots(ds) == 1
+    review_stats.clear_cache()
+    review_stats.review_snapshot(ds, "possam")  # read whole and stored again
+    assert _stored_files(ds) == 1
+    stale = review_stats._store_name(ds, "possam")
     fo.delete_dataset(name)
+    review_stats.prune_stored_snapshots()  # what the next store of any dataset does
+    assert not list(review_stats._bucket().find({"filename": stale}))
 
 
 def test_tiny_segments_are_listed_smallest_first_and_selectable_from_the_panel(fiftyone_db, coco_autolabel_output) -> None:
