@@ -312,3 +312,34 @@ def test_from_config_and_input_errors():
         SetCriterion.from_config(TrainConfig(), num_classes=K + 1)(outputs, targets)
     with pytest.raises(ValueError, match="iou_loss"):
         make_criterion(iou_loss="l1")
+
+
+def test_void_pixels_count_for_no_mask():
+    """A target's ``ignore`` pixels (void: unlabeled, crowd, pseudo-labels below --min-score) are
+    neither object nor background: masks that claim them cost nothing more; without the void
+    mask the same claim costs as much as a wrong mask."""
+    size = 96
+    targets = make_targets([3, 2], size=size, seed=4)
+    void = torch.zeros(size, size, dtype=torch.bool)
+    # A band of unknown pixels across the top, smaller than any target: the matcher (which reads
+    # void as background, as Mask2Former's does) still pairs each target with its planted query.
+    void[:4] = True
+    for t in targets:
+        t["masks"] &= ~void  # as the sources build them: void pixels belong to no segment
+    perfect, perms = planted_outputs(targets, size=size)
+    claims_void = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in perfect.items()}
+    for b, slots in enumerate(perms):
+        claims_void["pred_masks"][b, slots] = torch.where(void, CONFIDENT, claims_void["pred_masks"][b, slots])
+    criterion = make_criterion(importance_sample_ratio=0.0)  # uniform points: the same for every prediction
+
+    def losses(outputs, with_void: bool) -> dict[str, float]:
+        given = [{**t, "ignore": void} if with_void else dict(t) for t in targets]
+        return {k: float(v) for k, v in criterion(outputs, given, generator=torch.Generator().manual_seed(0)).items()}
+
+    base, claimed = losses(perfect, True), losses(claims_void, True)
+    assert claimed["loss_mask"] == pytest.approx(base["loss_mask"], abs=1e-6)
+    assert claimed["loss_dice"] == pytest.approx(base["loss_dice"], abs=1e-6)
+    counted = losses(claims_void, False)
+    assert counted["loss_mask"] > 5 * base["loss_mask"] + 0.5
+    assert counted["loss_dice"] > base["loss_dice"] + 0.02
+    assert claimed["loss_ce"] == counted["loss_ce"] == base["loss_ce"] < 1e-6  # same matching, right classes

@@ -10,17 +10,27 @@ def collate_batch(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
     Args:
         samples: dataset items with "image" (3, S, S), "valid" ((S, S) bool or None), "labels"
-            (N,) and "masks" (N, S, S); N differs between samples.
+            (N,), "masks" (N, S, S) and optionally "ignore" ((S, S) bool: void pixels); N differs
+            between samples.
     Returns:
-        {"images": (B, 3, S, S), "valid": (B, S, S) or None, "targets": [{"labels", "masks"}] * B}.
+        {"images": (B, 3, S, S), "valid": (B, S, S) or None, "targets": [{"labels", "masks"[, "ignore"]}] * B}.
     """
     import torch
 
     return {
         "images": torch.stack([s["image"] for s in samples]),
         "valid": torch.stack([s["valid"] for s in samples]) if samples[0].get("valid") is not None else None,
-        "targets": [{"labels": s["labels"], "masks": s["masks"]} for s in samples],
+        "targets": [training_target(s) for s in samples],
     }
+
+
+def training_target(sample: dict[str, Any]) -> dict[str, Any]:
+    """The criterion's target of one sample: labels, masks and, when the sample has one, the void
+    mask (its pixels count for no mask, neither as object nor as background)."""
+    target = {"labels": sample["labels"], "masks": sample["masks"]}
+    if sample.get("ignore") is not None:
+        target["ignore"] = sample["ignore"]
+    return target
 
 
 def seed_worker(worker_id: int, base_seed: int) -> None:

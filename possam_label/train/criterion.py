@@ -7,6 +7,9 @@ Per decoder stage (final + every auxiliary stage, each matched on its own):
 * ``loss_mask`` / ``loss_dice``: on matched pairs only, on ``num_points`` points per mask chosen
   by PointRend importance sampling; BCE is the mean over points; both are summed over masks and
   divided by ``num_masks`` (targets in the batch, averaged over distributed workers, >= 1).
+  Points on a target's void pixels (its ``ignore`` mask: unlabeled, crowd, pseudo-labels scored
+  below ``--min-score``) weigh nothing: void is unknown, neither the object nor background. (The
+  matcher's costs still read them as background, as Mask2Former's do.)
 * ``loss_iou``: regression of the predicted mask quality ``pred_iou`` (already in [0, 1]) to the
   IoU of the binarized predicted mask with its target. Matched queries get that IoU; unmatched
   queries get 0 when ``iou_supervise_unmatched`` (teaches the head to flag duplicates and
@@ -81,9 +84,12 @@ def target_coverage_fraction(masks: torch.Tensor, size: tuple[int, int]) -> torc
     return torch.cat(chunks)
 
 
-def _dice_loss(point_logits: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
-    """(M,) Dice loss ``1 - (2 sum(p t) + 1) / (sum(p) + sum(t) + 1)`` per mask over its points."""
+def _dice_loss(point_logits: torch.Tensor, point_labels: torch.Tensor, point_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(M,) Dice loss ``1 - (2 sum(w p t) + 1) / (sum(w p) + sum(w t) + 1)`` per mask over its
+    points (``point_weights`` (M, P): 0 on void pixels; None: all 1)."""
     prob = point_logits.sigmoid()
+    if point_weights is not None:
+        prob, point_labels = prob * point_weights, point_labels * point_weights
     numerator = 2.0 * (prob * point_labels).sum(-1)
     denominator = prob.sum(-1) + point_labels.sum(-1)
     return 1.0 - (numerator + 1.0) / (denominator + 1.0)
@@ -224,12 +230,16 @@ class SetCriterion(nn.Module):
         indices: MatchIndices,
         num_masks: float,
         generator: Optional[torch.Generator] = None,
+        target_ignores: Optional[Sequence[Optional[torch.Tensor]]] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Point-sampled BCE and Dice over matched pairs, each summed and divided by num_masks.
 
         Args:
             pred_masks: (B, Q, Hm, Wm) mask logits.
             target_masks: B float tensors (N_i, H_i, W_i).
+            target_ignores: per image None or a float (H_i, W_i) void mask: points on (or
+                bilinearly touching) void pixels weigh nothing (void is unknown, e.g. a pseudo-label scored below ``--min-score``:
+                neither the object nor background).
         """
         device = pred_masks.device
         batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)]).to(device)
@@ -246,19 +256,30 @@ class SetCriterion(nn.Module):
             self.importance_sample_ratio,
             generator=generator,
         )  # (M, P, 2)
-        labels = []
+        labels, weights = [], []
         start = 0
         with torch.no_grad():
             for b, (q, t) in enumerate(indices):
                 if q.numel() == 0:
                     continue
                 tgt = target_masks[b][t.to(target_masks[b].device)][:, None]  # (m, 1, H, W)
-                labels.append(point_sample(tgt, coords[start : start + q.numel()])[:, 0])
+                image_coords = coords[start : start + q.numel()]
+                labels.append(point_sample(tgt, image_coords)[:, 0])
+                ignore = target_ignores[b] if target_ignores is not None else None
+                if ignore is None:
+                    weights.append(torch.ones_like(labels[-1]))
+                else:
+                    void = ignore.to(tgt)[None, None].expand(q.numel(), 1, *ignore.shape[-2:])
+                    # A point whose bilinear read touches a void pixel weighs nothing (a partial
+                    # weight would still let a confident claim on void cost as much as a wrong mask).
+                    weights.append((point_sample(void, image_coords)[:, 0] <= 0).to(tgt.dtype))
                 start += q.numel()
         point_labels = torch.cat(labels)  # (M, P)
+        point_weights = torch.cat(weights)  # (M, P): 0 on void
         point_logits = point_sample(src, coords)[:, 0]  # (M, P)
-        bce = F.binary_cross_entropy_with_logits(point_logits, point_labels, reduction="none").mean(1)
-        dice = _dice_loss(point_logits, point_labels)
+        bce = F.binary_cross_entropy_with_logits(point_logits, point_labels, reduction="none")
+        bce = (bce * point_weights).sum(1) / point_weights.sum(1).clamp(min=1e-6)
+        dice = _dice_loss(point_logits, point_labels, point_weights)
         return bce.sum() / num_masks, dice.sum() / num_masks
 
     def iou_targets(
@@ -300,13 +321,14 @@ class SetCriterion(nn.Module):
         target_fractions: Sequence[torch.Tensor],
         num_masks: float,
         generator: Optional[torch.Generator] = None,
+        target_ignores: Optional[Sequence[Optional[torch.Tensor]]] = None,
     ) -> tuple[dict[str, torch.Tensor], MatchIndices]:
         """Unweighted losses of one decoder stage and its matching."""
         # The matcher reads the float copies of the masks (no per-stage conversion).
         float_targets = [{"labels": t["labels"], "masks": m} for t, m in zip(targets, target_masks)]
         indices = self.matcher(stage, float_targets, generator=generator)
         loss_ce = self.loss_labels(stage["pred_logits"], targets, indices)
-        loss_mask, loss_dice = self.loss_masks(stage["pred_masks"], target_masks, indices, num_masks, generator)
+        loss_mask, loss_dice = self.loss_masks(stage["pred_masks"], target_masks, indices, num_masks, generator, target_ignores)
         iou_target, supervised = self.iou_targets(stage["pred_masks"], target_fractions, indices)
         loss_iou = self.loss_iou(stage["pred_iou"], iou_target, supervised)
         return {"loss_ce": loss_ce, "loss_mask": loss_mask, "loss_dice": loss_dice, "loss_iou": loss_iou}, indices
@@ -323,7 +345,8 @@ class SetCriterion(nn.Module):
         Args:
             outputs: {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, Hm, Wm) logits,
                 "pred_iou": (B, Q) in [0, 1], "aux_outputs": [same keys per earlier stage]}.
-            targets: B dicts {"labels": (N_i,) int64 in [0, K), "masks": (N_i, H, W) bool/uint8}.
+            targets: B dicts {"labels": (N_i,) int64 in [0, K), "masks": (N_i, H, W) bool/uint8,
+                optionally "ignore": (H, W) bool, void pixels that count for no mask}.
             return_indices: also return the matchings, [final, aux_0, aux_1, ...].
             generator: optional RNG for all point sampling (global RNG otherwise).
         Returns:
@@ -338,6 +361,7 @@ class SetCriterion(nn.Module):
         # Target-side tensors are shared by every stage: convert them once.
         with torch.no_grad():
             target_masks = [t["masks"].to(device=device, dtype=torch.float32) for t in targets]
+            target_ignores = [t["ignore"].to(device=device, dtype=torch.float32) if t.get("ignore") is not None else None for t in targets]
             target_fractions = [target_coverage_fraction(m, mask_size) for m in target_masks]
         stages = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
         losses: dict[str, torch.Tensor] = {}
@@ -347,7 +371,7 @@ class SetCriterion(nn.Module):
                 fractions = [target_coverage_fraction(m, tuple(stage["pred_masks"].shape[-2:])) for m in target_masks]
             else:
                 fractions = target_fractions
-            raw, indices = self.stage_losses(stage, targets, target_masks, fractions, num_masks, generator)
+            raw, indices = self.stage_losses(stage, targets, target_masks, fractions, num_masks, generator, target_ignores)
             for key, value in raw.items():
                 losses[key + suffix] = value * self.weights[key]
             all_indices.append(indices)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .batches import collate_batch
+from .batches import collate_batch, training_target
 
 
 class CachedFeatures:
@@ -36,7 +36,7 @@ class CachedFeatures:
                 sam_features, clip_features = model.encode(images)
             self.sam.extend(sam_features.half().cpu())
             self.clip.extend(clip_features.half().cpu())
-            self.targets.extend({"labels": t["labels"], "masks": t["masks"]} for t in batch["targets"])
+            self.targets.extend(training_target(t) for t in batch["targets"])
             if self.pixels is not None:
                 self.pixels.extend(batch["images"])
                 self.valid.extend(batch["valid"] if batch["valid"] is not None else [None] * len(samples))

@@ -107,13 +107,13 @@ def train_step(
         model: the (unwrapped) PosSAM model, used for the frozen encoders.
         heads: what computes ``forward_heads`` (the model itself or its DDP wrapper).
         batch: {"images": (B, 3, S, S) uint8/float, "valid": (B, S, S) bool or None,
-            "targets": [{"labels": (N,), "masks": (N, S, S)}]}; or, instead of images,
+            "targets": [{"labels": (N,), "masks": (N, S, S)[, "ignore": (S, S)]}]}; or, instead of images,
             "features": (sam (B, C, S/16, S/16), clip (B, C', s, s)) from the frozen encoders and,
             for a model that ``needs_pixels``, "pixels": (B, 3, S, S) [0, 255] with the padding filled.
     Returns:
         Scalar losses as floats, with "loss" the total.
     """
-    targets = [{"labels": t["labels"].to(device), "masks": t["masks"].to(device)} for t in batch["targets"]]
+    targets = [{key: value.to(device) for key, value in t.items()} for t in batch["targets"]]  # labels, masks[, ignore]
     use_amp = cfg.train.amp and device.type == "cuda"
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
         if "features" in batch:  # frozen-encoder features cached beforehand
