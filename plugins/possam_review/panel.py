@@ -145,8 +145,9 @@ class ReviewPanel(foo.Panel):
         ctx.ops.open_sample(id=sample_id)
 
     def find_tiny_segments(self, ctx):
-        found = tiny_segments(ctx.view, TINY_SEGMENT_AREA, ctx.panel.state.label_field or default_label_field(ctx), limit=TINY_LIST_SIZE)
-        ctx.panel.state.tiny_refs = [t.selection(ctx.panel.state.label_field or default_label_field(ctx)) for t in found]
+        label_field = ctx.panel.state.label_field or default_label_field(ctx)
+        found = tiny_segments(ctx.view, TINY_SEGMENT_AREA, label_field, limit=TINY_LIST_SIZE)
+        ctx.panel.state.tiny_refs = [t.selection(label_field) for t in found]
         ctx.panel.state.tiny_table = [
             {"label": t.label, "area": t.area, "confidence": "" if t.confidence is None else f"{t.confidence:.2f}",
              "image": os.path.basename(t.filepath)}

@@ -37,7 +37,7 @@ from fiftyone.core.collections import SampleCollection
 from .corrections import apply_correction
 from .review_record import ACCEPTED, ADDED, AUTO_ACCEPTED, EDITED, REJECTED, RELABELED, CorrectionResult, set_status
 from .dataset import DEFAULT_LABEL_FIELD, ReviewFields
-from .review_stats import review_snapshot
+from .review_stats import ReviewSnapshot, review_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -113,12 +113,13 @@ class ReviewOutcomes:
 
 
 def review_outcomes(
-    samples: SampleCollection, label_field: str = DEFAULT_LABEL_FIELD, reviewed_samples_accept_rest: bool = True
+    samples: SampleCollection, label_field: str = DEFAULT_LABEL_FIELD, reviewed_samples_accept_rest: bool = True,
+    snapshot: Optional[ReviewSnapshot] = None,
 ) -> ReviewOutcomes:
     """Collect the outcomes (see the module docstring) from the review snapshot
     (:mod:`.review_stats`: scores, classes and statuses only, no masks loaded). A label's
     predicted class is its ``original_label`` when a reviewer changed it."""
-    snapshot = review_snapshot(samples, label_field)
+    snapshot = snapshot if snapshot is not None else review_snapshot(samples, label_field)
     names = np.asarray([str(c) for c in snapshot.classes] + ["None"], dtype=object)
     predicted = names[np.where(snapshot.predicted < 0, len(snapshot.classes), snapshot.predicted)]
     status = snapshot.status

@@ -17,7 +17,7 @@ from fiftyone import ViewField as F
 from fiftyone.core.collections import SampleCollection
 
 from .dataset import DEFAULT_LABEL_FIELD
-from .review_stats import review_snapshot
+from .review_stats import ReviewSnapshot, review_snapshot
 
 # "Needs review below": the default of the App panel's slider (grid and modal), the review-view
 # and tagging operators. A different idea from ``min_score`` (drop below): nothing is dropped.
@@ -172,7 +172,8 @@ def tiny_segments(
 
 
 def review_summary(
-    samples: SampleCollection, threshold: float, label_field: str = DEFAULT_LABEL_FIELD, bins: int = 20
+    samples: SampleCollection, threshold: float, label_field: str = DEFAULT_LABEL_FIELD, bins: int = 20,
+    snapshot: Optional[ReviewSnapshot] = None,
 ) -> ReviewSummary:
     """Per-class label counts below/above ``threshold``, a confidence histogram over [0, 1] and
     review progress, from the collection's review snapshot (:mod:`.review_stats`: one read of the
@@ -180,9 +181,10 @@ def review_summary(
 
     As database aggregations would count them: a label without confidence is below every
     threshold; the histogram's bins are [e_i, e_i+1) (a confidence of exactly 1.0, or none, falls
-    outside them); labels without a class are not counted."""
+    outside them); labels without a class are not counted. ``snapshot``: one already read for
+    ``samples`` (default: read it)."""
     threshold = _check_threshold(threshold)
-    snapshot = review_snapshot(samples, label_field)
+    snapshot = snapshot if snapshot is not None else review_snapshot(samples, label_field)
     current = snapshot.current()
     classes = snapshot.label[current]
     named = classes >= 0

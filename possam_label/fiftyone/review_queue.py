@@ -58,9 +58,12 @@ def _waiting(snapshot: ReviewSnapshot, threshold: float) -> np.ndarray:
     return snapshot.current() & ~snapshot.reviewed[snapshot.sample_row] & snapshot.below(_check(threshold)) & (snapshot.status < 0)
 
 
-def queue_status(samples: SampleCollection, threshold: float, label_field: str = DEFAULT_LABEL_FIELD) -> QueueStatus:
-    """The queue's size and the review's progress, from the review snapshot (:mod:`.review_stats`)."""
-    snapshot = review_snapshot(samples, label_field)
+def queue_status(
+    samples: SampleCollection, threshold: float, label_field: str = DEFAULT_LABEL_FIELD, snapshot: Optional[ReviewSnapshot] = None
+) -> QueueStatus:
+    """The queue's size and the review's progress, from the review snapshot (:mod:`.review_stats`;
+    ``snapshot``: one already read for ``samples``)."""
+    snapshot = snapshot if snapshot is not None else review_snapshot(samples, label_field)
     current = snapshot.current()
     waiting = _waiting(snapshot, threshold)
     return QueueStatus(

@@ -96,11 +96,6 @@ class ReviewSnapshot:
     def status_index(self, name: str) -> int:
         return self.statuses.index(name) if name in self.statuses else -2  # -2 matches no row
 
-    def names(self, indices: np.ndarray) -> np.ndarray:
-        """Class names of class indices (None for -1)."""
-        table = np.asarray(self.classes + [None], dtype=object)
-        return table[np.where(indices < 0, len(self.classes), indices)]
-
 
 class _Builder:
     """Rows of samples read from the database (:func:`_projection`'s documents), appended to (or
@@ -282,8 +277,7 @@ def _store(dataset: fo.Dataset, label_field: str, entry: _Entry) -> None:
     bucket, name = _bucket(), _store_name(dataset, label_field)
     old = [f._id for f in bucket.find({"filename": name})]
     bucket.put(buffer.getvalue(), filename=name, metadata=meta)
-    for file_id in old:
-        bucket.delete(file_id)
+    _delete(bucket, old)
     entry.unsaved = 0
     prune_stored_snapshots()
 
@@ -295,10 +289,13 @@ def prune_stored_snapshots() -> int:
 
     existing = {str(doc["_id"]) for doc in get_db_conn().datasets.find({}, {"_id": 1})}
     bucket = _bucket()
-    orphans = [f._id for f in bucket.find({}) if f.filename.split("/", 1)[0] not in existing]
-    for file_id in orphans:
+    return _delete(bucket, [f._id for f in bucket.find({}) if f.filename.split("/", 1)[0] not in existing])
+
+
+def _delete(bucket: Any, file_ids: list) -> int:
+    for file_id in file_ids:
         bucket.delete(file_id)
-    return len(orphans)
+    return len(file_ids)
 
 
 def _restore(dataset: fo.Dataset, label_field: str) -> Optional[_Entry]:
@@ -318,10 +315,7 @@ def _restore(dataset: fo.Dataset, label_field: str) -> Optional[_Entry]:
 def delete_stored_snapshots(dataset: fo.Dataset) -> int:
     """Delete the stored snapshots of ``dataset`` (every field); returns how many."""
     bucket = _bucket()
-    files = [f._id for f in bucket.find({"filename": {"$regex": f"^{dataset._doc.id}/"}})]
-    for file_id in files:
-        bucket.delete(file_id)
-    return len(files)
+    return _delete(bucket, [f._id for f in bucket.find({"filename": {"$regex": f"^{dataset._doc.id}/"}})])
 
 
 _cache: "OrderedDict[tuple, _Entry]" = OrderedDict()
@@ -341,15 +335,14 @@ def _view_key(samples: SampleCollection, label_field: str) -> tuple[tuple, bool]
 
 def _read(samples: SampleCollection, fields: ReviewFields, builder: _Builder, first_row: int,
           only_ids: Optional[list] = None) -> None:
-    pipeline = samples._pipeline()
-    if only_ids is not None:
-        pipeline = [{"$match": {"_id": {"$in": only_ids}}}] + pipeline
+    view_pipeline = samples._pipeline()
+    pipeline = view_pipeline if only_ids is None else [{"$match": {"_id": {"$in": only_ids}}}] + view_pipeline
     collection = samples._dataset._sample_collection
     docs = list(collection.aggregate(pipeline + [_projection(fields, mapped=False)], allowDiskUse=True))
     unaligned = {docs[i]["_id"]: i for i in _unaligned(docs)}
     if unaligned:  # typically the reviewed samples (some labels with a status, some without)
         match = [{"$match": {"_id": {"$in": list(unaligned)}}}]
-        for doc in collection.aggregate(match + samples._pipeline() + [_projection(fields, mapped=True)]):
+        for doc in collection.aggregate(match + view_pipeline + [_projection(fields, mapped=True)]):
             docs[unaligned[doc["_id"]]] = doc
     builder.add(docs, first_row)
 
@@ -360,9 +353,13 @@ def _read(samples: SampleCollection, fields: ReviewFields, builder: _Builder, fi
 SETTLED_S = 2.0
 
 
+def _age_s(stamp: _dt.datetime) -> float:
+    """Seconds since a naive-UTC stamp (as FiftyOne stores them; milliseconds kept)."""
+    return (_dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None) - stamp).total_seconds()
+
+
 def _settled(stamp: _dt.datetime) -> bool:
-    now = _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
-    return stamp == _dt.datetime.min or (now - stamp).total_seconds() > SETTLED_S
+    return stamp == _dt.datetime.min or _age_s(stamp) > SETTLED_S
 
 
 _MAX_TRACKED = 1000
@@ -373,8 +370,7 @@ def _wait_if_bulk_written(collection: Any, since: _dt.datetime) -> _dt.datetime:
     until it is settled (at most SETTLED_S) rather than track and store all their ids."""
     if _settled(since) or collection.count_documents({"last_modified_at": since}) <= _MAX_TRACKED:
         return since
-    now = _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
-    time.sleep(max(0.0, SETTLED_S - (now - since).total_seconds()) + 0.05)
+    time.sleep(max(0.0, SETTLED_S - _age_s(since)) + 0.05)
     return _newest(collection, "last_modified_at") or since
 
 
