@@ -144,6 +144,7 @@ def after_correction(ctx, message: str) -> None:
     """Immediate feedback: the consumed selection is cleared and the changed samples reloaded."""
     ctx.ops.clear_selected_labels()
     ctx.ops.reload_samples()
+    ctx.trigger(f"{PLUGIN}/refresh_open_sample")
     ctx.ops.notify(message, variant="success")
 
 
