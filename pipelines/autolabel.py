@@ -23,6 +23,7 @@ from typing import Any
 
 from pipelines._cli import add_set_argument
 from possam_label.engine.autolabel import OPTION_GROUPS, AutolabelError, AutolabelOptions, AutolabelSummary, run_autolabel
+from possam_label.engine.autolabel.options import DEFAULT_MAX_WORKER_RETRIES
 from possam_label.io.images import DEFAULT_MAX_PIXELS
 from possam_label.io.tables import OutputDirError
 from possam_label.predictors import PREDICTOR_REGISTRY
@@ -112,10 +113,11 @@ def _add_cluster_arguments(group: Any) -> None:
         help="send the possam_label package to the Ray workers (for clusters whose nodes do not have it installed)",
     )
     group.add_argument(
-        "--max-worker-retries", type=int, default=None, metavar="N",
-        help="(experimental, default: retry forever) retry a model batch at most N times when its worker process dies (OS kill, native crash); then its "
-        "images are labeled again in halves down to single images, and an image that still kills its worker is "
-        "recorded as error worker_lost (the run always ends)",
+        "--max-worker-retries", type=int, default=DEFAULT_MAX_WORKER_RETRIES, metavar="N",
+        help="retry a model batch at most N times when the model process dies on it (OS kill, native crash; each retry "
+        "starts a new model process, which reloads the model); then its images are labeled again in halves down to "
+        "single images, and an image that still kills the model process is recorded as error worker_lost (the run "
+        "always ends; default: %(default)s)",
     )
 
 

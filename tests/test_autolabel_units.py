@@ -201,31 +201,39 @@ def test_decode_stage_records_errors_per_image() -> None:
     assert [np.asarray(im).shape for im in out["image"]] == [(85, 128, 3), (1, 1, 3), (96, 64, 3)]
 
 
-def test_model_stage_isolates_a_failing_image(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One image that makes the model raise fails alone; the rest of its batch is labeled."""
+def test_model_stage_maps_model_failures_and_skips_decode_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model stage (its model in a child process): a model failure on one image and a decode
+    error become that row's error; the other rows get predictions at their size."""
     from possam_label.engine.autolabel import PanopticModelActor
+    from possam_label.engine.autolabel.model_process import PredictionFailed
     from possam_label.vocab import load_vocabulary
 
     actor = PanopticModelActor(
         model="possam", config_overrides=None, config_path=str(Path(__file__).parents[1] / "configs" / "possam_tiny.yaml"), config_rel=None, checkpoint=None,
         checkpoint_rel=None, vocabulary=load_vocabulary("cat,dog,grass [stuff]").to_dict(), device="cpu", batch_size=4, torch_threads=1,
+        max_worker_retries=0,
     )
-    real_predict = actor.predictor.predict
+    real_predict = actor.model.predict
+    sent: list[list[str]] = []
 
-    def predict(images, vocabulary=None, batch_size=8):
-        if any(image.shape[1] == 77 for image in images):
-            raise RuntimeError("poisoned image")
-        return real_predict(images, vocabulary=vocabulary, batch_size=batch_size)
+    def predict(names, images):
+        # What the child answers when the model raises on "b" alone (model_process.predict_isolated).
+        sent.append(list(names))
+        return [PredictionFailed("RuntimeError", "poisoned image") if n == "b" else r for n, r in zip(names, real_predict(names, images))]
 
-    monkeypatch.setattr(actor.predictor, "predict", predict)
+    monkeypatch.setattr(actor.model, "predict", predict)
     base = np.asarray(Image.open(DATA / "photos" / "dog.jpg").convert("RGB").resize((96, 64)))
     images = [base, np.ascontiguousarray(base[:, :77]), base[::-1].copy(), np.zeros((1, 1, 3), np.uint8)]
     batch = {
-        "image_id": np.arange(4), "file_path": np.array(["a", "b", "c", "d"]), "status": np.array(["ok", "ok", "ok", "error"]),
+        "image_id": np.arange(4), "file_path": np.array(["/x/a", "/x/b", "/x/c", "/x/d"]), "status": np.array(["ok", "ok", "ok", "error"]),
         "error": np.array(["", "", "", "empty: file is empty (0 bytes)"]), "width": np.array([96, 77, 96, 0]),
         "height": np.array([64, 64, 64, 0]), "image": images, "seconds": np.zeros(4),
     }
-    out = actor(batch)
+    try:
+        out = actor(batch)
+    finally:
+        actor.model.close()
+    assert sent == [["a", "b", "c"]]  # base names of the decoded images only
     assert out["status"].tolist() == ["ok", "error", "ok", "error"]
     assert out["error"][1] == "model_failed: RuntimeError: poisoned image"
     assert out["error"][3].startswith("empty: ")
@@ -233,6 +241,8 @@ def test_model_stage_isolates_a_failing_image(monkeypatch: pytest.MonkeyPatch) -
     assert "image" not in out and out["predicted_segments"][1] == b"" and out["predicted_segments"][3] == b""
     categories = {c for j in (0, 2) for c in table_from_ipc(out["predicted_segments"][j]).column("category").to_pylist()}
     assert categories <= {"cat", "dog", "grass"}
+    identities = {json.loads(i)["model_pid"] for i in out["model_identity"]}
+    assert identities == {actor.last_model_pid} and json.loads(out["model_identity"][0])["pid"] == os.getpid()
 
 
 # ----------------------------------------------------------------------------------- RLE
@@ -387,6 +397,14 @@ def test_cli_flags_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert "bad vocabulary" in capsys.readouterr().err
     assert cli_main(["--dataset", str(DATA), "--out", str(tmp_path / "o4"), "--retry-errors"]) == 2
     assert not (tmp_path / "o4").exists()
+    # Bounded retries are always on: a default, and a clear refusal of a negative count.
+    assert parser.parse_args(["--dataset", "d", "--out", "o"]).max_worker_retries == AutolabelOptions(dataset="d", out_dir="o").max_worker_retries == 2
+    capsys.readouterr()
+    assert cli_main(["--dataset", str(DATA), "--out", str(tmp_path / "o5"), "--max-worker-retries", "-1"]) == 2
+    assert "--max-worker-retries must be >= 0" in capsys.readouterr().err
+    for bad in (-1, None, 1.5):
+        with pytest.raises(ValueError, match=f"max_worker_retries must be an integer >= 0, got {bad!r}"):
+            AutolabelOptions(dataset="d", out_dir="o", max_worker_retries=bad).check(("possam",))
 
 
 @pytest.mark.fiftyone

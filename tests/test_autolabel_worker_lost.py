@@ -1,9 +1,10 @@
-"""Bounded retries: a model worker that dies on one image every time it sees it.
+"""Bounded retries: the model process dies on one image every time it sees it.
 
-The test fault-injection hook of the model stage (``POSSAM_TEST_KILL_ON``, read by the model
-actor; the local Ray started by the run inherits the environment) makes the worker process exit
-whenever its batch holds that file. The run must end, that image must be ``worker_lost``, and
-every other image ``ok`` exactly once: its batch was retried, then bisected down to the image.
+The test fault-injection hook (``POSSAM_TEST_KILL_ON``, read by the model process that each model
+actor runs its model in; the local Ray started by the run inherits the environment, and the
+actor's spawned child inherits the actor's) makes the model process exit whenever its request
+holds that file. The run must end, that image must be ``worker_lost``, and every other image
+``ok`` exactly once: its batch was retried in a new model process, then bisected down to the image.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from possam_label.engine.autolabel import AutolabelOptions, run_autolabel
-from possam_label.engine.autolabel.stages import TEST_KILL_ON_ENV
+from possam_label.engine.autolabel.model_process import TEST_KILL_ON_ENV
 from possam_label.io.coco_panoptic_validate import validate_coco_panoptic
 from possam_label.io.tables import image_id_for_path, read_images_table
 
@@ -25,11 +26,7 @@ NAMES = ["cmyk.jpg", "grayscale.png", "palette.png", "plain.bmp", "plain.tiff", 
 POISON = "palette.png"  # third of the first batch of 4: its neighbours share every batch until bisection
 
 
-# Known bug, not run: in the final CI check of 2026-12-07 (quiet machine) this run hung after the
-# worker died on the poisoned image twice (Ray Data waited on the dropped block, no image was
-# committed in 5 minutes); it had passed once on a loaded machine. Bounded retries are therefore
-# opt-in (AutolabelOptions.max_worker_retries defaults to None: Ray Data's unbounded retries).
-@pytest.mark.xfail(run=False, strict=True, reason="bounded retries + bisection hang in Ray Data 2.60 (issue 26 part 4 open)")
+@pytest.mark.timeout(300)
 def test_worker_killed_on_one_image_every_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
@@ -52,8 +49,9 @@ def test_worker_killed_on_one_image_every_time(tmp_path: Path, monkeypatch: pyte
     assert sorted(r["image_id"] for r in images) == sorted(image_id_for_path(EDGE_CASES / n) for n in NAMES)  # exactly once
     by_name = {os.path.basename(r["file_path"]): r for r in images}
     lost = by_name.pop(POISON)
-    assert lost["status"] == "error" and lost["error"].startswith("worker_lost: "), lost
-    assert lost["panoptic_file"] is None and lost["num_segments"] == 0 and lost["width"] is None
+    assert lost["status"] == "error" and lost["error"].startswith("worker_lost: the model worker process died on this image alone 2 time(s)"), lost
+    # Decoded before the model stage: its size is known (null only for files that cannot be read).
+    assert lost["panoptic_file"] is None and lost["num_segments"] == 0 and lost["width"] > 0
     for name, row in by_name.items():
         assert row["status"] == "ok" and row["error"] is None, row
         assert (out / row["panoptic_file"]).is_file()
@@ -64,5 +62,8 @@ def test_worker_killed_on_one_image_every_time(tmp_path: Path, monkeypatch: pyte
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["options"]["max_worker_retries"] == 1
     assert run["counts"]["ok"] == len(NAMES) - 1 and run["counts"]["error"] == 1
-    # The poisoned batch killed its worker: the replacements show up as more than one actor.
-    assert len({w["pid"] for w in run["model"]["workers"]}) >= 2
+    # The actor survived (one actor pid); its model process was replaced after each death, and
+    # the images were labeled by more than one of them (before and after the poisoned image).
+    workers = run["model"]["workers"]
+    assert len({w["pid"] for w in workers}) == 1
+    assert len({w["model_pid"] for w in workers}) >= 2 and all(w["model_pid"] != w["pid"] for w in workers)

@@ -4,7 +4,7 @@ Data flow (one direction, streaming, memory bounded by the batches in flight)::
 
     input paths (from_items, with stable ids; already-committed ids skipped on --resume)
       -> DecodeImages        CPU tasks: robust decode to RGB, EXIF, downscale to the model's input side
-      -> PanopticModelActor  actor pool, predictor loaded once per actor (GPU when given, else CPU)
+      -> PanopticModelActor  actor pool, predictor loaded once per actor in its child process (GPU when given, else CPU)
       -> EncodeOutputs       CPU tasks: to the original size, score filter, RLE, PNG, segment rows
       -> driver              iter_batches: PNGs, then segments part, then images part (commit), atomically
       -> end                 panoptic.json streamed from the committed parts' metadata; run.json
@@ -13,8 +13,9 @@ Every input ends as exactly one ``images`` row: ``ok`` with its segments, or ``e
 reason (unreadable, truncated, too large, model failure, ...). See ``docs/outputs.md``.
 
 Modules, one concern each: :mod:`.options` (what a run is asked), :mod:`.inputs` (the image
-files), :mod:`.stages` (the Ray stages), :mod:`.cluster` (Ray and the model actors' sizing),
-:mod:`.run_record` (run.json, resume checks), :mod:`.job` (the driver). This package is the only
+files), :mod:`.stages` (the Ray stages), :mod:`.model_process` (the model in the actor's child
+process), :mod:`.cluster` (Ray and the model actors' sizing), :mod:`.run_record` (run.json,
+resume checks), :mod:`.job` (the driver). This package is the only
 one (with the training engine) that imports ``ray``.
 """
 

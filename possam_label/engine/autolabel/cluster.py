@@ -26,18 +26,14 @@ def default_torch_threads(cpus: int, workers: int) -> int:
     return max(1, (cpus - 1) // max(1, workers))
 
 
-def actor_pool_kwargs(size: int, max_tasks_in_flight: Optional[int] = None) -> dict[str, Any]:
+def actor_pool_kwargs(size: int) -> dict[str, Any]:
     """Actor-pool sizing in the form the installed Ray prefers (``concurrency=`` in 2.9-2.50,
-    ``compute=ActorPoolStrategy`` before and after; see ray-project/ray PR #57035).
-
-    ``max_tasks_in_flight``: batches queued on one actor (None: Ray's default). 1 isolates
-    batches: when an actor dies only the batch it was running fails, not the ones queued behind it.
-    """
+    ``compute=ActorPoolStrategy`` before and after; see ray-project/ray PR #57035)."""
     import ray.data
 
     major, minor = (int(x) for x in ray.__version__.split(".")[:2])
-    if (major, minor) >= (2, 51) or (major, minor) < (2, 9) or max_tasks_in_flight is not None:
-        return {"compute": ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=max_tasks_in_flight)}
+    if (major, minor) >= (2, 51) or (major, minor) < (2, 9):
+        return {"compute": ray.data.ActorPoolStrategy(size=size)}
     return {"concurrency": size}
 
 
@@ -122,12 +118,12 @@ class WorkerPlan:
             wait_s = 0.0 if actors_fit(resources, workers, gpus, options.worker_resources) else DEFAULT_WAIT_FOR_WORKERS_S
         return cls(workers, gpus, device, threads, wait_s, options.worker_resources)
 
-    def actor_args(self, max_task_retries: Optional[int] = None) -> dict[str, Any]:
-        """Ray remote arguments of a model actor: a dead actor is restarted (Ray Data's default),
-        and a batch is retried at most ``max_task_retries`` times (None: Ray Data's default, forever)."""
+    def actor_args(self) -> dict[str, Any]:
+        """Ray remote arguments of a model actor. Restarts and task retries stay Ray Data's
+        defaults (a dead actor is restarted and its batch retried): that covers the rare death of
+        the actor process itself; deaths of its model process are bounded by the actor
+        (``max_worker_retries``, :class:`~.stages.PanopticModelActor`)."""
         args: dict[str, Any] = {"num_cpus": 1}
-        if max_task_retries is not None:
-            args.update(max_restarts=-1, max_task_retries=max_task_retries)
         if self.gpus_per_worker > 0:
             args["num_gpus"] = self.gpus_per_worker
         if self.worker_resources:

@@ -240,19 +240,11 @@ def label_pending(options: AutolabelOptions, store: OutputStore, record: RunReco
             ray.shutdown()
 
 
-def build_dataset(
-    options: AutolabelOptions, setup: RunSetup, plan: WorkerPlan, pending: list[dict[str, Any]], run_id: str,
-    batch_size: Optional[int] = None, isolate_batches: bool = False,
-) -> Any:
-    """The Ray dataset of the three stages over the pending inputs (lazy; runs when iterated).
-
-    ``batch_size``: images per batch (None: ``options.batch_size``; smaller in bisection rounds).
-    ``isolate_batches``: one batch in flight per model actor, so a dying actor fails only the
-    batch it runs (bisection rounds).
-    """
+def build_dataset(options: AutolabelOptions, setup: RunSetup, plan: WorkerPlan, pending: list[dict[str, Any]], run_id: str) -> Any:
+    """The Ray dataset of the three stages over the pending inputs (lazy; runs when iterated)."""
     import ray.data
 
-    batch_size = batch_size or options.batch_size
+    batch_size = options.batch_size
     # One input block per batch keeps decoding parallel; past MAX_INPUT_BLOCKS blocks carry
     # several batches each (a decode task streams them out one batch at a time).
     num_blocks = max(1, min(MAX_INPUT_BLOCKS, math.ceil(len(pending) / batch_size)))
@@ -273,9 +265,10 @@ def build_dataset(
             "device": plan.device,
             "batch_size": options.batch_size,
             "torch_threads": plan.torch_threads,
+            "max_worker_retries": options.max_worker_retries,
         },
-        **actor_pool_kwargs(plan.workers, max_tasks_in_flight=1 if isolate_batches else None),
-        **plan.actor_args(max_task_retries=options.max_worker_retries),
+        **actor_pool_kwargs(plan.workers),
+        **plan.actor_args(),
         **batches,
     )
     return ds.map_batches(EncodeOutputs(options.min_score, run_id), num_cpus=CPU_STAGE_CPUS, **batches)
@@ -297,37 +290,14 @@ def run_pipeline(options: AutolabelOptions, store: OutputStore, record: RunRecor
     if plan.wait_for_workers_s > 0 and hasattr(context, "wait_for_min_actors_s"):
         saved_context["wait_for_min_actors_s"] = context.wait_for_min_actors_s
         context.wait_for_min_actors_s = int(math.ceil(plan.wait_for_workers_s))
-    # A model batch whose worker died more than max_worker_retries times fails its block; Ray Data
-    # then drops the block instead of aborting, and the rounds below bisect its images.
-    bounded = options.max_worker_retries is not None
-    if bounded:
-        saved_context["max_errored_blocks"] = context.max_errored_blocks
-        context.max_errored_blocks = -1
     committer = PartCommitter(store, record, stats, options, total=len(pending))
     try:
-        todo, batch_size, isolated = pending, options.batch_size, False
-        while True:
-            ds = build_dataset(options, setup, plan, todo, record.run_id, batch_size=batch_size, isolate_batches=isolated)
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-                stats.see_batch(batch)
-                for row in iter_rows(batch):
-                    committer.add(row)
-                committer.commit_if_due()
-            committer.commit()
-            lost = [row for row in todo if row["image_id"] not in committer.seen]
-            if not lost or not bounded:
-                break
-            if batch_size == 1 and isolated:  # alone on its worker, and it still died every time
-                for row in lost:
-                    committer.add(worker_lost_row(row, options.max_worker_retries))
-                committer.commit()
-                break
-            batch_size, isolated = (batch_size + 1) // 2, True
-            logger.warning(
-                "%d image(s) got no result (their model worker died %d times on their batch); bisecting: "
-                "labeling them again in batches of %d", len(lost), options.max_worker_retries + 1, batch_size,
-            )
-            todo = lost
+        for batch in build_dataset(options, setup, plan, pending, record.run_id).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+            stats.see_batch(batch)
+            for row in iter_rows(batch):
+                committer.add(row)
+            committer.commit_if_due()
+        committer.commit()
     finally:
         committer.close()
         for name, value in saved_context.items():
@@ -433,16 +403,6 @@ def image_row(row: dict[str, Any], ok: bool, run_id: str) -> dict[str, Any]:
         "seconds": float(row["seconds"]),
         "panoptic_file": f"panoptic/{image_id}.png" if ok else None,
         "run_id": run_id,
-    }
-
-
-def worker_lost_row(row: dict[str, Any], max_worker_retries: int) -> dict[str, Any]:
-    """The result of an input whose model worker died on it alone every time (``worker_lost``)."""
-    return {
-        "image_id": row["image_id"], "file_path": row["file_path"], "status": STATUS_ERROR,
-        "error": f"worker_lost: the model worker process died on this image alone {max_worker_retries + 1} time(s) "
-        "(after bisecting its batch); see the Ray worker logs",
-        "width": 0, "height": 0, "num_segments": 0, "seconds": 0.0, "model_seconds": 0.0, "model_identity": "",
     }
 
 

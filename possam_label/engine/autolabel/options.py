@@ -9,6 +9,10 @@ from typing import Any, Optional
 from ...io.images import DEFAULT_MAX_PIXELS
 
 MODES = ("new", "resume", "overwrite")
+# Retries of a batch after its model process died: a transient death (the OS reclaiming memory
+# under a neighbour's peak) rarely repeats twice, while each retry of a poisoned image costs one
+# model load (docs/outputs.md "Bounded retries and worker_lost").
+DEFAULT_MAX_WORKER_RETRIES = 2
 
 # The option groups, in the order and with the titles of the CLI's argument groups
 # (pipelines/autolabel.py builds one argparse group per entry).
@@ -74,11 +78,14 @@ class AutolabelOptions:
             loads), else ``DEFAULT_WAIT_FOR_WORKERS_S`` (autoscaling or busy clusters).
         ship_code: send the ``possam_label`` package to the workers (``runtime_env.py_modules``)
             for clusters whose nodes do not have it installed.
-        max_worker_retries: how many times a model batch is retried when its worker process dies
-            (the OS killing it, a native crash). A batch still without a result is then bisected
-            (rerun in halves, down to single images) so one poisoned image cannot fail its
-            neighbours; an image that kills its worker alone is recorded as ``worker_lost``. The
-            run always ends.
+        max_worker_retries: how many times a model batch is retried when the model process
+            dies on it (the OS killing it, a native crash). Each model actor runs its model in a
+            child process (:mod:`.model_process`) and starts a new one after a death. A batch
+            still without a result is then bisected (its halves rerun with the same retry budget,
+            recursively, down to single images) so one poisoned image cannot fail its
+            neighbours; an image on which the process died ``max_worker_retries + 1`` times alone
+            is recorded as error ``worker_lost``. The run always ends. >= 0 (0: no retry, bisect
+            at once).
 
     Commits:
         rows_per_part: images per committed part (the unit of loss on a crash).
@@ -112,10 +119,7 @@ class AutolabelOptions:
     num_cpus: Optional[int] = None
     wait_for_workers_s: Optional[float] = None
     ship_code: bool = False
-    # None (default): Ray Data retries a dead worker's batch forever. A number turns on bounded
-    # retries and bisection, which still hang in the fault-injection test on a quiet machine
-    # (tests/test_autolabel_worker_lost.py, xfail): opt-in until that is fixed.
-    max_worker_retries: Optional[int] = None
+    max_worker_retries: int = DEFAULT_MAX_WORKER_RETRIES
     # commits
     rows_per_part: int = 64
     commit_interval_s: float = 30.0
@@ -136,8 +140,8 @@ class AutolabelOptions:
             raise ValueError("batch_size must be >= 1")
         if self.rows_per_part < 1:
             raise ValueError("rows_per_part must be >= 1")
-        if self.max_worker_retries is not None and self.max_worker_retries < 0:
-            raise ValueError("max_worker_retries must be >= 0")
+        if isinstance(self.max_worker_retries, bool) or not isinstance(self.max_worker_retries, int) or self.max_worker_retries < 0:
+            raise ValueError(f"max_worker_retries must be an integer >= 0, got {self.max_worker_retries!r}")
         if self.model not in model_kinds:
             raise ValueError(f"model must be one of {', '.join(model_kinds)}, got {self.model!r}")
         if self.mode not in MODES:

@@ -7,6 +7,7 @@ columns), adds its columns, drops the ones nobody downstream needs, and returns 
       -> DecodeImages       + status, error, width, height (original size), image, seconds
       -> PanopticModelActor - image; + id_map (model output size), predicted_segments (Arrow IPC),
                               model_identity, model_ready_at, model_done_at, model_seconds
+                              (the model itself runs in the actor's child process: .model_process)
       -> EncodeOutputs      - id_map, predicted_segments; + png, segments (Arrow IPC of the
                               segments table rows), num_segments
 
@@ -39,14 +40,12 @@ from ...io.tables import (
     table_to_ipc,
 )
 from ...panoptic import keep_ids, renumber, resize_ids, score_passes
+from .model_process import ModelProcess, ModelProcessDied, ModelSpec, PredictionFailed
 
 logger = logging.getLogger(__name__)
 
 PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), dtype=np.uint8)
 PLACEHOLDER_MAP = np.zeros((1, 1), dtype=np.int32)
-# Test fault injection: a model worker whose batch holds a file with this base name exits at once,
-# as a native crash or the OS killing it would (tests/test_autolabel_worker_lost.py).
-TEST_KILL_ON_ENV = "POSSAM_TEST_KILL_ON"
 
 
 # ------------------------------------------------------------------------------ batch helpers
@@ -120,9 +119,67 @@ def localize(path_abs: Optional[str], path_rel: Optional[str]) -> Optional[str]:
     return candidate if os.path.exists(candidate) else path_abs
 
 
+def worker_lost_error(deaths: int) -> str:
+    """The ``error`` of an image on which the model process died alone every time (reason
+    ``worker_lost``); the one place this message is spelled."""
+    return (
+        f"worker_lost: the model worker process died on this image alone {deaths} time(s) "
+        "(after bisecting its batch); see the Ray worker logs"
+    )
+
+
+class WorkerLost(Exception):
+    """The model process died ``deaths`` times on one image alone: no prediction for it."""
+
+    def __init__(self, deaths: int) -> None:
+        super().__init__(worker_lost_error(deaths))
+
+
+def predict_with_retries(model: ModelProcess, names: list[str], images: list[np.ndarray], max_retries: int) -> list[tuple[Any, Optional[int]]]:
+    """Predict ``images`` (file base ``names``) in the model process, surviving its deaths.
+
+    Retry budget: this group of images gets ``1 + max_retries`` attempts, each after a death in a
+    fresh model process (:meth:`ModelProcess.start` starts one when none runs). When all of them
+    die, the group is split in halves and each half gets the same budget again, recursively; a
+    single image still without an answer becomes :class:`WorkerLost`. So one poisoned image in a
+    batch of B costs ``(1 + max_retries) * (1 + ceil(log2 B))`` deaths and as many model loads,
+    and every other image is predicted exactly once (by the first attempt of a group that
+    does not hold the poisoned image, or of the whole batch when none does).
+
+    Returns:
+        per image, (a PanopticPrediction, PredictionFailed or WorkerLost; the pid of the model
+        process that answered, or of the last one that died on it).
+    """
+    deaths, dead_pid = 0, None
+    while True:
+        try:
+            pid = model.start().pid
+            return [(result, pid) for result in model.predict(names, images)]
+        except ModelProcessDied as exc:
+            deaths, dead_pid = deaths + 1, exc.pid
+            shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+            then = "retrying" if deaths <= max_retries else "bisecting" if len(images) > 1 else "giving up on it (worker_lost)"
+            logger.warning(
+                "the model process %s died (exit code %s) on a batch of %d image(s) (%s), attempt %d of %d; %s",
+                exc.pid, exc.exitcode, len(images), shown, deaths, max_retries + 1, then,
+            )
+            if deaths > max_retries:
+                break
+    if len(images) == 1:
+        return [(WorkerLost(deaths), dead_pid)]
+    half = (len(images) + 1) // 2
+    return predict_with_retries(model, names[:half], images[:half], max_retries) + predict_with_retries(model, names[half:], images[half:], max_retries)
+
+
 class PanopticModelActor:
     """Actor stage: a predictor (:data:`possam_label.predictors.PREDICTOR_REGISTRY`) loaded once
-    per actor, applied to decoded batches.
+    per actor in a child process (:class:`~.model_process.ModelProcess`), applied to decoded batches.
+
+    The child, not the actor, runs the model: when it dies on a batch (the OS killing it, a native
+    crash), the actor starts a new one and retries the batch up to ``max_worker_retries`` times,
+    then bisects it (:func:`predict_with_retries`) so that one poisoned image ends as
+    ``worker_lost`` and its neighbours are labeled. Ray never sees the death, so it never retries
+    the batch forever. A death of the actor process itself is still Ray's (restart, retry).
 
     Args:
         model: a registered predictor name ("possam", "sam-clip").
@@ -134,6 +191,8 @@ class PanopticModelActor:
         device: "cpu", "cuda", ...
         batch_size: images per forward pass.
         torch_threads: intra-op threads on CPU (None: leave torch's default).
+        max_worker_retries: retries of a batch (and of each bisected half) after the model
+            process died on it; >= 0.
     """
 
     def __init__(
@@ -148,80 +207,62 @@ class PanopticModelActor:
         device: str,
         batch_size: int,
         torch_threads: Optional[int],
+        max_worker_retries: int,
     ) -> None:
         import ray
-        import torch
 
-        from ...predictors import build_predictor
-        from ...vocab import Vocabulary
-
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        # Parts without weight files are randomly initialised (tests, speed benchmarks): seed them
-        # so every actor of a run builds the same model.
-        torch.manual_seed(0)
-        start = time.perf_counter()
-        self.predictor = build_predictor(
-            model, localize(config_path, config_rel), checkpoint=localize(checkpoint, checkpoint_rel), device=device,
-            overrides=config_overrides or None,
+        spec = ModelSpec(
+            model=model, config_path=str(localize(config_path, config_rel)), checkpoint=localize(checkpoint, checkpoint_rel),
+            config_overrides=config_overrides, vocabulary=vocabulary, device=device, batch_size=batch_size, torch_threads=torch_threads,
         )
-        self.vocabulary = Vocabulary.from_dict(vocabulary)
-        self.batch_size = batch_size
+        self.max_worker_retries = max_worker_retries
+        self.model = ModelProcess(spec)
+        info = self.model.start()
         self.ready_at = time.time()  # wall clock: comparable across processes (and NTP-synced nodes)
-        self.identity = json.dumps(
-            {
-                "weights": self.predictor.weights_identity(),
-                "host": socket.gethostname(),
-                "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
-                "pid": os.getpid(),
-                "device": str(device),
-                "torch_threads": torch.get_num_threads(),
-            },
-            sort_keys=True,
-        )
-        logger.info(model + " actor ready on %s (%s) in %.1fs", socket.gethostname(), device, time.perf_counter() - start)
+        self.last_model_pid = info.pid
+        self.identity_fields = {
+            "weights": info.weights,
+            "host": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+            "pid": os.getpid(),
+            "device": str(device),
+            "torch_threads": info.torch_threads,
+        }
+        self.identities: dict[int, str] = {}
+        logger.info("%s actor ready on %s (%s), model process %d", model, socket.gethostname(), device, info.pid)
 
-    def predict_isolated(self, images: list[np.ndarray]) -> list[Any]:
-        """Predict a batch; if the batch fails, image by image so only the culprit fails."""
-        try:
-            return list(self.predictor.predict(images, vocabulary=self.vocabulary, batch_size=self.batch_size))
-        except Exception as batch_exc:
-            if self.predictor.device.type == "cuda":
-                import torch
-
-                torch.cuda.empty_cache()  # an out-of-memory batch may fit image by image
-            if len(images) == 1:
-                return [batch_exc]
-            logger.warning("batch of %d failed (%s); retrying image by image", len(images), batch_exc)
-        results: list[Any] = []
-        for image in images:
-            try:
-                results.append(self.predictor.predict([image], vocabulary=self.vocabulary, batch_size=1)[0])
-            except Exception as exc:
-                results.append(exc)
-        return results
+    def identity(self, model_pid: int) -> str:
+        """The JSON identity of this actor with the model process ``model_pid`` (collected in
+        run.json ``model.workers``: one entry per model process that labeled images, so a
+        respawned child shows up as a new entry with the same actor ``pid``)."""
+        if model_pid not in self.identities:
+            self.identities[model_pid] = json.dumps(self.identity_fields | {"model_pid": model_pid}, sort_keys=True)
+        return self.identities[model_pid]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        kill_on = os.environ.get(TEST_KILL_ON_ENV)
-        if kill_on and any(os.path.basename(str(p)) == kill_on for p in batch_column(batch, "file_path")):
-            os._exit(17)  # test fault injection (TEST_KILL_ON_ENV): die like a crashed worker
         status = batch_column(batch, "status")
         images = list(batch.pop("image"))
+        names = [os.path.basename(str(p)) for p in batch_column(batch, "file_path")]
         ok = [i for i, s in enumerate(status) if s == STATUS_OK]
         start = time.perf_counter()
-        # Copies: Ray hands out read-only zero-copy arrays, which torch.from_numpy warns about.
-        predictions = self.predict_isolated([np.array(images[i], dtype=np.uint8) for i in ok]) if ok else []
+        # Copies: Ray hands out read-only zero-copy arrays, and the pipe pickles what it sends.
+        answers = predict_with_retries(
+            self.model, [names[i] for i in ok], [np.array(images[i], dtype=np.uint8) for i in ok], self.max_worker_retries,
+        ) if ok else []
         per_image = (time.perf_counter() - start) / max(1, len(ok))
         errors = batch_column(batch, "error")
         id_maps: list[np.ndarray] = [PLACEHOLDER_MAP] * len(status)
         predicted: list[bytes] = [b""] * len(status)
-        for i, prediction in zip(ok, predictions):
-            if isinstance(prediction, Exception):
-                status[i] = STATUS_ERROR
-                errors[i] = f"model_failed: {type(prediction).__name__}: {prediction}"
-                continue
-            id_maps[i] = np.ascontiguousarray(prediction.panoptic_map, dtype=np.int32)
-            predicted[i] = table_to_ipc(predicted_segments_table(prediction.segments))
+        model_pids = [self.last_model_pid] * len(status)
+        for i, (prediction, model_pid) in zip(ok, answers):
+            model_pids[i] = self.last_model_pid = model_pid or self.last_model_pid
+            if isinstance(prediction, WorkerLost):
+                status[i], errors[i] = STATUS_ERROR, str(prediction)
+            elif isinstance(prediction, PredictionFailed):
+                status[i], errors[i] = STATUS_ERROR, f"model_failed: {prediction}"
+            else:
+                id_maps[i] = np.ascontiguousarray(prediction.panoptic_map, dtype=np.int32)
+                predicted[i] = table_to_ipc(predicted_segments_table(prediction.segments))
         ok_rows = set(ok)
         model_seconds = [per_image if i in ok_rows else 0.0 for i in range(len(status))]
         return set_columns(
@@ -232,12 +273,19 @@ class PanopticModelActor:
                 "id_map": id_maps,
                 "predicted_segments": predicted,
                 "seconds": [float(s) + m for s, m in zip(batch_column(batch, "seconds"), model_seconds)],
-                "model_identity": [self.identity] * len(status),
+                "model_identity": [self.identity(pid) for pid in model_pids],
                 "model_ready_at": [self.ready_at] * len(status),
                 "model_done_at": [time.time()] * len(status),
                 "model_seconds": model_seconds,
             },
         )
+
+    def __del__(self) -> None:
+        # Ray Data deletes the UDF when the pool shuts down gracefully; a killed actor's child
+        # dies by PR_SET_PDEATHSIG and the pipe's end-of-file instead.
+        model = getattr(self, "model", None)
+        if model is not None:
+            model.close()
 
 
 # ------------------------------------------------------------------------------------ encode
