@@ -23,7 +23,7 @@ from typing import Any
 
 from pipelines._cli import add_set_argument
 from possam_label.engine.autolabel import OPTION_GROUPS, AutolabelError, AutolabelOptions, AutolabelSummary, run_autolabel
-from possam_label.engine.autolabel.options import DEFAULT_MAX_WORKER_RETRIES
+from possam_label.engine.autolabel.options import DEFAULT_MAX_WORKER_RETRIES, WRITES
 from possam_label.io.images import DEFAULT_MAX_PIXELS
 from possam_label.io.tables import OutputDirError
 from possam_label.predictors import PREDICTOR_REGISTRY
@@ -127,6 +127,14 @@ def _add_commit_arguments(group: Any) -> None:
     group.add_argument("--commit-interval", type=float, default=30.0, help="commit a part at least every this many seconds")
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     group.add_argument("--no-fsync", action="store_true", help="skip fsync on commit (faster; safe against process kills, not power loss)")
+    group.add_argument(
+        "--writes", choices=WRITES, default="auto",
+        help="who writes the PNGs and segment rows: workers (the encode tasks stage them in --out and the driver only "
+        "renames them into place and writes the images part; --out must be on a filesystem every Ray node sees at the "
+        "same path; a part is then one encode batch of --rows-per-part images and --commit-interval does not apply), "
+        "driver (every result travels to the driver, which writes everything; any cluster), auto (workers on a local "
+        "Ray started by this run, driver with --ray-address or RAY_ADDRESS)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         max_worker_retries=args.max_worker_retries,
         show_progress=not args.no_progress,
         durable=not args.no_fsync,
+        writes=args.writes,
     )
     try:
         summary = run_autolabel(options)

@@ -9,6 +9,9 @@ Layout of an output directory (see docs/outputs.md for every column)::
       panoptic/<image_id>.png     COCO-panoptic id PNG per ok image
       panoptic.json               COCO-panoptic JSON, assembled at the end of a run
       .lock                       held (flock) by the running job
+      segments/.staged-<T>.segments, panoptic/.staged-<T>.<image_id>.png
+                                  written by a worker for its batch <T> (``--writes workers``),
+                                  renamed into place by the driver's commit; never read as data
 
 Commit protocol (what makes a SIGKILL at any instant recoverable): a part is written as
 PNGs first, then ``segments/part-P``, then ``images/part-P`` -- each file through a temporary
@@ -16,6 +19,13 @@ name and ``os.replace``. The images part is the commit record: an image counts a
 row is in a committed images part. :meth:`OutputStore.recover` deletes temporary files, segment
 parts without their images part, and PNGs of images that are not committed ok, so a resumed run
 reprocesses exactly the images without a committed row.
+
+With ``--writes workers`` the encode tasks write their batch's PNGs and segment rows under
+staged names (:meth:`OutputStore.write_staged`, token ``T`` chosen by the task); the driver's
+commit renames them into the same final names (:meth:`OutputStore.commit_staged`), then writes
+the images part last, so the order on disk and the rule above are unchanged. Staged files that
+no commit took (a batch re-run by Ray, a crash) are deleted at the end of the run and by
+:meth:`OutputStore.recover`.
 """
 
 from __future__ import annotations
@@ -114,6 +124,10 @@ STATUS_ERROR = "error"
 
 _PART_RE = re.compile(r"^part-([0-9A-Za-z_-]+)\.parquet$")
 _TMP_PREFIX = ".tmp-"
+STAGED_PREFIX = ".staged-"
+# A staging token is chosen by a worker and travels back to the driver, which builds paths from
+# it: only this shape is accepted, so a path built from it stays inside the output directory.
+_STAGED_TOKEN_RE = re.compile(r"^[0-9a-f]{16,64}$")
 _KNOWN_ENTRIES = {"run.json", "images", "segments", "panoptic", "panoptic.json", ".lock"}
 
 
@@ -179,18 +193,19 @@ def atomic_write_json(path: Union[str, Path], obj: Any, durable: bool = True) ->
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"), durable=durable)
 
 
+def write_parquet(table: pa.Table, path: Union[str, Path]) -> None:
+    """Write a table as one zstd Parquet file in place (the settings of every table file here)."""
+    pq.write_table(table, path, compression="zstd", use_dictionary=["category", "file_path", "run_id", "status"])
+
+
 def write_parquet_atomic(table: pa.Table, path: Union[str, Path], durable: bool = True) -> None:
     """Write a table as one zstd Parquet file, atomically (temporary name, fsync, ``os.replace``)."""
     path = Path(path)
     tmp = temporary_path_for(path)
     try:
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=["category", "file_path", "run_id", "status"])
+        write_parquet(table, tmp)
         if durable:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -219,6 +234,27 @@ def _table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
             raise ValueError(f"row {i} does not fit the {schema.metadata[b'possam_label.table'].decode()} schema: missing {missing}, extra {extra}")
     columns = {name: [row[name] for row in rows] for name in names}
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+def new_staged_token() -> str:
+    """A fresh token naming one worker batch's staged files (unique per task attempt)."""
+    return secrets.token_hex(12)
+
+
+def check_staged_token(token: str) -> str:
+    """``token`` when it has the shape of :func:`new_staged_token`; ValueError otherwise."""
+    if not isinstance(token, str) or not _STAGED_TOKEN_RE.match(token):
+        raise ValueError(f"bad staging token {token!r}")
+    return token
+
+
+def fsync_file(path: Path) -> None:
+    """fsync one written file (its data reaches the disk before it is renamed into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def utc_now() -> str:
@@ -349,30 +385,113 @@ class OutputStore:
 
         PNGs of the part's ok images must already be written (:meth:`write_png`).
         """
+        self._check_part(part_id, images)
+        if segments.schema.remove_metadata() != SEGMENTS_SCHEMA.remove_metadata():
+            raise ValueError("segments table does not have SEGMENTS_SCHEMA")
+        write_parquet_atomic(segments, self.segments_part_path(part_id), durable=self.durable)
+        write_parquet_atomic(images, self.images_part_path(part_id), durable=self.durable)
+
+    def _check_part(self, part_id: str, images: pa.Table) -> None:
         if not _PART_RE.match(f"part-{part_id}.parquet"):
             raise ValueError(f"bad part id {part_id!r}")
         if images.schema.remove_metadata() != IMAGES_SCHEMA.remove_metadata():
             raise ValueError("images table does not have IMAGES_SCHEMA")
-        if segments.schema.remove_metadata() != SEGMENTS_SCHEMA.remove_metadata():
-            raise ValueError("segments table does not have SEGMENTS_SCHEMA")
         if self.images_part_path(part_id).exists():
             raise OutputDirError(f"part {part_id} is already committed in {self.root}")
-        write_parquet_atomic(segments, self.segments_part_path(part_id), durable=self.durable)
+
+    # ------------------------------------------------------------------- staged (worker) writes
+    def staged_segments_path(self, token: str) -> Path:
+        """Where the worker batch ``token`` stages its segment rows (not a ``part-*.parquet`` name,
+        so no reader takes it for a part)."""
+        return self.segments_dir / f"{STAGED_PREFIX}{check_staged_token(token)}.segments"
+
+    def staged_png_path(self, token: str, image_id: int) -> Path:
+        """Where the worker batch ``token`` stages the PNG of ``image_id``."""
+        return self.panoptic_dir / f"{STAGED_PREFIX}{check_staged_token(token)}.{int(image_id)}.png"
+
+    def write_staged(self, token: str, pngs: Sequence[tuple[int, bytes]], segments: pa.Table) -> None:
+        """Worker side of a commit: stage one batch's PNGs (``(image_id, png bytes)``) and its
+        segment rows (:data:`SEGMENTS_SCHEMA`, possibly empty) as one Parquet file.
+
+        Files are written straight to their staged names: a task that dies half way never
+        returns its rows, so the driver never renames its files (they are swept as debris).
+        With ``durable`` each file's data is fsync'ed here; the driver fsyncs the directories
+        after renaming, which makes the final names durable.
+        """
+        if segments.schema.remove_metadata() != SEGMENTS_SCHEMA.remove_metadata():
+            raise ValueError("segments table does not have SEGMENTS_SCHEMA")
+        for image_id, png in pngs:
+            path = self.staged_png_path(token, image_id)
+            with open(path, "wb") as fh:
+                fh.write(png)
+                if self.durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        path = self.staged_segments_path(token)
+        write_parquet(segments, path)
+        if self.durable:
+            fsync_file(path)
+
+    def commit_staged(self, part_id: str, token: str, images: pa.Table, subset: bool = False) -> None:
+        """Driver side of a commit: promote the staged files of batch ``token`` into part P.
+
+        Renames the staged PNG of every ok image of ``images`` to ``panoptic/<image_id>.png``,
+        the staged segments file to ``segments/part-P.parquet``, then writes ``images/part-P``
+        (the commit record) -- the order of :meth:`commit_part`. With ``subset`` (``images``
+        holds only some of the batch's images, the others being committed already) the segment
+        rows of those images are copied into the part instead and the staged file is deleted;
+        the staged PNGs of the others stay for :meth:`discard_staged`.
+        """
+        self._check_part(part_id, images)
+        ok_ids = images.filter(pc.equal(images["status"], STATUS_OK))["image_id"].to_pylist()
+        for image_id in ok_ids:
+            os.replace(self.staged_png_path(token, image_id), self.panoptic_png_path(image_id))
+        staged = self.staged_segments_path(token)
+        if subset:
+            table = pq.read_table(staged)
+            table = table.filter(pc.is_in(table["image_id"], value_set=pa.array(ok_ids, type=pa.int64())))
+            write_parquet_atomic(table.replace_schema_metadata(SEGMENTS_SCHEMA.metadata), self.segments_part_path(part_id), durable=self.durable)
+            staged.unlink()
+        else:
+            os.replace(staged, self.segments_part_path(part_id))
+        if self.durable:
+            fsync_directory(self.panoptic_dir)
+            fsync_directory(self.segments_dir)
         write_parquet_atomic(images, self.images_part_path(part_id), durable=self.durable)
+
+    def discard_staged(self, token: str, image_ids: Sequence[int]) -> None:
+        """Delete what batch ``token`` staged for ``image_ids`` and its segments file (those that
+        are left: a promoted file is gone already)."""
+        for path in [self.staged_png_path(token, i) for i in image_ids] + [self.staged_segments_path(token)]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def remove_staged(self) -> int:
+        """Delete every staged file (a run's end, and resume: none of them is committed data)."""
+        removed = 0
+        for directory in (self.segments_dir, self.panoptic_dir):
+            for name in _listdir(directory):
+                if name.startswith(STAGED_PREFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        (directory / name).unlink()
+                        removed += 1
+        return removed
 
     # ---------------------------------------------------------------------------- recovery
     def recover(self) -> dict[str, int]:
         """Make the directory consistent after a crash; returns what was removed.
 
-        Removes temporary files, segment parts whose images part is missing (their images were
-        never committed), and PNGs that belong to no committed ok image.
+        Removes temporary files, staged files of worker batches (never committed: a commit
+        renames them), segment parts whose images part is missing (their images were never
+        committed), and PNGs that belong to no committed ok image.
         """
-        removed = {"tmp_files": 0, "orphan_segment_parts": 0, "orphan_pngs": 0}
+        removed = {"tmp_files": 0, "staged_files": 0, "orphan_segment_parts": 0, "orphan_pngs": 0}
         for directory in (self.root, self.images_dir, self.segments_dir, self.panoptic_dir):
             for name in _listdir(directory):
                 if name.startswith(_TMP_PREFIX):
                     (directory / name).unlink()
                     removed["tmp_files"] += 1
+        removed["staged_files"] = self.remove_staged()
         committed = set(self.committed_parts())
         for part_id in self.segment_parts():
             if part_id not in committed:

@@ -60,6 +60,21 @@ def init_ray(options: AutolabelOptions) -> bool:
     return True
 
 
+def starts_local_ray(options: AutolabelOptions) -> bool:
+    """Whether :func:`init_ray` will start a local Ray (no cluster address, Ray not running here)."""
+    import ray
+
+    return not ray.is_initialized() and not (options.ray_address or os.environ.get("RAY_ADDRESS"))
+
+
+def resolve_writes(writes: str, local_ray: bool) -> str:
+    """"workers" or "driver" for the ``writes`` option: "auto" lets the workers write only on a
+    local Ray started by this run, the one case where every worker surely sees ``out_dir``."""
+    if writes != "auto":
+        return writes
+    return "workers" if local_ray else "driver"
+
+
 def ray_resources() -> dict[str, Any]:
     """What the connected cluster offers (recorded in run.json)."""
     import ray

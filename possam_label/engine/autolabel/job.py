@@ -1,12 +1,14 @@
 """The auto-labeling job: set-up, the Ray Data pipeline, the driver's commit loop and the end.
 
 :func:`run_autolabel` prepares the run (config, vocabulary, inputs, run.json), runs the stages of
-:mod:`.stages` on Ray, commits finished images part by part (:class:`PartCommitter`) and writes
+:mod:`.stages` on Ray, commits finished images part by part (:class:`PartCommitter` when the
+driver writes the files, :class:`StagedCommitter` when the workers staged them) and writes
 ``panoptic.json`` from the committed parts at the end.
 """
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import os
@@ -26,12 +28,13 @@ from ...io.tables import (
     STATUS_ERROR,
     STATUS_OK,
     OutputStore,
+    check_staged_token,
     images_table,
     new_part_prefix,
     table_from_ipc,
     utc_now,
 )
-from .cluster import CPU_STAGE_CPUS, WorkerPlan, actor_pool_kwargs, init_ray, ray_resources
+from .cluster import CPU_STAGE_CPUS, WorkerPlan, actor_pool_kwargs, init_ray, ray_resources, resolve_writes, starts_local_ray
 from .inputs import list_inputs, unique_inputs
 from .options import AutolabelError, AutolabelOptions, AutolabelSummary
 from .run_record import RunRecord, check_resume_compatible, read_previous_run
@@ -56,6 +59,13 @@ class PipelineStats:
     model_seconds: float = 0.0  # summed over actors: time inside the model's predict
     counts: Counter = field(default_factory=Counter)  # ok, error, segments
     reasons: Counter = field(default_factory=Counter)  # error reason -> images
+    # CPU seconds of the driver process (all its threads: Ray's included) and of its main thread
+    # (taking results and committing them) from the first result handled to the end of the
+    # commits, over ``measured_images`` images received in that window: the steady per-image
+    # cost, without planning the pipeline and starting the actors.
+    driver_cpu_seconds: float = 0.0
+    loop_cpu_seconds: float = 0.0
+    measured_images: int = 0
 
     def images_per_second(self) -> float:
         if not self.processed or self.last_commit_at is None:
@@ -213,6 +223,7 @@ def run_autolabel(options: AutolabelOptions) -> AutolabelSummary:
             segments=stats.counts["segments"], seconds=time.perf_counter() - t_start, images_per_second=stats.images_per_second(),
             steady_images_per_second=stats.steady_images_per_second(), startup_seconds=stats.startup_seconds(),
             max_result_lag_seconds=stats.max_result_lag, model_seconds=stats.model_seconds, error_reasons=dict(stats.reasons),
+            driver_cpu_seconds=stats.driver_cpu_seconds, driver_loop_cpu_seconds=stats.loop_cpu_seconds, driver_measured_images=stats.measured_images,
             complete=complete,
         )
         total_ok, total_err = committed_counts(store)
@@ -229,10 +240,11 @@ def run_autolabel(options: AutolabelOptions) -> AutolabelSummary:
 
 def label_pending(options: AutolabelOptions, store: OutputStore, record: RunRecord, setup: RunSetup, pending: list[dict[str, Any]]) -> PipelineStats:
     """Label the pending inputs on Ray (started here when not running yet, and shut down after)."""
+    writes = resolve_writes(options.writes, starts_local_ray(options))
     started_ray = init_ray(options)
     try:
         record.update(ray=ray_resources())
-        return run_pipeline(options, store, record, setup, pending)
+        return run_pipeline(options, store, record, setup, pending, writes)
     finally:
         if started_ray:
             import ray
@@ -240,8 +252,13 @@ def label_pending(options: AutolabelOptions, store: OutputStore, record: RunReco
             ray.shutdown()
 
 
-def build_dataset(options: AutolabelOptions, setup: RunSetup, plan: WorkerPlan, pending: list[dict[str, Any]], run_id: str) -> Any:
-    """The Ray dataset of the three stages over the pending inputs (lazy; runs when iterated)."""
+def build_dataset(options: AutolabelOptions, setup: RunSetup, plan: WorkerPlan, pending: list[dict[str, Any]], run_id: str, staging_dir: Optional[str]) -> Any:
+    """The Ray dataset of the three stages over the pending inputs (lazy; runs when iterated).
+
+    ``staging_dir``: the output directory when the workers write (see :class:`EncodeOutputs`),
+    else None. Workers then encode batches of ``rows_per_part`` images, since one encode batch
+    becomes one part (its staged segments file is renamed into the part whole).
+    """
     import ray.data
 
     batch_size = options.batch_size
@@ -271,18 +288,26 @@ def build_dataset(options: AutolabelOptions, setup: RunSetup, plan: WorkerPlan, 
         **plan.actor_args(),
         **batches,
     )
-    return ds.map_batches(EncodeOutputs(options.min_score, run_id), num_cpus=CPU_STAGE_CPUS, **batches)
+    encode = EncodeOutputs(options.min_score, run_id, out_dir=staging_dir, durable=options.durable)
+    encode_batches = batches if staging_dir is None else {**batches, "batch_size": options.rows_per_part}
+    return ds.map_batches(encode, num_cpus=CPU_STAGE_CPUS, **encode_batches)
 
 
-def run_pipeline(options: AutolabelOptions, store: OutputStore, record: RunRecord, setup: RunSetup, pending: list[dict[str, Any]]) -> PipelineStats:
-    """Run the stages over ``pending`` and commit their results as they arrive."""
+def run_pipeline(
+    options: AutolabelOptions, store: OutputStore, record: RunRecord, setup: RunSetup, pending: list[dict[str, Any]], writes: str = "driver",
+) -> PipelineStats:
+    """Run the stages over ``pending`` and commit their results as they arrive.
+
+    ``writes``: "driver" (results carry PNG bytes and segment rows; :class:`PartCommitter`) or
+    "workers" (results carry staging tokens; :class:`StagedCommitter`).
+    """
     import ray
     import ray.data
 
     stats = PipelineStats(submitted_at=time.time())
     plan = WorkerPlan.for_cluster(options, ray.cluster_resources())
-    record.update(execution=plan.record(options.batch_size))
-    logger.info("labeling %d images with %d %s worker(s), batch size %d", len(pending), plan.workers, plan.device, options.batch_size)
+    record.update(execution=plan.record(options.batch_size) | {"writes": writes})
+    logger.info("labeling %d images with %d %s worker(s), batch size %d, %s writes", len(pending), plan.workers, plan.device, options.batch_size, writes)
     # Process-wide Ray Data settings, restored at the end (the caller may use Ray Data too).
     context = ray.data.DataContext.get_current()
     saved_context = {"enable_progress_bars": context.enable_progress_bars}
@@ -290,25 +315,41 @@ def run_pipeline(options: AutolabelOptions, store: OutputStore, record: RunRecor
     if plan.wait_for_workers_s > 0 and hasattr(context, "wait_for_min_actors_s"):
         saved_context["wait_for_min_actors_s"] = context.wait_for_min_actors_s
         context.wait_for_min_actors_s = int(math.ceil(plan.wait_for_workers_s))
-    committer = PartCommitter(store, record, stats, options, total=len(pending))
+    workers_write = writes == "workers"
+    committer: ResultCommitter = (StagedCommitter if workers_write else PartCommitter)(store, record, stats, options, total=len(pending))
+    dataset = build_dataset(options, setup, plan, pending, record.run_id, str(store.root) if workers_write else None)
+    clocks: Optional[tuple[float, float]] = None  # (process, main thread) CPU after the first result
     try:
-        for batch in build_dataset(options, setup, plan, pending, record.run_id).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
             stats.see_batch(batch)
+            received = 0
             for row in iter_rows(batch):
                 committer.add(row)
+                received += 1
             committer.commit_if_due()
+            if clocks is None:
+                clocks = (time.process_time(), time.thread_time())
+            else:
+                stats.measured_images += received
         committer.commit()
     finally:
+        if clocks is not None:
+            stats.driver_cpu_seconds = time.process_time() - clocks[0]
+            stats.loop_cpu_seconds = time.thread_time() - clocks[1]
         committer.close()
         for name, value in saved_context.items():
             setattr(context, name, value)
     return stats
 
 
-class PartCommitter:
-    """The driver's side of the commit protocol: finished images buffered, then committed as one
-    part (PNGs, then the segments part, then the images part) every ``rows_per_part`` images or
-    ``commit_interval_s`` seconds."""
+class ResultCommitter(abc.ABC):
+    """The driver's side of the commit protocol, common part: accounting for committed results
+    (counts, error reasons, model identities, progress bar) and the part names of this attempt.
+
+    Subclasses decide what a result carries and when a part is committed; :meth:`add` takes one
+    result row (a dict of :func:`iter_rows`), :meth:`commit_if_due` and :meth:`commit` commit
+    what is ready, :meth:`close` ends.
+    """
 
     def __init__(self, store: OutputStore, record: RunRecord, stats: PipelineStats, options: AutolabelOptions, total: int) -> None:
         self.store = store
@@ -318,16 +359,68 @@ class PartCommitter:
         self.commit_interval_s = options.commit_interval_s
         self.prefix = new_part_prefix()
         self.part_index = 0
-        self.images: list[dict[str, Any]] = []
-        self.segments: list[pa.Table] = []
-        self.pngs: list[tuple[int, bytes]] = []
-        self.seen: set[int] = set()
-        self.last_commit = time.monotonic()
+        self.seen: set[int] = set()  # images committed (or, driver writes: buffered) by this attempt
         self.progress = None
         if options.show_progress:
             from tqdm import tqdm
 
             self.progress = tqdm(total=total, unit="img", desc="autolabel", dynamic_ncols=True, smoothing=0.1)
+
+    def next_part_id(self) -> str:
+        part_id = f"{self.prefix}-{self.part_index:06d}"
+        self.part_index += 1
+        return part_id
+
+    def account(self, row: dict[str, Any], ok: bool, num_segments: int) -> None:
+        """Count one image's result (once per image: the caller dropped repeats)."""
+        stats = self.stats
+        stats.model_seconds += float(row["model_seconds"])
+        identity = str(row["model_identity"])
+        if identity and identity not in stats.identities:
+            stats.identities.add(identity)
+            self.record.check_weights(identity)
+        if ok:
+            stats.counts["segments"] += num_segments
+        else:
+            stats.reasons[str(row["error"]).split(":", 1)[0]] += 1
+            logger.warning("%s: %s", row["file_path"], row["error"])
+        stats.counts["ok" if ok else "error"] += 1
+        if self.progress is not None:
+            self.progress.update(1)
+            self.progress.set_postfix(ok=stats.counts["ok"], errors=stats.counts["error"], segments=stats.counts["segments"], refresh=False)
+
+    def committed(self, images: int) -> None:
+        """Stamp a committed part of ``images`` images."""
+        self.stats.processed += images
+        self.stats.last_commit_at = time.time()
+
+    @abc.abstractmethod
+    def add(self, row: dict[str, Any]) -> None:
+        """Take one result row."""
+
+    def commit_if_due(self) -> None:
+        """Commit what a time limit says is due (nothing by default)."""
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Commit everything still held (the end of the stream)."""
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+
+class PartCommitter(ResultCommitter):
+    """Driver writes: finished images buffered, then committed as one part (PNGs, then the
+    segments part, then the images part) every ``rows_per_part`` images or ``commit_interval_s``
+    seconds."""
+
+    def __init__(self, store: OutputStore, record: RunRecord, stats: PipelineStats, options: AutolabelOptions, total: int) -> None:
+        super().__init__(store, record, stats, options, total)
+        self.images: list[dict[str, Any]] = []
+        self.segments: list[pa.Table] = []
+        self.pngs: list[tuple[int, bytes]] = []
+        self.last_commit = time.monotonic()
 
     def add(self, row: dict[str, Any]) -> None:
         """Buffer one image's result (a repeated result of a retried Ray task is dropped)."""
@@ -336,26 +429,15 @@ class PartCommitter:
             logger.warning("dropping a repeated result for %s (Ray retried its task)", row["file_path"])
             return
         self.seen.add(image_id)
-        stats = self.stats
-        stats.model_seconds += float(row["model_seconds"])
-        identity = str(row["model_identity"])
-        if identity and identity not in stats.identities:
-            stats.identities.add(identity)
-            self.record.check_weights(identity)
         ok = row["status"] == STATUS_OK
+        num_segments = 0
         if ok:
             self.pngs.append((image_id, bytes(row["png"])))
             segments = table_from_ipc(bytes(row["segments"]))
             self.segments.append(segments)
-            stats.counts["segments"] += segments.num_rows
-        else:
-            stats.reasons[str(row["error"]).split(":", 1)[0]] += 1
-            logger.warning("%s: %s", row["file_path"], row["error"])
-        stats.counts["ok" if ok else "error"] += 1
+            num_segments = segments.num_rows
+        self.account(row, ok, num_segments)
         self.images.append(image_row(row, ok, self.record.run_id))
-        if self.progress is not None:
-            self.progress.update(1)
-            self.progress.set_postfix(ok=stats.counts["ok"], errors=stats.counts["error"], segments=stats.counts["segments"], refresh=False)
         if len(self.images) >= self.rows_per_part:
             self.commit()
 
@@ -370,16 +452,67 @@ class PartCommitter:
         for image_id, png in self.pngs:
             self.store.write_png(image_id, png)
         segments = segments_part_table(self.segments)
-        self.store.commit_part(f"{self.prefix}-{self.part_index:06d}", images_table(self.images), segments)
-        self.part_index += 1
-        self.stats.processed += len(self.images)
-        self.stats.last_commit_at = time.time()
+        self.store.commit_part(self.next_part_id(), images_table(self.images), segments)
+        self.committed(len(self.images))
         self.images, self.segments, self.pngs = [], [], []
         self.last_commit = time.monotonic()
 
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.close()
+
+class StagedCommitter(ResultCommitter):
+    """Workers write: each result row names the staged batch (``staged`` token, ``staged_rows``
+    rows) whose files an encode task already wrote; once every row of a batch has arrived, the
+    batch is committed as one part (:meth:`OutputStore.commit_staged`: rename its PNGs and its
+    segments file into place, then write the images part). The driver reads no PNG and no
+    segment row.
+
+    Exactly once: Ray may run a batch's tasks again, which stages the same images a second time
+    under another token. A batch whose images are all committed already is discarded (its
+    staged files deleted); one that overlaps committed images only in part (a re-run whose
+    batches were cut differently) is committed for its other images alone. Staged files of
+    batches whose rows never came back are removed by :meth:`close` and by resume.
+    """
+
+    def __init__(self, store: OutputStore, record: RunRecord, stats: PipelineStats, options: AutolabelOptions, total: int) -> None:
+        super().__init__(store, record, stats, options, total)
+        self.batches: dict[str, list[dict[str, Any]]] = {}  # token -> rows arrived so far
+
+    def add(self, row: dict[str, Any]) -> None:
+        token = check_staged_token(str(row["staged"]))
+        rows = self.batches.setdefault(token, [])
+        rows.append(row)
+        if len(rows) >= int(row["staged_rows"]):
+            self.commit_batch(token, complete=True)
+
+    def commit_batch(self, token: str, complete: bool) -> None:
+        """Commit the arrived rows of batch ``token`` that are not committed yet as one part;
+        ``complete``: every row of the batch arrived (else only those that did are committed)."""
+        rows = self.batches.pop(token)
+        fresh = [row for row in rows if int(row["image_id"]) not in self.seen]
+        ok_ids = [int(row["image_id"]) for row in rows if row["status"] == STATUS_OK]
+        if not fresh:
+            logger.warning("dropping a repeated batch of %d result(s) (Ray ran its task again)", len(rows))
+            self.store.discard_staged(token, ok_ids)
+            return
+        images = [image_row(row, row["status"] == STATUS_OK, self.record.run_id) for row in fresh]
+        subset = len(fresh) < len(rows) or not complete
+        if subset:
+            logger.warning("committing %d of the %d result(s) of a staged batch (the others are committed already or missing)", len(fresh), len(rows))
+        self.store.commit_staged(self.next_part_id(), token, images_table(images), subset=subset)
+        if subset:
+            self.store.discard_staged(token, ok_ids)  # the staged PNGs of the images left out
+        for row in fresh:
+            self.seen.add(int(row["image_id"]))
+            self.account(row, row["status"] == STATUS_OK, int(row["num_segments"]))
+        self.committed(len(fresh))
+
+    def commit(self) -> None:
+        """At the end of the stream: commit the rows of batches that arrived in part (should not
+        happen: a task's rows come back together), then sweep staged files no commit took."""
+        for token in list(self.batches):
+            self.commit_batch(token, complete=False)
+        removed = self.store.remove_staged()
+        if removed:
+            logger.info("removed %d staged file(s) of batches that Ray ran again or that never came back", removed)
 
 
 def segments_part_table(tables: list[pa.Table]) -> pa.Table:

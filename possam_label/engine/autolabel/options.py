@@ -9,6 +9,8 @@ from typing import Any, Optional
 from ...io.images import DEFAULT_MAX_PIXELS
 
 MODES = ("new", "resume", "overwrite")
+# Who writes the PNGs and segment rows (docs/outputs.md "Running on a cluster").
+WRITES = ("auto", "workers", "driver")
 # Retries of a batch after its model process died: a transient death (the OS reclaiming memory
 # under a neighbour's peak) rarely repeats twice, while each retry of a poisoned image costs one
 # model load (docs/outputs.md "Bounded retries and worker_lost").
@@ -24,7 +26,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "batch_size", "workers", "gpus_per_worker", "torch_threads", "worker_resources", "ray_address", "num_cpus",
         "wait_for_workers_s", "ship_code", "max_worker_retries",
     ),
-    "commits": ("rows_per_part", "commit_interval_s", "durable", "show_progress"),
+    "commits": ("rows_per_part", "commit_interval_s", "durable", "show_progress", "writes"),
 }
 
 
@@ -89,9 +91,19 @@ class AutolabelOptions:
 
     Commits:
         rows_per_part: images per committed part (the unit of loss on a crash).
-        commit_interval_s: commit a smaller part when this much time passed since the last one.
+        commit_interval_s: commit a smaller part when this much time passed since the last one
+            (driver writes only: when workers write, a part is one encode batch of
+            ``rows_per_part`` images, committed as soon as it arrives).
         durable: fsync every committed file.
         show_progress: tqdm progress bar (to stderr).
+        writes: who writes the PNGs and segment rows. "workers": the encode tasks stage them in
+            ``out_dir`` and the driver only renames them into place and writes the images part
+            (the driver's main thread does 2.4x less per image, docs/outputs.md "Driver cost";
+            ``out_dir`` must be on a filesystem
+            every Ray node sees at the same path). "driver": every result travels to the driver,
+            which writes everything (any cluster). "auto" (default): workers on a local Ray this
+            run starts, driver on an existing cluster (pass "workers" when its nodes share
+            ``out_dir``).
     """
 
     # inputs and outputs
@@ -125,6 +137,7 @@ class AutolabelOptions:
     commit_interval_s: float = 30.0
     durable: bool = True
     show_progress: bool = True
+    writes: str = "auto"
 
     def output_settings(self) -> dict[str, Any]:
         """Settings that change the labels; a resumed run must use the same ones."""
@@ -144,6 +157,8 @@ class AutolabelOptions:
             raise ValueError(f"max_worker_retries must be an integer >= 0, got {self.max_worker_retries!r}")
         if self.model not in model_kinds:
             raise ValueError(f"model must be one of {', '.join(model_kinds)}, got {self.model!r}")
+        if self.writes not in WRITES:
+            raise ValueError(f"writes must be one of {', '.join(WRITES)}, got {self.writes!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be new, resume or overwrite, got {self.mode!r}")
         if self.retry_errors and self.mode != "resume":
@@ -178,6 +193,13 @@ class AutolabelSummary:
     # Summed over model actors: seconds inside the model's predict. Against the steady wall time
     # this tells a starved model (idle between batches) from a slowed one (CPU contention).
     model_seconds: float = 0.0
+    # The driver's CPU seconds from its first result to its last commit (process, all threads;
+    # and its main thread taking and committing results), over the ``driver_measured_images``
+    # images received after the first result: their ratio is the driver's cost per image, which
+    # caps the images/s one driver can commit (docs/outputs.md "Driver cost").
+    driver_cpu_seconds: float = 0.0
+    driver_loop_cpu_seconds: float = 0.0
+    driver_measured_images: int = 0
     error_reasons: dict[str, int] = field(default_factory=dict)
     complete: bool = True
 

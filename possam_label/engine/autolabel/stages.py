@@ -8,8 +8,10 @@ columns), adds its columns, drops the ones nobody downstream needs, and returns 
       -> PanopticModelActor - image; + id_map (model output size), predicted_segments (Arrow IPC),
                               model_identity, model_ready_at, model_done_at, model_seconds
                               (the model itself runs in the actor's child process: .model_process)
-      -> EncodeOutputs      - id_map, predicted_segments; + png, segments (Arrow IPC of the
-                              segments table rows), num_segments
+      -> EncodeOutputs      - id_map, predicted_segments; + num_segments and either png,
+                              segments (Arrow IPC of the segments table rows) when the driver
+                              writes, or staged, staged_rows when the workers write (the files
+                              are then already staged in the output directory)
 
 Predictions travel as arrays and Arrow tables (IPC bytes in a binary column), never as JSON.
 :func:`to_original_size` is the one place a prediction is brought to the original image size.
@@ -35,6 +37,8 @@ from ...io.tables import (
     SEGMENTS_SCHEMA,
     STATUS_ERROR,
     STATUS_OK,
+    OutputStore,
+    new_staged_token,
     predicted_segments_table,
     table_from_ipc,
     table_to_ipc,
@@ -324,17 +328,43 @@ def segment_rows(full: np.ndarray, segments: pa.Table, image_id: int, file_path:
     return pa.Table.from_pydict({name: columns[name] for name in SEGMENTS_SCHEMA.names}, schema=SEGMENTS_SCHEMA)
 
 
+def encode_image(id_map: np.ndarray, predicted: bytes, height: int, width: int, image_id: int, file_path: str, min_score: float, run_id: str) -> tuple[bytes, pa.Table]:
+    """One image's outputs from its model-output prediction: (PNG bytes, ``segments`` rows).
+
+    The one per-image encode, whichever process then writes the files (``--writes``), so both
+    write modes give the same bytes.
+    """
+    full, segments = to_original_size(np.asarray(id_map), table_from_ipc(bytes(predicted)), height, width, min_score)
+    return panoptic_png_bytes(full), segment_rows(full, segments, image_id, file_path, run_id)
+
+
 class EncodeOutputs:
-    """CPU stage: model-output prediction -> original size, PNG bytes and ``segments`` rows (Arrow IPC).
+    """CPU stage: model-output prediction -> original size, PNG and ``segments`` rows per image.
+
+    Two ways out (``--writes``, :class:`~.options.AutolabelOptions` ``writes``):
+
+    - ``out_dir`` None (driver writes): adds ``png`` (bytes) and ``segments`` (Arrow IPC of the
+      image's segment rows); the driver writes both.
+    - ``out_dir`` set (workers write): stages the batch's PNGs and ONE Parquet file of its
+      segment rows in ``out_dir`` (:meth:`~possam_label.io.tables.OutputStore.write_staged`) and
+      adds only ``staged`` (the batch's staging token) and ``staged_rows`` (rows of the batch:
+      the driver commits the batch once all of them arrived). ``out_dir`` must be on a
+      filesystem this worker sees at the same path as the driver.
+
+    Both add ``num_segments`` and update ``status``, ``error``, ``seconds``.
 
     Args:
         min_score: the score threshold (``score >= min_score`` kept).
         run_id: written into every segment row.
+        out_dir: the output directory when workers write, else None.
+        durable: fsync staged files (workers write).
     """
 
-    def __init__(self, min_score: float, run_id: str) -> None:
+    def __init__(self, min_score: float, run_id: str, out_dir: Optional[str] = None, durable: bool = True) -> None:
         self.min_score = min_score
         self.run_id = run_id
+        self.out_dir = out_dir
+        self.durable = durable
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         status, errors, seconds = batch_column(batch, "status"), batch_column(batch, "error"), batch_column(batch, "seconds")
@@ -343,24 +373,38 @@ class EncodeOutputs:
         image_ids, file_paths = batch_column(batch, "image_id"), batch_column(batch, "file_path")
         heights, widths = batch_column(batch, "height"), batch_column(batch, "width")
         pngs: list[bytes] = []
-        tables: list[bytes] = []
+        tables: list[Optional[pa.Table]] = []
         counts: list[int] = []
         for i in range(len(status)):
             start = time.perf_counter()
-            png, rows = b"", b""
-            count = 0
+            png, rows = b"", None
             if status[i] == STATUS_OK:
                 try:
-                    full, segments = to_original_size(np.asarray(id_maps[i]), table_from_ipc(bytes(predicted[i])), int(heights[i]), int(widths[i]), self.min_score)
-                    png = panoptic_png_bytes(full)
-                    rows = table_to_ipc(segment_rows(full, segments, int(image_ids[i]), str(file_paths[i]), self.run_id))
-                    count = segments.num_rows
+                    png, rows = encode_image(id_maps[i], predicted[i], int(heights[i]), int(widths[i]), int(image_ids[i]), str(file_paths[i]), self.min_score, self.run_id)
                 except Exception as exc:  # a malformed prediction must not stop the run
                     logger.exception("encoding failed for %s", file_paths[i])
-                    status[i], errors[i], png, rows, count = STATUS_ERROR, f"encode_failed: {type(exc).__name__}: {exc}", b"", b"", 0
+                    status[i], errors[i], png, rows = STATUS_ERROR, f"encode_failed: {type(exc).__name__}: {exc}", b"", None
             pngs.append(png)
             tables.append(rows)
-            counts.append(count)
+            counts.append(0 if rows is None else rows.num_rows)
             seconds[i] = float(seconds[i]) + time.perf_counter() - start
-        columns = {"status": status, "error": errors, "seconds": seconds, "num_segments": counts, "png": pngs, "segments": tables}
+        columns: dict[str, list[Any]] = {"status": status, "error": errors, "seconds": seconds, "num_segments": counts}
+        if self.out_dir is None:
+            columns.update(png=pngs, segments=[b"" if t is None else table_to_ipc(t) for t in tables])
+        else:
+            start = time.perf_counter()
+            token = self.stage(image_ids, status, pngs, tables)
+            share = (time.perf_counter() - start) / max(1, len(status))
+            columns.update(seconds=[s + share for s in seconds], staged=[token] * len(status), staged_rows=[len(status)] * len(status))
         return set_columns(batch, columns)
+
+    def stage(self, image_ids: list[Any], status: list[str], pngs: list[bytes], tables: list[Optional[pa.Table]]) -> str:
+        """Write this batch's staged files; returns their token (new for every call, so a batch
+        that Ray runs twice stages twice and the driver promotes one of them)."""
+        store = OutputStore(str(self.out_dir), durable=self.durable)
+        token = new_staged_token()
+        ok = [i for i, s in enumerate(status) if s == STATUS_OK]
+        kept = [t for t in tables if t is not None]
+        segments = pa.concat_tables(kept).combine_chunks() if kept else SEGMENTS_SCHEMA.empty_table()
+        store.write_staged(token, [(int(image_ids[i]), pngs[i]) for i in ok], segments)
+        return token
