@@ -174,7 +174,8 @@ def test_plugin_operators_refine_and_segment_boxes(dataset, builds) -> None:
         foo.execute_operator("@possam/review/refine_labels", ctx={"dataset": dataset.name, "selected_labels": two_samples, "params": {}})
     refined = foo.execute_operator("@possam/review/refine_labels",
                                    ctx={"dataset": dataset.name, "selected_labels": two_samples[:1], "params": {}}).result
-    assert refined["action"] == "refine" and refined["label_ids"] == [a.id]
+    assert refined["action"] == "refine" and refined["label_ids"] == [a.id] and refined["skipped_other_fields"] == 0
+    assert json.loads(json.dumps(refined)) == refined  # the App server sends it as JSON
     first.reload()
     assert first.possam_corrections[-1]["action"] == "refine"
 

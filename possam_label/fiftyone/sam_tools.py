@@ -161,9 +161,9 @@ def refine_labels(
     changed = {}
     for det, sam_mask in zip(dets, sam_masks):  # no label grows into another selected label
         others = np.zeros((height, width), dtype=bool)
-        for other_id, other in before.items():
+        for other_id, other_mask in before.items():
             if other_id != det.id:
-                others |= other
+                others |= other_mask
         changed[det.id] = refine_mask(before[det.id], sam_mask) & ~others
     empty = [label_id for label_id, m in changed.items() if not m.any()]
     if empty:
