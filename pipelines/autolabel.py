@@ -23,7 +23,7 @@ from typing import Any
 
 from pipelines._cli import add_set_argument
 from possam_label.engine.autolabel import OPTION_GROUPS, AutolabelError, AutolabelOptions, AutolabelSummary, run_autolabel
-from possam_label.engine.autolabel.options import DEFAULT_MAX_WORKER_RETRIES, WRITES
+from possam_label.engine.autolabel.options import DEFAULT_IMAGE_TIMEOUT_S, DEFAULT_MAX_WORKER_RETRIES, WRITES
 from possam_label.io.images import DEFAULT_MAX_PIXELS
 from possam_label.io.tables import OutputDirError
 from possam_label.predictors import PREDICTOR_REGISTRY
@@ -119,6 +119,11 @@ def _add_cluster_arguments(group: Any) -> None:
         "single images, and an image that still kills the model process is recorded as error worker_lost (the run "
         "always ends; default: %(default)s)",
     )
+    group.add_argument(
+        "--model-timeout-s", type=float, default=DEFAULT_IMAGE_TIMEOUT_S, metavar="S",
+        help="seconds per image a model batch may take; a model process that has not answered by then counts as hung: it "
+        "is killed and the batch retried and bisected as after a crash (default: %(default)s)",
+    )
 
 
 def _add_commit_arguments(group: Any) -> None:
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for flag, value, low in (
         ("--batch-size", args.batch_size, 1), ("--rows-per-part", args.rows_per_part, 1), ("--workers", args.workers, 1),
-        ("--max-worker-retries", args.max_worker_retries, 0),
+        ("--max-worker-retries", args.max_worker_retries, 0), ("--model-timeout-s", args.model_timeout_s, 1e-3),
     ):
         if value is not None and value < low:
             print(f"error: {flag} must be >= {low}", file=sys.stderr)
@@ -224,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         commit_interval_s=args.commit_interval,
         ship_code=args.ship_code,
         max_worker_retries=args.max_worker_retries,
+        model_timeout_s=args.model_timeout_s,
         show_progress=not args.no_progress,
         durable=not args.no_fsync,
         writes=args.writes,

@@ -405,6 +405,13 @@ def test_cli_flags_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixture) -
     for bad in (-1, None, 1.5):
         with pytest.raises(ValueError, match=f"max_worker_retries must be an integer >= 0, got {bad!r}"):
             AutolabelOptions(dataset="d", out_dir="o", max_worker_retries=bad).check(("possam",))
+    # A hung model process is bounded too: per-image deadline, default and refusal.
+    assert parser.parse_args(["--dataset", "d", "--out", "o", "--model-timeout-s", "30"]).model_timeout_s == 30.0
+    assert AutolabelOptions(dataset="d", out_dir="o").model_timeout_s == 600.0
+    assert cli_main(["--dataset", str(DATA), "--out", str(tmp_path / "o6"), "--model-timeout-s", "0"]) == 2
+    assert "--model-timeout-s must be >= 0.001" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="model_timeout_s must be > 0"):
+        AutolabelOptions(dataset="d", out_dir="o", model_timeout_s=0).check(("possam",))
 
 
 @pytest.mark.fiftyone

@@ -21,6 +21,7 @@ from PIL import Image
 
 from possam_label.engine.autolabel.model_process import (
     TEST_KILL_EXIT_CODE,
+    TEST_HANG_ON_ENV,
     TEST_KILL_ON_ENV,
     ModelInfo,
     ModelProcess,
@@ -117,6 +118,28 @@ def test_a_killed_child_raises_and_a_new_one_works(model_process: ModelProcess) 
     assert info.pid == model_process.pid != first
     got = model_process.predict(["dog.jpg"], images[:1])
     assert isinstance(got[0], PanopticPrediction) and got[0].panoptic_map.shape == images[0].shape[:2]
+
+
+@pytest.mark.timeout(300)
+def test_a_hung_child_is_killed_at_its_deadline_and_a_new_one_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TEST_HANG_ON_ENV, "hang.png")  # read by the child when it starts
+    process = ModelProcess(_spec(), image_timeout_s=10.0)
+    try:
+        first = process.start().pid
+        images = _images()
+        started = time.monotonic()
+        with pytest.raises(ModelProcessDied, match="did not answer a request of 2 image") as died:
+            process.predict(["dog.jpg", "hang.png"], images)
+        waited = time.monotonic() - started
+        assert died.value.hung and died.value.pid == first
+        assert 20.0 <= waited < 60.0  # 10 s per image, then killed
+        assert process.pid is None and _wait_gone(first, 10)
+        second = process.start().pid
+        assert second != first
+        got = process.predict(["dog.jpg"], images[:1])
+        assert isinstance(got[0], PanopticPrediction)
+    finally:
+        process.close()
 
 
 @pytest.mark.timeout(120)
@@ -229,7 +252,7 @@ def test_retry_budget_and_bisection(retries: int) -> None:
     results = predict_with_retries(model, names, [np.zeros((1, 1, 3), np.uint8)] * 6, retries)  # type: ignore[arg-type]
     assert [r for r, _ in results[:2] + results[3:]] == [f"prediction of {n}" for n in names if n != "img2"]
     lost, pid = results[2]
-    assert isinstance(lost, WorkerLost) and str(lost).startswith(f"worker_lost: the model worker process died on this image alone {retries + 1} time(s)")
+    assert isinstance(lost, WorkerLost) and str(lost).startswith(f"worker_lost: the model worker process died (or hung) on this image alone {retries + 1} time(s)")
     assert sorted(model.answered) == sorted(n for n in names if n != "img2")  # exactly once each
     # Groups holding img2: [0..5], [0..2], [2] (halves of 6 then 3, the first half rounded up)
     # each die 1 + retries times, and every death is followed by a start (the next attempt, or

@@ -43,8 +43,15 @@ logger = logging.getLogger(__name__)
 # child through the environment: a local Ray inherits the driver's, a spawned child its actor's.
 TEST_KILL_ON_ENV = "POSSAM_TEST_KILL_ON"
 TEST_KILL_EXIT_CODE = 17
+# Test fault injection: the model process stops answering (sleeps) whenever a request holds a file
+# with this base name, as a deadlocked kernel or a stuck driver call would.
+TEST_HANG_ON_ENV = "POSSAM_TEST_HANG_ON"
 # Building a model reads weight files (GBs for SAM ViT-H) and may compile kernels: generous.
 DEFAULT_START_TIMEOUT_S = 1800.0
+# A request may take this long per image before its model process counts as hung (killed, then
+# retried and bisected like a crash). Generous: a 1024-px image through SAM ViT-H on a slow CPU
+# takes about a minute.
+DEFAULT_IMAGE_TIMEOUT_S = 600.0
 POLL_INTERVAL_S = 0.2
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -54,17 +61,24 @@ class ModelProcessError(RuntimeError):
 
 
 class ModelProcessDied(RuntimeError):
-    """The model process exited while it held a request (or while it started).
+    """The model process exited while it held a request (or while it started), or it held a
+    request past its deadline and was killed as hung.
 
     Attributes:
         pid: the process that died.
         exitcode: its exit status (negative: killed by that signal; None if unknown).
+        hung: it did not answer in time (and was killed), rather than exiting by itself.
     """
 
-    def __init__(self, pid: Optional[int], exitcode: Optional[int], during: str) -> None:
-        super().__init__(f"the model process (pid {pid}) died with exit code {exitcode} during {during}")
+    def __init__(self, pid: Optional[int], exitcode: Optional[int], during: str, hung: bool = False) -> None:
+        if hung:
+            message = f"the model process (pid {pid}) did not answer {during} in time and was killed as hung"
+        else:
+            message = f"the model process (pid {pid}) died with exit code {exitcode} during {during}"
+        super().__init__(message)
         self.pid = pid
         self.exitcode = exitcode
+        self.hung = hung
 
 
 class PredictionFailed(Exception):
@@ -190,7 +204,7 @@ def serve(conn: Connection, spec: ModelSpec, parent_pid: int) -> None:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", asdict(info)))
-    kill_on = os.environ.get(TEST_KILL_ON_ENV)
+    kill_on, hang_on = os.environ.get(TEST_KILL_ON_ENV), os.environ.get(TEST_HANG_ON_ENV)
     while True:
         try:
             request = conn.recv()
@@ -201,6 +215,9 @@ def serve(conn: Connection, spec: ModelSpec, parent_pid: int) -> None:
         names, images = request
         if kill_on and kill_on in names:
             os._exit(TEST_KILL_EXIT_CODE)  # test fault injection (TEST_KILL_ON_ENV)
+        if hang_on and hang_on in names:
+            while True:  # test fault injection (TEST_HANG_ON_ENV): never answer
+                time.sleep(60)
         conn.send(predict_isolated(predictor, vocabulary, images, spec.batch_size))
 
 
@@ -211,11 +228,16 @@ class ModelProcess:
     Args:
         spec: how the child builds its predictor.
         start_timeout_s: how long building the model may take before :meth:`start` gives up.
+        image_timeout_s: how long a request may take per image before the child counts as hung
+            (None: no limit).
     """
 
-    def __init__(self, spec: ModelSpec, start_timeout_s: float = DEFAULT_START_TIMEOUT_S) -> None:
+    def __init__(
+        self, spec: ModelSpec, start_timeout_s: float = DEFAULT_START_TIMEOUT_S, image_timeout_s: Optional[float] = DEFAULT_IMAGE_TIMEOUT_S,
+    ) -> None:
         self.spec = spec
         self.start_timeout_s = start_timeout_s
+        self.image_timeout_s = image_timeout_s
         self.process: Optional[multiprocessing.process.BaseProcess] = None
         self.conn: Optional[Connection] = None
         self.info: Optional[ModelInfo] = None
@@ -262,7 +284,8 @@ class ModelProcess:
             one entry per image: a :class:`PanopticPrediction` at the image's size, or
             :class:`PredictionFailed` when the model raised on that image alone.
         Raises:
-            ModelProcessDied: the child exited before answering; it is not restarted here.
+            ModelProcessDied: the child exited before answering, or did not answer within
+                ``image_timeout_s`` per image and was killed (``hung``); it is not restarted here.
         """
         if self.conn is None:
             raise ModelProcessError("the model process is not started")
@@ -270,21 +293,27 @@ class ModelProcess:
             self.conn.send((list(names), list(images)))
         except OSError:  # BrokenPipeError, ConnectionResetError: the child is gone
             self.died("a request")
-        results = self.receive(f"a request of {len(images)} image(s)", deadline=None)
+        timeout = None if self.image_timeout_s is None else self.image_timeout_s * len(images)
+        during = f"a request of {len(images)} image(s)"
+        results = self.receive(during, deadline=None if timeout is None else time.monotonic() + timeout, hung_after=timeout)
         if len(results) != len(images):
             raise ModelProcessError(f"the model process answered {len(results)} results for {len(images)} images")
         return results
 
-    def receive(self, during: str, deadline: Optional[float]) -> Any:
+    def receive(self, during: str, deadline: Optional[float], hung_after: Optional[float] = None) -> Any:
         """The child's next message; polls so that a child that dies without closing the pipe
-        (a zombie held by a grandchild) is noticed too. Raises ModelProcessDied or, past
-        ``deadline`` (``time.monotonic``), ModelProcessError."""
+        (a zombie held by a grandchild) is noticed too. Raises ModelProcessDied; past
+        ``deadline`` (``time.monotonic``) the child is killed and the error is ModelProcessDied
+        (``hung``) when ``hung_after`` (the seconds allowed) is given, else ModelProcessError."""
         assert self.conn is not None and self.process is not None
         while not self.conn.poll(POLL_INTERVAL_S):
             if not self.process.is_alive():
                 self.died(during)
             if deadline is not None and time.monotonic() > deadline:
+                pid = self.pid
                 self.discard()
+                if hung_after is not None:
+                    raise ModelProcessDied(pid, None, f"{during} ({hung_after:.0f}s)", hung=True)
                 raise ModelProcessError(f"the model process did not finish {during} in {self.start_timeout_s:.0f}s")
         try:
             return self.conn.recv()

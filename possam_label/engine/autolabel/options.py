@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ...io.images import DEFAULT_MAX_PIXELS
+from .model_process import DEFAULT_IMAGE_TIMEOUT_S
 
 MODES = ("new", "resume", "overwrite")
 # Who writes the PNGs and segment rows (docs/outputs.md "Running on a cluster").
@@ -24,7 +25,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "labels": ("min_score", "max_side", "max_pixels"),
     "cluster": (
         "batch_size", "workers", "gpus_per_worker", "torch_threads", "worker_resources", "ray_address", "num_cpus",
-        "wait_for_workers_s", "ship_code", "max_worker_retries",
+        "wait_for_workers_s", "ship_code", "max_worker_retries", "model_timeout_s",
     ),
     "commits": ("rows_per_part", "commit_interval_s", "durable", "show_progress", "writes"),
 }
@@ -88,6 +89,8 @@ class AutolabelOptions:
             neighbours; an image on which the process died ``max_worker_retries + 1`` times alone
             is recorded as error ``worker_lost``. The run always ends. >= 0 (0: no retry, bisect
             at once).
+        model_timeout_s: seconds per image a model batch may take before its model process
+            counts as hung: killed, and the batch retried and bisected as after a death (> 0).
 
     Commits:
         rows_per_part: images per committed part (the unit of loss on a crash).
@@ -132,6 +135,7 @@ class AutolabelOptions:
     wait_for_workers_s: Optional[float] = None
     ship_code: bool = False
     max_worker_retries: int = DEFAULT_MAX_WORKER_RETRIES
+    model_timeout_s: float = DEFAULT_IMAGE_TIMEOUT_S
     # commits
     rows_per_part: int = 64
     commit_interval_s: float = 30.0
@@ -155,6 +159,8 @@ class AutolabelOptions:
             raise ValueError("rows_per_part must be >= 1")
         if isinstance(self.max_worker_retries, bool) or not isinstance(self.max_worker_retries, int) or self.max_worker_retries < 0:
             raise ValueError(f"max_worker_retries must be an integer >= 0, got {self.max_worker_retries!r}")
+        if not self.model_timeout_s > 0:
+            raise ValueError(f"model_timeout_s must be > 0, got {self.model_timeout_s!r}")
         if self.model not in model_kinds:
             raise ValueError(f"model must be one of {', '.join(model_kinds)}, got {self.model!r}")
         if self.writes not in WRITES:

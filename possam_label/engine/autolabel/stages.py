@@ -44,7 +44,7 @@ from ...io.tables import (
     table_to_ipc,
 )
 from ...panoptic import keep_ids, renumber, resize_ids, score_passes
-from .model_process import ModelProcess, ModelProcessDied, ModelSpec, PredictionFailed
+from .model_process import DEFAULT_IMAGE_TIMEOUT_S, ModelProcess, ModelProcessDied, ModelSpec, PredictionFailed
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def worker_lost_error(deaths: int) -> str:
     """The ``error`` of an image on which the model process died alone every time (reason
     ``worker_lost``); the one place this message is spelled."""
     return (
-        f"worker_lost: the model worker process died on this image alone {deaths} time(s) "
+        f"worker_lost: the model worker process died (or hung) on this image alone {deaths} time(s) "
         "(after bisecting its batch); see the Ray worker logs"
     )
 
@@ -164,8 +164,9 @@ def predict_with_retries(model: ModelProcess, names: list[str], images: list[np.
             shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
             then = "retrying" if deaths <= max_retries else "bisecting" if len(images) > 1 else "giving up on it (worker_lost)"
             logger.warning(
-                "the model process %s died (exit code %s) on a batch of %d image(s) (%s), attempt %d of %d; %s",
-                exc.pid, exc.exitcode, len(images), shown, deaths, max_retries + 1, then,
+                "the model process %s %s on a batch of %d image(s) (%s), attempt %d of %d; %s",
+                exc.pid, "hung (killed)" if exc.hung else f"died (exit code {exc.exitcode})", len(images), shown, deaths,
+                max_retries + 1, then,
             )
             if deaths > max_retries:
                 break
@@ -197,6 +198,8 @@ class PanopticModelActor:
         torch_threads: intra-op threads on CPU (None: leave torch's default).
         max_worker_retries: retries of a batch (and of each bisected half) after the model
             process died on it; >= 0.
+        image_timeout_s: seconds per image a batch may take before the model process counts as
+            hung (killed; then as after a death).
     """
 
     def __init__(
@@ -212,6 +215,7 @@ class PanopticModelActor:
         batch_size: int,
         torch_threads: Optional[int],
         max_worker_retries: int,
+        image_timeout_s: Optional[float] = DEFAULT_IMAGE_TIMEOUT_S,
     ) -> None:
         import ray
 
@@ -220,7 +224,7 @@ class PanopticModelActor:
             config_overrides=config_overrides, vocabulary=vocabulary, device=device, batch_size=batch_size, torch_threads=torch_threads,
         )
         self.max_worker_retries = max_worker_retries
-        self.model = ModelProcess(spec)
+        self.model = ModelProcess(spec, image_timeout_s=image_timeout_s)
         info = self.model.start()
         self.ready_at = time.time()  # wall clock: comparable across processes (and NTP-synced nodes)
         self.last_model_pid = info.pid
