@@ -269,19 +269,12 @@ def _plugin_buttons(driver) -> dict[str, object]:
 _BUTTON_ORDER: dict[str, int] = {}
 
 
-def _hover_label(driver, sample, det) -> str:
-    """Point at the most interior pixel of ``det`` in the open sample; returns the tooltip's text."""
-    import numpy as np
-    from scipy import ndimage
+def _canvas_point(driver, sample, x: float, y: float) -> tuple[object, float, float]:
+    """The sample view's canvas and the offset from its centre of image pixel (``x``, ``y``)."""
     from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    from possam_label.fiftyone.convert import detection_mask_placement
-
     width, height = sample.metadata.width, sample.metadata.height
-    x0, y0, crop = detection_mask_placement(det, height, width)
-    cy, cx = np.unravel_index(np.argmax(ndimage.distance_transform_edt(crop)), crop.shape)
     for attempt in range(5):
         try:  # the sample view may re-render its canvases (after a refresh) while we measure them
             canvas = max(driver.find_elements(By.TAG_NAME, "canvas"), key=lambda c: c.rect["width"] * c.rect["height"])
@@ -292,8 +285,29 @@ def _hover_label(driver, sample, det) -> str:
     else:
         raise AssertionError("the sample view kept re-rendering its canvas")
     scale = min(box["width"] / width, box["height"] / height)  # the image is fitted and centred
-    dx = (box["width"] - width * scale) / 2 + (x0 + cx + 0.5) * scale - box["width"] / 2
-    dy = (box["height"] - height * scale) / 2 + (y0 + cy + 0.5) * scale - box["height"] / 2
+    dx = (box["width"] - width * scale) / 2 + (x + 0.5) * scale - box["width"] / 2
+    dy = (box["height"] - height * scale) / 2 + (y + 0.5) * scale - box["height"] / 2
+    return canvas, dx, dy
+
+
+def _interior_point(sample, det) -> tuple[int, int]:
+    """(x, y) image pixel of ``det``'s mask farthest from its border."""
+    import numpy as np
+    from scipy import ndimage
+
+    from possam_label.fiftyone.convert import detection_mask_placement
+
+    x0, y0, crop = detection_mask_placement(det, sample.metadata.height, sample.metadata.width)
+    cy, cx = np.unravel_index(np.argmax(ndimage.distance_transform_edt(crop)), crop.shape)
+    return int(x0 + cx), int(y0 + cy)
+
+
+def _hover_label(driver, sample, det) -> str:
+    """Point at the most interior pixel of ``det`` in the open sample; returns the tooltip's text."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    canvas, dx, dy = _canvas_point(driver, sample, *_interior_point(sample, det))
     ActionChains(driver).move_to_element_with_offset(canvas, 1, 1).perform()
     time.sleep(0.3)
     ActionChains(driver).move_to_element_with_offset(canvas, dx, dy).perform()
@@ -517,4 +531,110 @@ def test_review_session_of_twenty_corrections(app, browser) -> None:
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     causes = sorted({e["message"].split(" ", 2)[-1][:120] for e in errors})
     print("console errors (FiftyOne's own):", causes)
+    assert not [e for e in errors if "possam" in e["message"].lower() or "operator" in e["message"].lower()], errors
+
+
+def _open_annotate_tab(driver) -> None:
+    """Switch the open sample's sidebar to FiftyOne's Annotate tab (its editor)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver.find_element(By.XPATH, "//*[normalize-space(text())='Annotate']").click()
+    time.sleep(2.0)
+    # FiftyOne shows an "Explore Enterprise" popover there that takes the focus; its Dismiss click
+    # is intercepted, Escape on the popover closes it.
+    for paper in driver.find_elements(By.CSS_SELECTOR, ".MuiPopover-paper"):
+        try:
+            paper.send_keys(Keys.ESCAPE)
+        except Exception:  # gone meanwhile
+            pass
+    time.sleep(0.5)
+
+
+def test_annotate_tab_edit_is_a_correction_and_reaches_the_export(app, browser, tmp_path) -> None:
+    """In FiftyOne's own editor (sample view → Annotate): open a label of ours and pick another class
+    in its class dropdown. The App writes it straight to the dataset; the export then records it as
+    a correction (relabel, source "editor", category_id from the new class, semantic map repainted)
+    and carries the label as reviewer-verified: its new class and all its pixels, above a
+    confidence floor that would otherwise drop it. (Mask edits arrive the same way, through the
+    editor's save endpoint: tests/test_editor_sync.py.)"""
+    import re
+
+    import numpy as np
+    from selenium.webdriver.common.by import By
+
+    from possam_label.fiftyone.convert import detection_mask_placement
+    from possam_label.fiftyone.export import ExportOptions, check_coco_panoptic, export_from_dataset
+    from possam_label.io.panoptic_png import read_panoptic_png
+
+    base, dataset = app
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.get_log("browser")
+    sample = dataset.sort_by("filepath").last()  # one the session tests did not touch
+    names = [d.label for d in sample["possam"].detections]
+    thing = max((d for d in sample["possam"].detections if d["isthing"] and label_attr(d, "review_status") is None),
+                key=lambda d: d["area"])
+    new_class = next(c for c in ("dog", "cat", "horse", "bench") if c not in names)
+    height, width = sample.metadata.height, sample.metadata.width
+    browser.get(f"{base}/datasets/{DATASET}?id={sample.id}")
+    _wait_for_text(browser, ["Explore", "Annotate", "possam"])
+    time.sleep(2.0)
+    _dismiss_popovers(browser)
+    _open_annotate_tab(browser)
+
+    # The Annotate tab lists the sample's labels by class; open one of the thing's class.
+    entries = browser.find_elements(By.XPATH, f"//*[normalize-space(text())='{thing.label}']")
+    assert entries, _wait_for_text(browser, ["Annotate"])
+    entries[-1].click()
+    form = _wait_for_text(browser, ["Edit Detection", "label"])
+    label_id = re.search(r"id:\s*([0-9a-f]{24})", form).group(1)
+    det = next(d for d in sample["possam"].detections if d.id == label_id)
+    browser.save_screenshot(str(ARTIFACTS / "annotate_edit_form.png"))
+
+    def stored() -> dict:
+        ids, labels, boxes = dataset.select(sample.id).values(
+            ["possam.detections.id", "possam.detections.label", "possam.detections.bounding_box"])
+        return {i: (n, b) for i, n, b in zip(ids[0], labels[0], boxes[0])}
+
+    # The class dropdown (a combobox of the label schema's classes): pick the new class.
+    combo = next(c for c in browser.find_elements(By.CSS_SELECTOR, "input[role=combobox]")
+                 if "headlessui" in (c.get_attribute("id") or ""))
+    combo.click()
+    option = browser.find_element(By.XPATH, f"//*[@role='option'][normalize-space(.)='{new_class}']")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", option)
+    time.sleep(0.5)
+    option.click()
+    relabel_s = _wait_for_database(browser, lambda: stored()[label_id][0] == new_class, f"the label {label_id} as {new_class}")
+    time.sleep(1.0)
+    browser.save_screenshot(str(ARTIFACTS / "annotate_edited.png"))
+    print(f"\nAnnotate tab: class change in the database after {relabel_s:.2f} s")
+
+    # The export records the editor's edits first (sync), then keeps the label as reviewer-verified.
+    floor = min(0.99, float(det.confidence) + 0.01)
+    out = tmp_path / "export"
+    export_from_dataset(dataset, out, options=ExportOptions(formats=["panoptic"], min_score=floor), progress=False)
+    sample.reload()
+    edited = next(d for d in sample["possam"].detections if d.id == label_id)
+    log = [e for e in sample["possam_corrections"] if e["label_id"] == label_id]
+    assert [(e["action"], e["source"]) for e in log] == [("relabel", "editor")], log
+    assert edited.label == new_class and edited.review_status == "relabeled" and edited.original_label == det.label
+    check_coco_panoptic(out / "panoptic.json")
+    data = json.loads((out / "panoptic.json").read_text())
+    category = next(c for c in data["categories"] if c["name"] == new_class)
+    assert edited.category_id == category["id"] != det.category_id
+    ann = next(a for a in data["annotations"] if a["image_id"] == sample["possam_image_id"])
+    segment = next(s for s in ann["segments_info"] if s["id"] == edited.segment_id)
+    assert segment["category_id"] == category["id"]
+    left, top, crop = detection_mask_placement(edited, height, width)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+    assert int(mask.sum()) == det.area
+    id_map = read_panoptic_png(out / "panoptic" / ann["file_name"])
+    assert np.array_equal(id_map == edited.segment_id, mask)  # all its pixels: verified labels fill first
+    # The semantic map was repainted with the new class.
+    assert (sample["possam_semantic"].mask[mask] == category["id"]).all()
+
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    for entry in errors:
+        print("console:", entry["message"][:300])
     assert not [e for e in errors if "possam" in e["message"].lower() or "operator" in e["message"].lower()], errors
