@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from possam_label.engine.autolabel import AutolabelOptions, EncodeOutputs
-from possam_label.engine.autolabel.job import PipelineStats, StagedCommitter, iter_rows
+from possam_label.engine.autolabel.commit import PipelineStats, StagedCommitter, iter_rows
 from possam_label.io.coco_panoptic_writer import panoptic_png_bytes
 from possam_label.io.tables import (
     SEGMENTS_SCHEMA,

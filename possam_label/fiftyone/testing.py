@@ -34,7 +34,8 @@ from PIL import Image
 
 from ..io.panoptic_png import id2rgb, read_panoptic_png
 from ..io.rle import encode_panoptic_map, mask_bbox
-from ..io.tables import OutputStore, atomic_write_json, image_id_for_path, images_table, segments_table
+from ..io.atomic_files import atomic_write_json
+from ..io.tables import OutputStore, image_id_for_path, images_table, segments_table
 
 logger = logging.getLogger(__name__)
 

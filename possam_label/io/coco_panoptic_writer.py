@@ -28,7 +28,7 @@ from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Union
 import numpy as np
 from PIL import Image
 
-from .tables import fsync_directory, temporary_path_for
+from .atomic_files import fsync_directory, temporary_path_for
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Parquet schemas of the auto-labeling outputs, atomic writers, and the output-directory store.
+"""Parquet schemas of the auto-labeling outputs, their atomic writer, and the output-directory store.
 
 Layout of an output directory (see docs/outputs.md for every column)::
 
@@ -49,6 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..types import SegmentInfo, segment_fields
+from .atomic_files import TMP_PREFIX, atomic_write_bytes, fsync_directory, fsync_file, temporary_path_for
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,6 @@ STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
 _PART_RE = re.compile(r"^part-([0-9A-Za-z_-]+)\.parquet$")
-_TMP_PREFIX = ".tmp-"
 STAGED_PREFIX = ".staged-"
 # A staging token is chosen by a worker and travels back to the driver, which builds paths from
 # it: only this shape is accepted, so a path built from it stays inside the output directory.
@@ -144,53 +144,6 @@ def image_id_for_path(path: Union[str, Path]) -> int:
     """
     absolute = os.path.normpath(os.path.abspath(os.fspath(path)))
     return int(hashlib.sha1(absolute.encode("utf-8", "surrogateescape")).hexdigest()[:15], 16)
-
-
-def fsync_directory(directory: Path) -> None:
-    """fsync a directory so a rename inside it survives power loss (best effort)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def temporary_path_for(final: Path) -> Path:
-    """A unique hidden temporary name next to ``final`` (same filesystem, so ``os.replace`` is atomic)."""
-    return final.with_name(f"{_TMP_PREFIX}{final.name}.{secrets.token_hex(6)}")
-
-
-def atomic_write_bytes(path: Union[str, Path], data: bytes, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``.
-
-    Readers see either the old file or the complete new one. With ``durable`` the data and the
-    rename are fsync'ed (survives power loss, not only process death).
-    """
-    path = Path(path)
-    tmp = temporary_path_for(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if durable:
-        fsync_directory(path.parent)
-
-
-def atomic_write_json(path: Union[str, Path], obj: Any, durable: bool = True) -> None:
-    """``json.dumps(obj, indent=2)`` written atomically (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"), durable=durable)
 
 
 def write_parquet(table: pa.Table, path: Union[str, Path]) -> None:
@@ -246,15 +199,6 @@ def check_staged_token(token: str) -> str:
     if not isinstance(token, str) or not _STAGED_TOKEN_RE.match(token):
         raise ValueError(f"bad staging token {token!r}")
     return token
-
-
-def fsync_file(path: Path) -> None:
-    """fsync one written file (its data reaches the disk before it is renamed into place)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def utc_now() -> str:
@@ -315,7 +259,7 @@ class OutputStore:
                 "pass --resume to finish a previous run there, or --overwrite to delete its outputs and start again"
             )
         if mode == "overwrite" and entries:
-            foreign = [e for e in entries if e not in _KNOWN_ENTRIES and not e.startswith(_TMP_PREFIX)]
+            foreign = [e for e in entries if e not in _KNOWN_ENTRIES and not e.startswith(TMP_PREFIX)]
             if foreign:
                 raise OutputDirError(
                     f"refusing to overwrite {self.root}: it holds files an autolabel run does not write "
@@ -488,7 +432,7 @@ class OutputStore:
         removed = {"tmp_files": 0, "staged_files": 0, "orphan_segment_parts": 0, "orphan_pngs": 0}
         for directory in (self.root, self.images_dir, self.segments_dir, self.panoptic_dir):
             for name in _listdir(directory):
-                if name.startswith(_TMP_PREFIX):
+                if name.startswith(TMP_PREFIX):
                     (directory / name).unlink()
                     removed["tmp_files"] += 1
         removed["staged_files"] = self.remove_staged()
