@@ -26,7 +26,8 @@ fo = import_or_unavailable("fiftyone")
 from possam_label.fiftyone import corrections as C  # noqa: E402
 from possam_label.fiftyone.autolabel_output import AutolabelOutput  # noqa: E402
 from possam_label.fiftyone.bulk_load import LoadSelection  # noqa: E402
-from possam_label.fiftyone.convert import detection_mask_placement, prediction_to_labels  # noqa: E402
+from possam_label.fiftyone.convert import detection_mask_placement, label_attr, prediction_to_labels  # noqa: E402
+from possam_label.fiftyone.drawing import MASK_ONLY_ATTRIBUTE  # noqa: E402
 from possam_label.fiftyone.export import check_coco_panoptic, export_from_dataset  # noqa: E402
 from possam_label.fiftyone.load import load_autolabel_output  # noqa: E402
 from possam_label.fiftyone.review_baseline import baseline_entries  # noqa: E402
@@ -80,6 +81,8 @@ def test_files_storage_masks_match_the_rles_and_fiftyone_objects(fiftyone_db, ou
             assert np.array_equal(_full_mask(det, height, width), decode_rle(row["rle"]))
             assert np.array_equal(det.get_mask() > 0, ref.mask)
             assert det.bounding_box == ref.bounding_box and det.label == ref.label and det.area == ref.area
+            # Both paths give a stuff label the App's mask-only drawing hint, a thing none.
+            assert label_attr(det, MASK_ONLY_ATTRIBUTE) == label_attr(ref, MASK_ONLY_ATTRIBUTE) == (None if row["isthing"] else [[0.0, 0.0]])
             assert (semantic.get_mask()[decode_rle(row["rle"])] == row["category_id"]).all()
             checked += 1
         # The review baseline is what review_baseline.py would record for these Detections.

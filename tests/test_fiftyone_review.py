@@ -29,6 +29,7 @@ from possam_label.fiftyone import corrections as C  # noqa: E402
 from possam_label.fiftyone.autolabel_output import AutolabelOutputError  # noqa: E402
 from possam_label.fiftyone.convert import detection_mask_placement, label_attr  # noqa: E402
 from possam_label.fiftyone.dataset import DatasetNotFoundError, get_categories, open_dataset  # noqa: E402
+from possam_label.fiftyone.drawing import MASK_ONLY_ATTRIBUTE  # noqa: E402
 from possam_label.fiftyone.export import ExportOptions, check_coco_panoptic, export_from_dataset  # noqa: E402
 from possam_label.fiftyone.load import load_autolabel_output  # noqa: E402
 from possam_label.fiftyone.review import needs_review_view, review_summary, save_review_views, tag_by_confidence  # noqa: E402
@@ -102,6 +103,33 @@ def test_load_matches_parquet_rows_and_rles(db, output_dir: Path, rows: list[dic
     assert ds.mask_targets["possam_semantic"][1] == "person"
     indexes = ds.list_indexes()
     assert "possam.detections.confidence" in indexes and "possam.detections.label" in indexes
+
+
+def test_stuff_labels_keep_the_mask_only_drawing_hint_through_relabel_and_revert(db, output_dir: Path) -> None:
+    """The App draws a stuff label as its mask only (possam_label/fiftyone/drawing.py; the drawing
+    itself is checked in tests/test_browser_app.py): loaded stuff carries the hint, things do not;
+    a stuff label relabeled as a thing loses it (its box is drawn), stuff as another stuff class
+    keeps it, and revert restores the label as loaded, hint included."""
+    name = fresh_dataset_name("drawing_hint")
+    load_autolabel_output(output_dir, name, progress=False)
+    ds = fo.load_dataset(name)
+    sample = next(s for s in ds.sort_by("filepath") if s.possam is not None and any(not d.isthing for d in s.possam.detections))
+    stuff = [d for d in sample.possam.detections if not d.isthing]
+    assert all(label_attr(d, MASK_ONLY_ATTRIBUTE) == [[0.0, 0.0]] for d in stuff)
+    assert all(label_attr(d, MASK_ONLY_ATTRIBUTE) is None for d in sample.possam.detections if d.isthing)
+    categories = get_categories(ds, "possam")
+    thing_class = next(c.name for c in categories if c.isthing)
+    other_stuff = next(c.name for c in categories if not c.isthing and c.name not in {d.label for d in stuff})
+    C.relabel_segments(ds, _sel(sample, stuff[0]), thing_class)
+    C.relabel_segments(ds, _sel(sample, *stuff[1:]), other_stuff)
+    sample.reload()
+    by_id = {d.id: d for d in sample.possam.detections}
+    assert by_id[stuff[0].id].isthing is True and label_attr(by_id[stuff[0].id], MASK_ONLY_ATTRIBUTE) is None
+    assert all(by_id[d.id].isthing is False and label_attr(by_id[d.id], MASK_ONLY_ATTRIBUTE) == [[0.0, 0.0]] for d in stuff[1:])
+    assert C.revert_corrections(ds, [sample.id]) >= 1
+    sample.reload()
+    by_id = {d.id: d for d in sample.possam.detections}
+    assert all(by_id[d.id].label == d.label and label_attr(by_id[d.id], MASK_ONLY_ATTRIBUTE) == [[0.0, 0.0]] for d in stuff)
 
 
 def test_reload_replaces_instead_of_duplicating(db, output_dir: Path, rows: list[dict]) -> None:

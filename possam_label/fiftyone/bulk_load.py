@@ -35,6 +35,7 @@ from PIL import Image
 
 from ..io.rle import encode_mask
 from .autolabel_output import AutolabelOutputError, ImageRecord, decode_segment_rows, iter_part_rows
+from .drawing import thing_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def image_documents(
         attributes = {
             "segment_id": int(seg["segment_id"]),
             "category_id": category_id,
-            "isthing": bool(seg["isthing"]),
+            **thing_attributes(bool(seg["isthing"])),
             "mask_quality": float(seg["mask_quality"]),
             "in_vocab_prob": float(seg["in_vocab_prob"]),
             "out_vocab_prob": float(seg["out_vocab_prob"]),

@@ -25,11 +25,20 @@ import fiftyone as fo
 
 from ..panoptic import areas_and_boxes, restrict, score_passes
 from ..types import PanopticPrediction, SegmentInfo
+from .drawing import MASK_ONLY_ATTRIBUTE, thing_attributes
 
 logger = logging.getLogger(__name__)
 
 # Detection attributes written from SegmentInfo (besides label/confidence/mask/bounding_box).
 SEGMENT_ATTRIBUTES = ("segment_id", "category_id", "isthing", "mask_quality", "in_vocab_prob", "out_vocab_prob", "area")
+
+
+def set_isthing(det: fo.Detection, isthing: bool) -> None:
+    """Set a Detection's ``isthing`` and its drawing hint together (see :mod:`.drawing`)."""
+    attributes = thing_attributes(bool(isthing))
+    attributes.setdefault(MASK_ONLY_ATTRIBUTE, None)  # a stuff label relabeled as a thing gets its box back
+    for key, value in attributes.items():
+        det[key] = value
 
 
 def semantic_dtype(max_category_id: int) -> np.dtype:
@@ -89,7 +98,7 @@ def prediction_to_labels(
             confidence=float(seg.score),
             segment_id=int(seg.id),
             category_id=int(seg.category_id),
-            isthing=bool(seg.isthing),
+            **thing_attributes(bool(seg.isthing)),
             mask_quality=float(seg.mask_quality),
             in_vocab_prob=float(seg.in_vocab_prob),
             out_vocab_prob=float(seg.out_vocab_prob),

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Mapping, Optional
 import fiftyone as fo
 
 from ..vocab import Vocabulary
-from .convert import label_attr
+from .convert import label_attr, set_isthing
 from .dataset import DEFAULT_LABEL_FIELD, ReviewFields, get_categories
 from .editor_sync import store_classes, sync_editor_edits, sync_sample
 from .review_baseline import detection_from_baseline, record_state
@@ -147,7 +147,7 @@ def relabel_segments(
             det["original_isthing"] = label_attr(det, "isthing")
         det.label = category.name
         det["category_id"] = int(category.id)
-        det["isthing"] = bool(category.isthing)
+        set_isthing(det, category.isthing)
         set_status(det, RELABELED, when)
 
     result = apply_correction(dataset, selected, label_field, "relabel", change, repaint=True)
@@ -235,7 +235,7 @@ def revert_corrections(
                 if label_attr(det, "original_label") is not None:
                     det.label = label_attr(det, "original_label")
                     det["category_id"] = label_attr(det, "original_category_id")
-                    det["isthing"] = label_attr(det, "original_isthing")
+                    set_isthing(det, label_attr(det, "original_isthing", True))
                 for key in _ORIGINAL_KEYS + _REVIEW_KEYS:
                     if det.has_field(key):
                         try:

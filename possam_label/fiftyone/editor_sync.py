@@ -43,7 +43,7 @@ import fiftyone.core.sample as fosample
 from fiftyone import ViewField as F
 
 from ..vocab import Vocabulary, VocabularyClass
-from .convert import detection_mask_placement, label_attr
+from .convert import detection_mask_placement, label_attr, set_isthing
 from .dataset import DEFAULT_LABEL_FIELD, INFO_KEY, ReviewFields, get_categories, has_possam_field, open_dataset, set_categories
 from .review_baseline import baseline_fingerprint, detection_fingerprint, detection_from_baseline, fingerprint, record_state
 from .review_record import (
@@ -167,7 +167,8 @@ def _record_added(
 ) -> None:
     """A label drawn in the editor: the next free segment id, its class's ids, status "added"."""
     det["segment_id"] = _next_segment_id(sample, fields)
-    det["category_id"], det["isthing"] = int(category.id), bool(category.isthing)
+    det["category_id"] = int(category.id)
+    set_isthing(det, category.isthing)
     placement = _tighten(det, *size)
     if placement is not None:
         changed_geometry.append((det, placement))
@@ -192,7 +193,8 @@ def _record_edited(
             det["original_category_id"] = label_attr(det, "category_id")
             det["original_isthing"] = label_attr(det, "isthing")
         before["label"] = previous["label"]
-        det["category_id"], det["isthing"] = int(category.id), bool(category.isthing)
+        det["category_id"] = int(category.id)
+        set_isthing(det, category.isthing)
     if geometry_changed:
         placement = _tighten(det, *size)
         if placement is not None:

@@ -19,7 +19,7 @@ from scipy import ndimage
 import fiftyone as fo
 
 from ..io.rle import decode_rle, encode_mask
-from .convert import detection_full_mask, label_attr
+from .convert import detection_full_mask, label_attr, set_isthing
 from .corrections import sync_before_change
 from .review_baseline import record_state
 from .review_record import (
@@ -118,7 +118,8 @@ def merge_labels(
         category = categories.by_name(label)
         if keeper.label != category.name and label_attr(keeper, "original_label") is None:
             keeper["original_label"], keeper["original_category_id"], keeper["original_isthing"] = keeper.label, label_attr(keeper, "category_id"), label_attr(keeper, "isthing")
-        keeper.label, keeper["category_id"], keeper["isthing"] = category.name, int(category.id), bool(category.isthing)
+        keeper.label, keeper["category_id"] = category.name, int(category.id)
+        set_isthing(keeper, category.isthing)
     set_full_mask(keeper, union)
     when = utc_now()
     set_status(keeper, EDITED, when)

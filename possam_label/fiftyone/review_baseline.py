@@ -20,6 +20,7 @@ import fiftyone as fo
 from ..io.rle import decode_rle, encode_mask
 from .bulk_load import BASELINE_ATTRIBUTES
 from .convert import label_attr
+from .drawing import thing_attributes
 from .dataset import DEFAULT_LABEL_FIELD, ReviewFields
 
 
@@ -80,6 +81,9 @@ def detection_from_baseline(entry: Mapping[str, Any]) -> fo.Detection:
         tags=list(entry.get("tags") or []),
         **dict(entry.get("attributes") or {}),
     )
+    if (entry.get("attributes") or {}).get("isthing") is False:
+        for key, value in thing_attributes(False).items():
+            det[key] = value  # the App's mask-only drawing of a stuff label, as the loader wrote it
     det.id = entry["label_id"]
     return det
 

@@ -33,7 +33,7 @@ import fiftyone as fo
 
 from ..io.images import load_image_rgb
 from ..prompting import PromptedSegmenter, mask_iou, prompted_segmenter, refine_mask
-from .convert import detection_full_mask, label_attr
+from .convert import detection_full_mask, label_attr, set_isthing
 from .corrections import sync_before_change
 from .dataset import DEFAULT_LABEL_FIELD, ReviewFields, get_categories, loaded_runs
 from .mask_tools import detection_snapshot, set_full_mask
@@ -229,7 +229,8 @@ def segment_new_boxes(
         category = categories.by_name(categories.names[mask_class.index])
         set_full_mask(det, changed[det.id])
         det.label, det.confidence = category.name, float(mask_class.confidence)
-        det["category_id"], det["isthing"] = int(category.id), bool(category.isthing)
+        det["category_id"] = int(category.id)
+        set_isthing(det, category.isthing)
         if label_attr(det, "segment_id") is None:
             det["segment_id"] = next_segment
             next_segment += 1

@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 TMP_PREFIX = ".tmp-"
 
@@ -36,20 +36,21 @@ def temporary_path_for(final: Path) -> Path:
     return final.with_name(f"{TMP_PREFIX}{final.name}.{secrets.token_hex(6)}")
 
 
-def atomic_write_bytes(path: Union[str, Path], data: bytes, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``.
+@contextlib.contextmanager
+def atomic_replace(path: Union[str, Path], durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on a clean exit it replaces ``path`` whole.
 
-    Readers see either the old file or the complete new one. With ``durable`` the data and the
-    rename are fsync'ed (survives power loss, not only process death).
+    The body writes the temporary file (and closes it). On a clean exit its data is fsync'ed
+    (with ``durable``), it is renamed over ``path`` with ``os.replace`` and the directory is
+    fsync'ed; on any exception the temporary file is removed and the exception propagates, so
+    readers only ever see the old file or the complete new one.
     """
     path = Path(path)
     tmp = temporary_path_for(path)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
+        yield tmp
+        if durable:
+            fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -57,6 +58,16 @@ def atomic_write_bytes(path: Union[str, Path], data: bytes, durable: bool = True
         raise
     if durable:
         fsync_directory(path.parent)
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_replace`).
+
+    Readers see either the old file or the complete new one. With ``durable`` the data and the
+    rename are fsync'ed (survives power loss, not only process death).
+    """
+    with atomic_replace(path, durable=durable) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_json(path: Union[str, Path], obj: Any, durable: bool = True) -> None:

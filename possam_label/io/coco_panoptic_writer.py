@@ -28,7 +28,7 @@ from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Union
 import numpy as np
 from PIL import Image
 
-from .atomic_files import fsync_directory, temporary_path_for
+from .atomic_files import atomic_replace
 
 logger = logging.getLogger(__name__)
 
@@ -166,12 +166,10 @@ def write_coco_json(
     Returns:
         counts ``{"images", "annotations", "segments"}`` (segments: 0 for buffered annotations).
     """
-    path = Path(path)
-    tmp = temporary_path_for(path)
     counts = {"images": 0, "annotations": 0, "segments": 0}
     if count_segments and not isinstance(annotations, JsonArrayBuffer):
         annotations = _counting(annotations, counts)
-    try:
+    with atomic_replace(path, durable=durable) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write('{"info": ' + json.dumps(dict(info or {})) + ', "licenses": [], ')
             fh.write('"categories": ' + json.dumps([dict(c) for c in categories]) + ', "images": ')
@@ -179,16 +177,6 @@ def write_coco_json(
             fh.write(', "annotations": ')
             counts["annotations"] = _write_array(fh, annotations)
             fh.write("}\n")
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if durable:
-        fsync_directory(path.parent)
     return counts
 
 

@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..types import SegmentInfo, segment_fields
-from .atomic_files import TMP_PREFIX, atomic_write_bytes, fsync_directory, fsync_file, temporary_path_for
+from .atomic_files import TMP_PREFIX, atomic_replace, atomic_write_bytes, fsync_directory, fsync_file
 
 logger = logging.getLogger(__name__)
 
@@ -152,20 +152,9 @@ def write_parquet(table: pa.Table, path: Union[str, Path]) -> None:
 
 
 def write_parquet_atomic(table: pa.Table, path: Union[str, Path], durable: bool = True) -> None:
-    """Write a table as one zstd Parquet file, atomically (temporary name, fsync, ``os.replace``)."""
-    path = Path(path)
-    tmp = temporary_path_for(path)
-    try:
+    """Write a table as one zstd Parquet file, atomically (:func:`~.atomic_files.atomic_replace`)."""
+    with atomic_replace(path, durable=durable) as tmp:
         write_parquet(table, tmp)
-        if durable:
-            fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if durable:
-        fsync_directory(path.parent)
 
 
 def segments_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
