@@ -106,6 +106,10 @@ def test_run_json_records_provenance(autolabel_run: Path) -> None:
     assert run["execution"]["device"] == "cpu"
     assert run["started_at"] <= run["ended_at"]
     assert len(run["attempts"]) == 1 and run["attempts"][0]["summary"]["processed"] == 23
+    # The driver's cost window (first result to last commit): images, CPU and wall seconds in it.
+    summary = run["attempts"][0]["summary"]
+    assert 0 < summary["driver_measured_images"] < 23 and summary["driver_measured_seconds"] > 0
+    assert 0 < summary["driver_loop_cpu_seconds"] <= summary["driver_cpu_seconds"]
     assert run["model"]["workers"] and all(w["node_id"] for w in run["model"]["workers"])
     assert run["run_id"] == read_images_table(autolabel_run)["run_id"][0].as_py()
 

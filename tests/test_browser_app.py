@@ -551,6 +551,20 @@ def _open_annotate_tab(driver) -> None:
     time.sleep(0.5)
 
 
+def _pick_class_in_editor(driver, new_class: str) -> None:
+    """In the Annotate tab's open label form, pick ``new_class`` in the class dropdown (a combobox
+    of the label schema's classes; the App saves the change at once)."""
+    from selenium.webdriver.common.by import By
+
+    combo = next(c for c in driver.find_elements(By.CSS_SELECTOR, "input[role=combobox]")
+                 if "headlessui" in (c.get_attribute("id") or ""))
+    combo.click()
+    option = driver.find_element(By.XPATH, f"//*[@role='option'][normalize-space(.)='{new_class}']")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", option)
+    time.sleep(0.5)
+    option.click()
+
+
 def test_annotate_tab_edit_is_a_correction_and_reaches_the_export(app, browser, tmp_path) -> None:
     """In FiftyOne's own editor (sample view → Annotate): open a label of ours and pick another class
     in its class dropdown. The App writes it straight to the dataset; the export then records it as
@@ -596,14 +610,7 @@ def test_annotate_tab_edit_is_a_correction_and_reaches_the_export(app, browser, 
             ["possam.detections.id", "possam.detections.label", "possam.detections.bounding_box"])
         return {i: (n, b) for i, n, b in zip(ids[0], labels[0], boxes[0])}
 
-    # The class dropdown (a combobox of the label schema's classes): pick the new class.
-    combo = next(c for c in browser.find_elements(By.CSS_SELECTOR, "input[role=combobox]")
-                 if "headlessui" in (c.get_attribute("id") or ""))
-    combo.click()
-    option = browser.find_element(By.XPATH, f"//*[@role='option'][normalize-space(.)='{new_class}']")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", option)
-    time.sleep(0.5)
-    option.click()
+    _pick_class_in_editor(browser, new_class)
     relabel_s = _wait_for_database(browser, lambda: stored()[label_id][0] == new_class, f"the label {label_id} as {new_class}")
     time.sleep(1.0)
     browser.save_screenshot(str(ARTIFACTS / "annotate_edited.png"))
@@ -741,13 +748,7 @@ def test_stuff_labels_draw_their_masks_without_boxes(app, browser) -> None:
     entries[-1].click()
     form = _wait_for_text(browser, ["Edit Detection", "label"])
     assert re.search(r"id:\s*([0-9a-f]{24})", form).group(1) == det.id, form
-    combo = next(c for c in browser.find_elements(By.CSS_SELECTOR, "input[role=combobox]")
-                 if "headlessui" in (c.get_attribute("id") or ""))
-    combo.click()
-    option = browser.find_element(By.XPATH, f"//*[@role='option'][normalize-space(.)='{new_class}']")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", option)
-    time.sleep(0.5)
-    option.click()
+    _pick_class_in_editor(browser, new_class)
 
     def stored_label() -> str:
         labels, ids = dataset.select(sample.id).values(["possam.detections.label", "possam.detections.id"])

@@ -55,6 +55,7 @@ class PipelineStats:
     driver_cpu_seconds: float = 0.0
     loop_cpu_seconds: float = 0.0
     measured_images: int = 0
+    measured_seconds: float = 0.0  # wall length of that window
 
     def images_per_second(self) -> float:
         if not self.processed or self.last_commit_at is None:

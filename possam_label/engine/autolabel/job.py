@@ -161,6 +161,7 @@ def run_autolabel(options: AutolabelOptions) -> AutolabelSummary:
             steady_images_per_second=stats.steady_images_per_second(), startup_seconds=stats.startup_seconds(),
             max_result_lag_seconds=stats.max_result_lag, model_seconds=stats.model_seconds, error_reasons=dict(stats.reasons),
             driver_cpu_seconds=stats.driver_cpu_seconds, driver_loop_cpu_seconds=stats.loop_cpu_seconds, driver_measured_images=stats.measured_images,
+            driver_measured_seconds=stats.measured_seconds,
             complete=complete,
         )
         total_ok, total_err = committed_counts(store)
@@ -256,7 +257,7 @@ def run_pipeline(
     workers_write = writes == "workers"
     committer: ResultCommitter = (StagedCommitter if workers_write else PartCommitter)(store, record, stats, options, total=len(pending))
     dataset = build_dataset(options, setup, plan, pending, record.run_id, str(store.root) if workers_write else None)
-    clocks: Optional[tuple[float, float]] = None  # (process, main thread) CPU after the first result
+    clocks: Optional[tuple[float, float, float]] = None  # (process CPU, main-thread CPU, wall) after the first result
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
             stats.see_batch(batch)
@@ -266,7 +267,7 @@ def run_pipeline(
                 received += 1
             committer.commit_if_due()
             if clocks is None:
-                clocks = (time.process_time(), time.thread_time())
+                clocks = (time.process_time(), time.thread_time(), time.perf_counter())
             else:
                 stats.measured_images += received
         committer.commit()
@@ -274,6 +275,7 @@ def run_pipeline(
         if clocks is not None:
             stats.driver_cpu_seconds = time.process_time() - clocks[0]
             stats.loop_cpu_seconds = time.thread_time() - clocks[1]
+            stats.measured_seconds = time.perf_counter() - clocks[2]
         committer.close()
         for name, value in saved_context.items():
             setattr(context, name, value)

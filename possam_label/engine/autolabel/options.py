@@ -206,6 +206,7 @@ class AutolabelSummary:
     driver_cpu_seconds: float = 0.0
     driver_loop_cpu_seconds: float = 0.0
     driver_measured_images: int = 0
+    driver_measured_seconds: float = 0.0  # wall length of that window
     error_reasons: dict[str, int] = field(default_factory=dict)
     complete: bool = True
 
