@@ -244,6 +244,130 @@ def test_review_panel_and_operator_browser_render(app, browser) -> None:
     _wait_for_text(browser, [f"below 0.50: {summary.num_below}", f"at or above: {summary.num_above}"], timeout=30)
 
 
+def _screenshot_array(driver):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")).astype(int)
+
+
+def _left_edge_pixels(image, driver, sample, det):
+    """(rows, 7) RGB pixels of a screenshot of the open sample around ``det``'s left box edge
+    (middle 60 % of its height; the App's stroke is a few pixels wide around the edge)."""
+    import numpy as np
+
+    width, height = sample.metadata.width, sample.metadata.height
+    x, y, _, h = det.bounding_box
+    canvas, dx, top = _canvas_point(driver, sample, x * width, (y + 0.2 * h) * height)
+    _, _, bottom = _canvas_point(driver, sample, x * width, (y + 0.8 * h) * height)
+    rect = canvas.rect
+    centre_x, centre_y = rect["x"] + rect["width"] / 2, rect["y"] + rect["height"] / 2
+    column = int(round(centre_x + dx - 0.5))
+    rows = np.arange(int(centre_y + top), int(centre_y + bottom))
+    return image[rows][:, column - 3 : column + 4]
+
+
+def _stroke_cover(edge, colour) -> float:
+    """The largest fraction of one pixel column of ``edge`` that is ``colour`` (within 8 per channel)."""
+    import numpy as np
+
+    return float((np.abs(edge - np.asarray(colour)).max(axis=2) <= 8).mean(axis=0).max())
+
+
+def test_stuff_labels_draw_their_masks_without_boxes(app, browser) -> None:
+    """The App draws a stuff label's mask and no box (the loader's drawing hint, possam_label/
+    fiftyone/drawing.py): the left edge of a stuff box shows the image, and the same label without
+    the hint gets its stroked box back (the control). The Annotate tab still edits such a label: a
+    class change to another stuff class is synced as a relabel and the label keeps drawing mask-only."""
+    import re
+
+    import numpy as np
+    from selenium.webdriver.common.by import By
+
+    from possam_label.fiftyone.corrections import revert_corrections
+    from possam_label.fiftyone.drawing import MASK_ONLY_ATTRIBUTE
+    from possam_label.fiftyone.editor_sync import sync_editor_edits
+
+    base, dataset = app
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.get_log("browser")
+    # A stuff label whose left box edge lies inside the image (so a stroke there is visible).
+    candidates = [
+        (d.bounding_box[3], s.id, d.id)
+        for s in dataset.iter_samples()
+        for d in s["possam"].detections
+        if not d["isthing"] and label_attr(d, "review_status") is None and d.bounding_box[0] > 0.05 and d.bounding_box[3] > 0.2
+    ]
+    assert candidates, "the COCO sample has a stuff segment away from the left border"
+    _, sample_id, label_id = max(candidates)
+    sample = dataset[sample_id]
+    det = next(d for d in sample["possam"].detections if d.id == label_id)
+    assert det[MASK_ONLY_ATTRIBUTE] is not None  # the loader's hint
+
+    def show() -> object:
+        browser.get(f"{base}/datasets/{DATASET}?id={sample.id}")
+        _wait_for_text(browser, ["Explore", "Annotate", "possam"])
+        time.sleep(3.0)
+        _dismiss_popovers(browser)
+        time.sleep(1.0)
+        return _screenshot_array(browser)
+
+    masks_only = _left_edge_pixels(show(), browser, sample, det)
+    browser.save_screenshot(str(ARTIFACTS / "stuff_mask_only.png"))
+    hint = det[MASK_ONLY_ATTRIBUTE]
+    det[MASK_ONLY_ATTRIBUTE] = None
+    sample.save()
+    try:
+        with_box = _left_edge_pixels(show(), browser, sample, det)
+        browser.save_screenshot(str(ARTIFACTS / "stuff_with_box.png"))
+    finally:
+        det[MASK_ONLY_ATTRIBUTE] = hint
+        sample.save()
+    # The control shows the stroke: one column of one solid colour. Without the hint, that colour
+    # is not there (the mask is drawn translucent, so the image shows through it).
+    modes = []
+    for column in with_box.transpose(1, 0, 2):
+        colours, counts = np.unique(column, axis=0, return_counts=True)
+        modes.append(colours[np.argmax(counts)])
+    stroke = max(modes, key=lambda colour: _stroke_cover(with_box, colour))
+    cover_box, cover_masks_only = _stroke_cover(with_box, stroke), _stroke_cover(masks_only, stroke)
+    print(f"\nstuff label {det.label!r}: its box colour {stroke.tolist()} covers {cover_masks_only:.0%} of a column at its left edge (mask only), {cover_box:.0%} (box drawn)")
+    assert cover_box >= 0.9 and cover_masks_only <= 0.2, (cover_masks_only, cover_box)
+
+    # FiftyOne's editor opens and edits such a label: another stuff class, synced as a relabel.
+    names = {d.label for d in sample["possam"].detections}
+    new_class = next(c for c in ("playingfield", "sand", "dirt-merged", "river") if c not in names)
+    show()
+    _open_annotate_tab(browser)
+    entries = browser.find_elements(By.XPATH, f"//*[normalize-space(text())='{det.label}']")
+    assert entries, _wait_for_text(browser, ["Annotate"])
+    entries[-1].click()
+    form = _wait_for_text(browser, ["Edit Detection", "label"])
+    assert re.search(r"id:\s*([0-9a-f]{24})", form).group(1) == det.id, form
+    _pick_class_in_editor(browser, new_class)
+
+    def stored_label() -> str:
+        labels, ids = dataset.select(sample.id).values(["possam.detections.label", "possam.detections.id"])
+        return dict(zip(ids[0], labels[0]))[det.id]
+
+    _wait_for_database(browser, lambda: stored_label() == new_class, f"the stuff label {det.id} as {new_class}")
+    sync_editor_edits(dataset)
+    sample.reload()
+    edited = next(d for d in sample["possam"].detections if d.id == det.id)
+    assert edited.review_status == "relabeled" and edited["isthing"] is False
+    assert edited[MASK_ONLY_ATTRIBUTE] == hint
+    revert_corrections(dataset, [sample.id])  # the later tests see this sample as loaded
+    # The App remembers the sidebar's mode: back to Explore, where the later tests click labels.
+    browser.find_element(By.XPATH, "//*[normalize-space(text())='Explore']").click()
+    time.sleep(1.0)
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    for entry in errors:
+        print("console:", entry["message"][:300])
+    assert not [e for e in errors if "possam" in e["message"].lower() or "operator" in e["message"].lower()], errors
+
+
 def _plugin_buttons(driver) -> dict[str, object]:
     """The plugin's buttons in the sample viewer's action bar, by the label their tooltip shows."""
     from selenium.webdriver.common.action_chains import ActionChains
@@ -622,7 +746,7 @@ def test_annotate_tab_edit_is_a_correction_and_reaches_the_export(app, browser, 
     export_from_dataset(dataset, out, options=ExportOptions(formats=["panoptic"], min_score=floor), progress=False)
     sample.reload()
     edited = next(d for d in sample["possam"].detections if d.id == label_id)
-    log = [e for e in sample["possam_corrections"] if e["label_id"] == label_id]
+    log = [e for e in sample["possam_corrections"] if e.get("label_id") == label_id]  # a revert entry has none
     assert [(e["action"], e["source"]) for e in log] == [("relabel", "editor")], log
     assert edited.label == new_class and edited.review_status == "relabeled" and edited.original_label == det.label
     check_coco_panoptic(out / "panoptic.json")
@@ -646,121 +770,3 @@ def test_annotate_tab_edit_is_a_correction_and_reaches_the_export(app, browser, 
         print("console:", entry["message"][:300])
     assert not [e for e in errors if "possam" in e["message"].lower() or "operator" in e["message"].lower()], errors
 
-
-def _screenshot_array(driver):
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")).astype(int)
-
-
-def _left_edge_pixels(image, driver, sample, det):
-    """(rows, 7) RGB pixels of a screenshot of the open sample around ``det``'s left box edge
-    (middle 60 % of its height; the App's stroke is a few pixels wide around the edge)."""
-    import numpy as np
-
-    width, height = sample.metadata.width, sample.metadata.height
-    x, y, _, h = det.bounding_box
-    canvas, dx, top = _canvas_point(driver, sample, x * width, (y + 0.2 * h) * height)
-    _, _, bottom = _canvas_point(driver, sample, x * width, (y + 0.8 * h) * height)
-    rect = canvas.rect
-    centre_x, centre_y = rect["x"] + rect["width"] / 2, rect["y"] + rect["height"] / 2
-    column = int(round(centre_x + dx - 0.5))
-    rows = np.arange(int(centre_y + top), int(centre_y + bottom))
-    return image[rows][:, column - 3 : column + 4]
-
-
-def _stroke_cover(edge, colour) -> float:
-    """The largest fraction of one pixel column of ``edge`` that is ``colour`` (within 8 per channel)."""
-    import numpy as np
-
-    return float((np.abs(edge - np.asarray(colour)).max(axis=2) <= 8).mean(axis=0).max())
-
-
-def test_stuff_labels_draw_their_masks_without_boxes(app, browser) -> None:
-    """The App draws a stuff label's mask and no box (the loader's drawing hint, possam_label/
-    fiftyone/drawing.py): the left edge of a stuff box shows the image, and the same label without
-    the hint gets its stroked box back (the control). The Annotate tab still edits such a label: a
-    class change to another stuff class is synced as a relabel and the label keeps drawing mask-only."""
-    import re
-
-    import numpy as np
-    from selenium.webdriver.common.by import By
-
-    from possam_label.fiftyone.drawing import MASK_ONLY_ATTRIBUTE
-    from possam_label.fiftyone.editor_sync import sync_editor_edits
-
-    base, dataset = app
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    browser.get_log("browser")
-    # A stuff label whose left box edge lies inside the image (so a stroke there is visible).
-    candidates = [
-        (d.bounding_box[3], s.id, d.id)
-        for s in dataset.iter_samples()
-        for d in s["possam"].detections
-        if not d["isthing"] and d.bounding_box[0] > 0.05 and d.bounding_box[3] > 0.2
-    ]
-    assert candidates, "the COCO sample has a stuff segment away from the left border"
-    _, sample_id, label_id = max(candidates)
-    sample = dataset[sample_id]
-    det = next(d for d in sample["possam"].detections if d.id == label_id)
-    assert det[MASK_ONLY_ATTRIBUTE] is not None  # the loader's hint
-
-    def show() -> object:
-        browser.get(f"{base}/datasets/{DATASET}?id={sample.id}")
-        _wait_for_text(browser, ["Explore", "Annotate", "possam"])
-        time.sleep(3.0)
-        _dismiss_popovers(browser)
-        time.sleep(1.0)
-        return _screenshot_array(browser)
-
-    masks_only = _left_edge_pixels(show(), browser, sample, det)
-    browser.save_screenshot(str(ARTIFACTS / "stuff_mask_only.png"))
-    hint = det[MASK_ONLY_ATTRIBUTE]
-    det[MASK_ONLY_ATTRIBUTE] = None
-    sample.save()
-    try:
-        with_box = _left_edge_pixels(show(), browser, sample, det)
-        browser.save_screenshot(str(ARTIFACTS / "stuff_with_box.png"))
-    finally:
-        det[MASK_ONLY_ATTRIBUTE] = hint
-        sample.save()
-    # The control shows the stroke: one column of one solid colour. Without the hint, that colour
-    # is not there (the mask is drawn translucent, so the image shows through it).
-    modes = []
-    for column in with_box.transpose(1, 0, 2):
-        colours, counts = np.unique(column, axis=0, return_counts=True)
-        modes.append(colours[np.argmax(counts)])
-    stroke = max(modes, key=lambda colour: _stroke_cover(with_box, colour))
-    cover_box, cover_masks_only = _stroke_cover(with_box, stroke), _stroke_cover(masks_only, stroke)
-    print(f"\nstuff label {det.label!r}: its box colour {stroke.tolist()} covers {cover_masks_only:.0%} of a column at its left edge (mask only), {cover_box:.0%} (box drawn)")
-    assert cover_box >= 0.9 and cover_masks_only <= 0.2, (cover_masks_only, cover_box)
-
-    # FiftyOne's editor opens and edits such a label: another stuff class, synced as a relabel.
-    names = {d.label for d in sample["possam"].detections}
-    new_class = next(c for c in ("playingfield", "sand", "dirt-merged", "river") if c not in names)
-    show()
-    _open_annotate_tab(browser)
-    entries = browser.find_elements(By.XPATH, f"//*[normalize-space(text())='{det.label}']")
-    assert entries, _wait_for_text(browser, ["Annotate"])
-    entries[-1].click()
-    form = _wait_for_text(browser, ["Edit Detection", "label"])
-    assert re.search(r"id:\s*([0-9a-f]{24})", form).group(1) == det.id, form
-    _pick_class_in_editor(browser, new_class)
-
-    def stored_label() -> str:
-        labels, ids = dataset.select(sample.id).values(["possam.detections.label", "possam.detections.id"])
-        return dict(zip(ids[0], labels[0]))[det.id]
-
-    _wait_for_database(browser, lambda: stored_label() == new_class, f"the stuff label {det.id} as {new_class}")
-    sync_editor_edits(dataset)
-    sample.reload()
-    edited = next(d for d in sample["possam"].detections if d.id == det.id)
-    assert edited.review_status == "relabeled" and edited["isthing"] is False
-    assert edited[MASK_ONLY_ATTRIBUTE] == hint
-    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-    for entry in errors:
-        print("console:", entry["message"][:300])
-    assert not [e for e in errors if "possam" in e["message"].lower() or "operator" in e["message"].lower()], errors

@@ -130,6 +130,8 @@ def test_stuff_labels_keep_the_mask_only_drawing_hint_through_relabel_and_revert
     sample.reload()
     by_id = {d.id: d for d in sample.possam.detections}
     assert all(by_id[d.id].label == d.label and label_attr(by_id[d.id], MASK_ONLY_ATTRIBUTE) == [[0.0, 0.0]] for d in stuff)
+    # Restored masks are stored in C order: the App's Annotate tab cannot decode Fortran-order ones.
+    assert all(d.mask.flags["C_CONTIGUOUS"] for d in sample.possam.detections if d.mask is not None)
 
 
 def test_reload_replaces_instead_of_duplicating(db, output_dir: Path, rows: list[dict]) -> None:

@@ -40,11 +40,16 @@ def _to_pycocotools(rle: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
-    """COCO RLE (compressed str/bytes counts, or uncompressed list counts) -> (H, W) bool mask."""
+    """COCO RLE (compressed str/bytes counts, or uncompressed list counts) -> C-contiguous (H, W) bool mask.
+
+    pycocotools decodes in Fortran order; a mask stored like that in FiftyOne (``np.save`` keeps
+    the order) cannot be decoded by the App's Annotate tab ("Fortran order arrays are not
+    supported"), so the order is fixed here, once for every caller.
+    """
     with warnings.catch_warnings():
         # pycocotools 2.0.x + NumPy 2 warn about the copy keyword inside decode; harmless.
         warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode(_to_pycocotools(rle)).astype(bool)
+        return np.ascontiguousarray(mask_utils.decode(_to_pycocotools(rle)), dtype=bool)
 
 
 def first_overlap(rles: Sequence[Mapping[str, Any]]) -> Optional[int]:
