@@ -314,8 +314,7 @@ def test_stuff_labels_draw_their_masks_without_boxes(app, browser) -> None:
         time.sleep(1.0)
         return _screenshot_array(browser)
 
-    masks_only = _left_edge_pixels(show(), browser, sample, det)
-    browser.save_screenshot(str(ARTIFACTS / "stuff_mask_only.png"))
+    # The control first (the hint removed), then the label as loaded, whose page the editor uses.
     hint = det[MASK_ONLY_ATTRIBUTE]
     det[MASK_ONLY_ATTRIBUTE] = None
     sample.save()
@@ -325,6 +324,8 @@ def test_stuff_labels_draw_their_masks_without_boxes(app, browser) -> None:
     finally:
         det[MASK_ONLY_ATTRIBUTE] = hint
         sample.save()
+    masks_only = _left_edge_pixels(show(), browser, sample, det)
+    browser.save_screenshot(str(ARTIFACTS / "stuff_mask_only.png"))
     # The control shows the stroke: one column of one solid colour. Without the hint, that colour
     # is not there (the mask is drawn translucent, so the image shows through it).
     modes = []
@@ -339,7 +340,6 @@ def test_stuff_labels_draw_their_masks_without_boxes(app, browser) -> None:
     # FiftyOne's editor opens and edits such a label: another stuff class, synced as a relabel.
     names = {d.label for d in sample["possam"].detections}
     new_class = next(c for c in ("playingfield", "sand", "dirt-merged", "river") if c not in names)
-    show()
     _open_annotate_tab(browser)
     entries = browser.find_elements(By.XPATH, f"//*[normalize-space(text())='{det.label}']")
     assert entries, _wait_for_text(browser, ["Annotate"])

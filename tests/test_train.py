@@ -185,7 +185,7 @@ def test_killed_two_worker_training_resumes_from_its_last_checkpoint(world, tmp_
     """A two-worker Ray Train run (the cached-feature path: frozen encoders run once) killed after a
     checkpoint resumes from it and ends with heads that load as a PosSAM checkpoint."""
     out = tmp_path / "killed"
-    iters = 16
+    iters = 10
     args = ["--data", str(world), "--workers", "2", "--cpus-per-worker", "1", "--max-iters", str(iters), "--cache-features"]
     proc = _run_train(args, out)
     deadline = time.time() + 400
