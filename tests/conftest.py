@@ -116,10 +116,22 @@ RAY_TEST_MODULES = frozenset({
 })
 
 
+# The longest modules (minutes each on the 2-core machine), started first: ``--dist loadfile``
+# hands out modules in collection order, so a long module collected last would run alone at the
+# end while the other worker idles. The rest keep their (alphabetical) order.
+LONG_MODULES_FIRST = (
+    "test_browser_app", "test_train", "test_train_sources", "test_benchmark_and_precision", "test_bootstrap",
+    "test_model_e2e", "test_autolabel_cluster", "test_autolabel_resume", "test_small_sam_prompts",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.stem in RAY_TEST_MODULES:
             item.add_marker(pytest.mark.ray)
+    rank = {name: i for i, name in enumerate(LONG_MODULES_FIRST)}
+    # A stable sort: tests keep their order inside a module.
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
 
 
 def pytest_configure(config: pytest.Config) -> None:

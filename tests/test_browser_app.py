@@ -435,8 +435,14 @@ def _hover_label(driver, sample, det) -> str:
     ActionChains(driver).move_to_element_with_offset(canvas, 1, 1).perform()
     time.sleep(0.3)
     ActionChains(driver).move_to_element_with_offset(canvas, dx, dy).perform()
-    time.sleep(1.0)
-    return driver.find_element(By.TAG_NAME, "body").text
+    # Until the tooltip of a label is complete (it ends with the label's id), at most 2 s.
+    deadline = time.monotonic() + 2.0
+    time.sleep(0.3)
+    text = driver.find_element(By.TAG_NAME, "body").text
+    while _hovered_label_id(text) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        text = driver.find_element(By.TAG_NAME, "body").text
+    return text
 
 
 def test_one_click_accept_and_next_in_queue_in_the_sample_view(app, browser) -> None:
