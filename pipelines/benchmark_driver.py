@@ -21,12 +21,13 @@ The model here is tiny and on CPU, so runs last long in wall time, and part of t
 (Ray's own threads) ticks with wall time rather than with images. ``--configs possam_tiny
 possam_small`` runs each mode with two models whose throughputs differ many-fold (the tiny random
 model, the shipped small PosSAM), ``--inputs photos demo`` on two input sets (the real photos, the
-shipped 256 x 256 demo scenes), and the benchmark fits, per mode over all its runs, driver CPU = a x images + b x seconds over
-the runs' measured windows: ``a`` is what each image costs the driver, ``b`` the CPU it spends
+shipped 256 x 256 demo scenes), and the benchmark fits, per mode, driver CPU = a x images +
+b x seconds over the runs' measured windows: ``a`` is what each image costs the driver, ``b`` the CPU it spends
 per second whatever the rate. One driver process then keeps up until a x rate + b reaches one
 core: the fitted ceiling is (1 - b) / a images/s, what carries over to a GPU cluster::
 
-    python -m pipelines.benchmark_driver --images 96 --configs possam_tiny possam_small --inputs photos demo --modes workers --json docs/bench_driver.json
+    python -m pipelines.benchmark_driver --images 288 --rows-per-part 16 --configs possam_tiny possam_small \
+        --inputs photos demo --modes workers --json docs/bench_driver_fit.json
 """
 
 from __future__ import annotations
@@ -156,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench_driver_", dir=args.workdir) as tmp:
         runs = []
+        listings = {inputs: make_listing(Path(tmp) / inputs, args.images, inputs) for inputs in args.inputs}
         for config, inputs, mode in [(c, i, m) for c in args.configs for i in args.inputs for m in args.modes]:
-            listing = make_listing(Path(tmp) / inputs, args.images, inputs)
+            listing = listings[inputs]
             command = [
                 sys.executable, "-m", "pipelines.benchmark_driver", "--one", mode, "--listing", str(listing),
                 "--out", str(Path(tmp) / f"out_{len(runs)}_{inputs}_{mode}"), "--config", config,

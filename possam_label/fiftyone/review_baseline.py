@@ -19,8 +19,7 @@ import fiftyone as fo
 
 from ..io.rle import decode_rle, encode_mask
 from .bulk_load import BASELINE_ATTRIBUTES
-from .convert import label_attr
-from .drawing import thing_attributes
+from .convert import label_attr, set_isthing
 from .dataset import DEFAULT_LABEL_FIELD, ReviewFields
 
 
@@ -82,8 +81,7 @@ def detection_from_baseline(entry: Mapping[str, Any]) -> fo.Detection:
         **dict(entry.get("attributes") or {}),
     )
     if (entry.get("attributes") or {}).get("isthing") is False:
-        for key, value in thing_attributes(False).items():
-            det[key] = value  # the App's mask-only drawing of a stuff label, as the loader wrote it
+        set_isthing(det, False)  # the App's mask-only drawing of a stuff label, as the loader wrote it
     det.id = entry["label_id"]
     return det
 
