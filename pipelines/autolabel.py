@@ -25,7 +25,7 @@ from pipelines._cli import add_set_argument
 from possam_label.engine.autolabel import OPTION_GROUPS, AutolabelError, AutolabelOptions, AutolabelSummary, run_autolabel
 from possam_label.engine.autolabel.options import DEFAULT_IMAGE_TIMEOUT_S, DEFAULT_MAX_WORKER_RETRIES, WRITES
 from possam_label.io.images import DEFAULT_MAX_PIXELS
-from possam_label.io.tables import OutputDirError
+from possam_label.io.output_store import OutputDirError
 from possam_label.predictors import PREDICTOR_REGISTRY
 
 

@@ -379,58 +379,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    paths_to_run = [p.strip() for p in args.paths.split(",") if p.strip()]
-    unknown = [p for p in paths_to_run if p not in PATHS]
-    if unknown or args.num_images < 1 or args.batch_size < 1 or args.repeats < 1:
-        print(f"error: unknown paths {unknown}" if unknown else "error: --num-images, --batch-size and --repeats must be >= 1", file=sys.stderr)
-        return 2
+def measure_paths(args: argparse.Namespace, paths_to_run: list[str], workdir: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any], int]:
+    """``--repeats`` runs of each path (printing each run's rate), then the ``--flops`` counts:
+    ``(runs by path, FLOPs by model, torch threads)``."""
+    from possam_label.config_mapping import parse_assignments
     from possam_label.engine.autolabel import default_torch_threads
 
-    if args.config is None:
-        from possam_label.predictor import DEFAULT_CONFIG
+    config = benchmark_config(args.config, args.random_weights, workdir, parse_assignments(args.assignments))
+    inputs = prepare_inputs(args.dataset, args.num_images, workdir)
+    threads = args.torch_threads or default_torch_threads(args.num_cpus or os.cpu_count() or 1, 1)
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in paths_to_run}
+    for _ in range(args.repeats):
+        for name in paths_to_run:
+            if name == "pipeline":
+                run = measure_pipeline(inputs, config, args.batch_size, args.device, args.vocab, threads, workdir, args.num_cpus, args.rows_per_part)
+            else:
+                run = in_child_process(PATHS[name], inputs, config, args.batch_size, args.device, args.vocab, threads,
+                                       precision=args.precision, compile_model=args.compile_model)
+            runs[name].append(run)
+            print(f"{name:<20} {runs[name][-1]['images_per_second']:.3f} images/s", flush=True)
+    flops: dict[str, Any] = {}
+    if args.flops:
+        for name, model in (("possam", "possam"), ("sam_clip", "sam-clip")):
+            if model == "sam-clip" and "sam_clip" not in runs:
+                continue
+            flops[name] = in_child_process(count_flops_per_image, config, args.batch_size, args.device, args.vocab, model, inputs)
+    return runs, flops, threads
 
-        args.config = str(DEFAULT_CONFIG)
-    with tempfile.TemporaryDirectory(prefix="possam_bench_", dir=args.workdir) as tmp:
-        workdir = Path(tmp)
-        from possam_label.config_mapping import parse_assignments
 
-        config = benchmark_config(args.config, args.random_weights, workdir, parse_assignments(args.assignments))
-        inputs = prepare_inputs(args.dataset, args.num_images, workdir)
-        threads = args.torch_threads or default_torch_threads(args.num_cpus or os.cpu_count() or 1, 1)
-        runs: dict[str, list[dict[str, Any]]] = {p: [] for p in paths_to_run}
-        for _ in range(args.repeats):
-            for name in paths_to_run:
-                if name == "pipeline":
-                    runs[name].append(
-                        measure_pipeline(inputs, config, args.batch_size, args.device, args.vocab, threads, workdir, args.num_cpus, args.rows_per_part)
-                    )
-                else:
-                    runs[name].append(
-                        in_child_process(
-                            PATHS[name], inputs, config, args.batch_size, args.device, args.vocab, threads,
-                            precision=args.precision, compile_model=args.compile_model,
-                        )
-                    )
-                print(f"{name:<20} {runs[name][-1]['images_per_second']:.3f} images/s", flush=True)
-        flops: dict[str, Any] = {}
-        if args.flops:
-            for name, model in (("possam", "possam"), ("sam_clip", "sam-clip")):
-                if model == "sam-clip" and "sam_clip" not in runs:
-                    continue
-                flops[name] = in_child_process(count_flops_per_image, config, args.batch_size, args.device, args.vocab, model, inputs)
+def build_result(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], flops: dict[str, Any], threads: int) -> dict[str, Any]:
+    """The benchmark's JSON: the runs, their medians, the ratios between paths and the FLOP bounds."""
     result: dict[str, Any] = {
-        "machine": machine_description(),
-        "config": args.config,
-        "random_weights": args.random_weights,
-        "overrides": args.assignments,
-        "batch_size": args.batch_size,
-        "torch_threads": threads,
-        "num_images": args.num_images,
-        "dataset": args.dataset,
-        "runs": runs,
+        "machine": machine_description(), "config": args.config, "random_weights": args.random_weights, "overrides": args.assignments,
+        "batch_size": args.batch_size, "torch_threads": threads, "num_images": args.num_images, "dataset": args.dataset, "runs": runs,
         "images_per_second": {name: statistics.median(r["images_per_second"] for r in rs) for name, rs in runs.items()},
     }
     rates = result["images_per_second"]
@@ -458,11 +439,16 @@ def main(argv: Optional[list[str]] = None) -> int:
                 counted["fraction_of_bound"] = measured / bound
             if measured:
                 counted["achieved_tflops"] = measured * counted["gflops_per_image"] / 1e3
-    machine = result["machine"]
+    result["cpu_seconds_per_image"] = {name: statistics.median(r["cpu_seconds_per_image"] for r in rs) for name, rs in runs.items()}
+    return result
+
+
+def print_report(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """The human-readable summary of ``result``: machine, settings, one line per path, ratios, FLOPs."""
+    runs, threads, machine = result["runs"], result["torch_threads"], result["machine"]
     print(f"machine: {machine['cpu']} x{machine['cpu_count']}, {machine['memory_gb']} GB, GPUs: {machine['gpus'] or 'none'}, load {machine['load_average_1_5_15']}")
     print(f"config {args.config}{' (random weights)' if args.random_weights else ''}, batch size {args.batch_size}, "
           f"{threads} torch threads, {args.num_images} images")
-    result["cpu_seconds_per_image"] = {name: statistics.median(r["cpu_seconds_per_image"] for r in rs) for name, rs in runs.items()}
     for name, rate in result["images_per_second"].items():
         print(f"  {name:<20} {rate:8.2f} images/s  {result['cpu_seconds_per_image'][name]:6.3f} CPU s/image  (median of {len(runs[name])})")
         if name == "pipeline":
@@ -484,6 +470,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         if "fraction_of_bound" in counted:
             line += f", bound {counted['bound_images_per_second']:.1f} images/s at {result['peak_tflops']} TFLOP/s, reached {counted['fraction_of_bound']:.1%}"
         print(line)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    paths_to_run = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = [p for p in paths_to_run if p not in PATHS]
+    if unknown or args.num_images < 1 or args.batch_size < 1 or args.repeats < 1:
+        print(f"error: unknown paths {unknown}" if unknown else "error: --num-images, --batch-size and --repeats must be >= 1", file=sys.stderr)
+        return 2
+    if args.config is None:
+        from possam_label.predictor import DEFAULT_CONFIG
+
+        args.config = str(DEFAULT_CONFIG)
+    with tempfile.TemporaryDirectory(prefix="possam_bench_", dir=args.workdir) as tmp:
+        runs, flops, threads = measure_paths(args, paths_to_run, Path(tmp))
+    result = build_result(args, runs, flops, threads)
+    print_report(args, result)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json_out}")

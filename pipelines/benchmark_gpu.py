@@ -36,13 +36,16 @@ import logging
 import os
 import platform
 import re
-import statistics
 import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from pipelines.benchmark_gpu_timing import build_possam, count_flops, on_device, time_forward, time_predict, train_step_timing, variant
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("pipelines.benchmark_gpu")
@@ -86,32 +89,6 @@ def machine(device: str) -> dict[str, Any]:
     return info
 
 
-def _sync(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_mb(device: Any) -> Optional[float]:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # CPU: the process's peak RSS
-
-
 def random_config(config: str, workdir: Path, img_size: Optional[int] = None) -> str:
     """A copy of ``config`` without any weight file (random init, nothing downloaded)."""
     from pipelines.benchmark import benchmark_config
@@ -120,149 +97,156 @@ def random_config(config: str, workdir: Path, img_size: Optional[int] = None) ->
     return benchmark_config(config, True, workdir, overrides)
 
 
-def on_device(device: str, build: Callable[[], Any]) -> Any:
-    """``build()`` with ``device`` as torch's default device, so random weights are initialised on
-    the GPU (seconds) rather than on the CPU (a minute for ViT-H + ConvNeXt-L); on failure the
-    plain build is used."""
-    import torch
+@dataclass
+class SuiteGrid:
+    """The networks measured (config paths, random weights) and the sizes of the measurement grid."""
 
-    if not device.startswith("cuda"):
-        return build()
-    try:
-        with torch.device(device):
-            return build()
-    except Exception as err:  # code that assumes CPU tensors while building: build the slow way
-        logger.warning("building on %s failed (%s: %s); building on the CPU", device, type(err).__name__, err)
-        return build()
+    models: dict[str, str]
+    batches: list[int]
+    iterations: int
+    warmup: int
+    train_batch: int
 
 
-def build_possam(config: str, device: str) -> Any:
-    import torch
-
-    from possam_label.predictors import build_predictor
-
-    torch.manual_seed(0)
-    return on_device(device, lambda: build_predictor("possam", config, device=device, load_backbones=False, precision="fp32"))
-
-
-def variant(base: Any, precision: str, compiled: bool) -> Any:
-    """The same network (shared weights) under another precision / compile setting."""
-    from possam_label.predictor import PosSAMPredictor
-
-    return PosSAMPredictor(base.model, base.config, base.vocabulary, base.train_vocabulary, base.device, base.weight_files,
-                           precision=precision, compile=compiled)
+def suite_grid(args: argparse.Namespace) -> SuiteGrid:
+    """PosSAM-H/B at full size with the command line's batches, or the tiny config at 64 px (``--smoke``)."""
+    workdir = Path(tempfile.mkdtemp(prefix="possam_gpu_suite_"))
+    if args.smoke:
+        tiny = str(REPO / "configs" / "possam_tiny.yaml")
+        models = {"possam_h": random_config(tiny, workdir, img_size=64), "possam_b": random_config(tiny, workdir, img_size=64)}
+        return SuiteGrid(models, [1], 1, 1, 1)
+    models = {"possam_h": random_config(str(REPO / "configs" / "possam_vit_h.yaml"), workdir),
+              "possam_b": random_config(str(REPO / "configs" / "possam_vit_b.yaml"), workdir)}
+    return SuiteGrid(models, [int(b) for b in args.batches.split(",")], args.iterations, 2, 8)
 
 
-def time_forward(predictor: Any, batch_size: int, iterations: int, warmup: int) -> dict[str, Any]:
-    """Images/s of ``forward_raw`` on a random (B, 3, S, S) batch already on the device."""
-    import torch
+def new_result(args: argparse.Namespace, device: str, grid: SuiteGrid) -> dict[str, Any]:
+    """The suite's JSON before any measurement: machine, settings, empty sections and the bf16 peak."""
+    result: dict[str, Any] = {
+        "suite": "possam-label GPU suite", "smoke": bool(args.smoke), "machine": machine(device),
+        "settings": {"time_budget_s": args.time_budget, "batches": grid.batches, "iterations": grid.iterations,
+                     "configs": {k: v for k, v in grid.models.items()},
+                     "weights": "random (load_backbones=False)", "compile": not (args.no_compile or args.smoke)},
+        "model_only": [], "predict": [], "flops": {}, "sam_clip": {}, "train_step": {}, "skipped": [], "errors": [],
+    }
+    gpu_name = result["machine"].get("gpu", "")
+    peak = args.peak_tflops or (bf16_peak_tflops(gpu_name) if gpu_name else None)
+    result["flops"]["peak_bf16_tflops"] = peak
+    result["flops"]["peak_source"] = "--peak-tflops" if args.peak_tflops else (f"table: {gpu_name}" if peak else "unknown device: pass --peak-tflops")
+    return result
 
-    device = predictor.device
-    size = predictor.model.sam.img_size
-    text = predictor.text_classifier(predictor.vocabulary)
-    pixels = torch.rand(batch_size, 3, size, size, device=device) * 255
-    _reset_peak(device)
-    with torch.inference_mode():
+
+class Suite:
+    """One run of the suite: its measurements, each filling ``result`` under the time budget, with
+    at most one network's weights on the device at a time."""
+
+    def __init__(self, args: argparse.Namespace, device: str, grid: SuiteGrid, budget: Budget, result: dict[str, Any]) -> None:
+        self.args, self.device, self.grid, self.budget, self.result = args, device, grid, budget, result
+        self.predictors: dict[str, Any] = {}
+
+    def steps(self) -> list[Callable[[], None]]:
+        """Every measurement in priority order: what the targets need first, then the rest of the grid."""
+        batches, model_only = self.grid.batches, self.model_only
+        first = sorted(batches, key=lambda b: (b != 8, b))
+        plan: list[Callable[[], None]] = [partial(model_only, "possam_h", "bf16", False, b) for b in first]
+        plan += [partial(self.flops, "possam_h"), self.sam_clip, self.train_step, self.predict]
+        plan += [partial(model_only, "possam_h", "bf16", True, b) for b in first]
+        plan += [partial(model_only, "possam_h", "fp32", False, b) for b in batches]
+        plan.append(partial(self.flops, "possam_b"))
+        plan += [partial(model_only, "possam_b", p, False, b) for p in ("bf16", "fp32") for b in batches]
+        plan += [partial(model_only, "possam_b", "bf16", True, b) for b in batches]
+        plan += [partial(model_only, m, "fp32", True, b) for m in ("possam_h", "possam_b") for b in batches]
+        return plan
+
+    def attempt(self, section: str, label: dict[str, Any], fn: Callable[[], dict[str, Any]], min_left: float) -> Optional[dict[str, Any]]:
+        """``label`` plus what ``fn`` measured, or None when skipped (under ``min_left`` s left) or failed."""
+        import torch
+
+        if self.budget.left() < min_left:
+            self.result["skipped"].append({"section": section, **label,
+                                           "reason": f"time budget ({self.budget.elapsed():.0f} s used of {self.args.time_budget:.0f})"})
+            return None
         start = time.perf_counter()
-        for _ in range(warmup):
-            predictor.forward_raw(pixels, text)
-        _sync(device)
-        warmup_s = time.perf_counter() - start
-        times = []
-        for _ in range(iterations):
-            start = time.perf_counter()
-            predictor.forward_raw(pixels, text)
-            _sync(device)
-            times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
-    return {"images_per_second": batch_size / seconds, "seconds_per_batch": seconds, "iterations": iterations,
-            "warmup_seconds": warmup_s, "peak_memory_mb": _peak_mb(device)}
+        try:
+            row = {**label, **fn(), "wall_seconds": time.perf_counter() - start}
+        except Exception as err:  # one failed measurement (e.g. out of memory) must not lose the others
+            self.result["errors"].append({"section": section, **label, "error": f"{type(err).__name__}: {err}"[:500],
+                                          "traceback": traceback.format_exc()[-1500:]})
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            return None
+        logger.warning("%s %s: %s", section, label, {k: v for k, v in row.items() if isinstance(v, (int, float))})
+        return row
 
+    def free_device(self) -> None:
+        """Drop the cached predictor and give its GPU memory back."""
+        import torch
 
-def count_flops(predictor: Any) -> dict[str, Any]:
-    """FLOPs per image of ``forward_raw`` at batch 1 (``torch.utils.flop_counter``)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+        self.predictors.clear()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
 
-    size = predictor.model.sam.img_size
-    text = predictor.text_classifier(predictor.vocabulary)
-    pixels = torch.rand(1, 3, size, size, device=predictor.device) * 255
-    predictor.model.requires_grad_(False)  # the counter's module tracker hooks grad-requiring tensors
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        predictor.forward_raw(pixels, text)
-    by_module = {name: sum(v.values()) / 1e9 for name, v in counter.get_flop_counts().items() if name.count(".") == 1}
-    return {"gflops_per_image": counter.get_total_flops() / 1e9, "gflops_by_module": by_module}
+    def base(self, model: str) -> Any:
+        """The fp32 predictor of ``model``, built once while it is the one on the device."""
+        if model not in self.predictors:
+            self.free_device()  # one model's weights on the device at a time
+            self.predictors[model] = build_possam(self.grid.models[model], self.device)
+        return self.predictors[model]
 
+    def model_only(self, model: str, precision: str, compiled: bool, batch: int) -> None:
+        """One ``model_only`` entry: ``forward_raw`` images/s at this precision, mode and batch."""
+        args, grid = self.args, self.grid
+        label = {"model": model, "precision": precision, "compiled": compiled, "batch_size": batch}
+        if compiled and (args.no_compile or args.smoke):
+            self.result["skipped"].append({"section": "model_only", **label, "reason": "--smoke (no torch.compile on the CPU)" if args.smoke else "--no-compile"})
+            return
+        min_left = 60.0 if compiled and not args.smoke else 5.0
+        row = self.attempt("model_only", label, lambda: time_forward(variant(self.base(model), precision, compiled), batch, grid.iterations, grid.warmup), min_left)
+        if row is not None:
+            self.result["model_only"].append(row)
 
-def time_predict(predictor: Any, batch_size: int, iterations: int) -> dict[str, Any]:
-    """Images/s of ``predict`` on random uint8 images of the model's input size."""
-    import numpy as np
+    def flops(self, model: str) -> None:
+        """The ``flops`` entry of ``model``: counted FLOPs per image."""
+        row = self.attempt("flops", {"model": model}, lambda: count_flops(variant(self.base(model), "fp32", False)), 10.0)
+        if row is not None:
+            self.result["flops"][model] = row
 
-    size = predictor.model.sam.img_size if hasattr(predictor, "model") else predictor.config.sam.img_size
-    images = [np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8) for i in range(batch_size)]
-    predictor.predict(images, batch_size=batch_size)  # warm-up: text embeddings, allocator, kernels
-    _reset_peak(predictor.device)
-    times, segments = [], 0
-    for _ in range(iterations):
-        start = time.perf_counter()
-        predictions = predictor.predict(images, batch_size=batch_size)
-        _sync(predictor.device)
-        times.append(time.perf_counter() - start)
-        segments += sum(len(p.segments) for p in predictions)
-    seconds = statistics.median(times)
-    return {"images_per_second": batch_size / seconds, "seconds_per_batch": seconds, "iterations": iterations,
-            "segments_per_image": segments / (iterations * batch_size), "peak_memory_mb": _peak_mb(predictor.device)}
+    def predict(self) -> None:
+        """The ``predict`` entry: PosSAM-H ``predict`` images/s in bf16 at batch 8 (or the largest batch)."""
+        batches = self.grid.batches
+        batch = 8 if 8 in batches else batches[-1]
+        row = self.attempt("predict", {"model": "possam_h", "precision": "bf16", "batch_size": batch},
+                           lambda: time_predict(variant(self.base("possam_h"), "bf16", False), batch, self.grid.iterations), 20.0)
+        if row is not None:
+            self.result["predict"].append(row)
 
+    def sam_clip(self) -> None:
+        """The ``sam_clip`` entry: the two-stage baseline at ViT-H, batch 1."""
+        import torch
 
-def train_step_timing(config: str, device: str, batch_size: int, iterations: int, segments_per_image: int = 10) -> dict[str, Any]:
-    """Seconds per PosSAM heads training step (frozen encoders run in the step, bf16 autocast)."""
-    import torch
+        from possam_label.predictors import build_predictor
 
-    from possam_label.config import load_config
-    from possam_label.model.possam import FROZEN_PREFIXES, PosSAM
-    from possam_label.train.trainer import HeadsForward, build_criterion, build_optimizer, freeze_modules, train_step
-    from possam_label.vocab import load_vocabulary, resolve_vocabulary_spec
+        def run() -> dict[str, Any]:
+            self.free_device()
+            torch.manual_seed(0)
+            baseline = on_device(self.device, lambda: build_predictor("sam-clip", self.grid.models["possam_h"], device=self.device, load_backbones=False))
+            row = time_predict(baseline, 1, max(1, self.grid.iterations // 2))
+            del baseline
+            return row
 
-    cfg = load_config(config)
-    cfg.train.amp = True  # bf16 autocast (on CUDA; the step runs fp32 on the CPU)
-    dev = torch.device(device)
-    torch.manual_seed(0)
-    model = on_device(device, lambda: PosSAM.from_config(cfg, load_backbones=False)).to(dev)
-    model.train()
-    freeze_modules(model, cfg.train.frozen_modules)  # head modules the config freezes; the encoders are frozen by construction
-    vocabulary = load_vocabulary(resolve_vocabulary_spec(cfg.train_vocabulary or cfg.vocabulary, cfg.resolve_path))
-    text = model.clip.text_classifier(vocabulary)
-    criterion = build_criterion(cfg.train, len(vocabulary))
-    optimizer = build_optimizer(model, cfg.train)
-    heads = HeadsForward(model, cfg.train.deep_supervision)
-    size = cfg.sam.img_size
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 255, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator)
-    targets = []
-    for _ in range(batch_size):
-        masks = torch.zeros(segments_per_image, size, size, dtype=torch.bool)
-        for k in range(segments_per_image):
-            y, x = torch.randint(0, size // 2, (2,), generator=generator).tolist()
-            h, w = torch.randint(size // 16, size // 2, (2,), generator=generator).tolist()
-            masks[k, y : y + h, x : x + w] = True
-        targets.append({"labels": torch.randint(0, len(vocabulary), (segments_per_image,), generator=generator), "masks": masks})
-    batch = {"images": images, "valid": None, "targets": targets}
-    train_step(model, heads, criterion, optimizer, batch, text, cfg, dev)  # warm-up
-    _reset_peak(dev)
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        losses = train_step(model, heads, criterion, optimizer, batch, text, cfg, dev)
-        _sync(dev)
-        times.append(time.perf_counter() - start)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    encoders = [p for name, p in model.named_parameters() if name.startswith(FROZEN_PREFIXES)]
-    return {"seconds_per_iteration": statistics.median(times), "iterations": iterations, "batch_size": batch_size, "img_size": size,
-            "precision": "bf16" if dev.type == "cuda" else "fp32", "peak_memory_mb": _peak_mb(dev), "loss": losses["loss"],
-            "trainable_parameters": trainable, "encoder_parameters": sum(p.numel() for p in encoders),
-            "encoders_frozen": not any(p.requires_grad for p in encoders),
-            "images_per_second": batch_size / statistics.median(times)}
+        row = self.attempt("sam_clip", {"model": "sam_clip_vit_h", "batch_size": 1}, run, 30.0)
+        if row is not None:
+            self.result["sam_clip"] = row
+
+    def train_step(self) -> None:
+        """The ``train_step`` entry: one PosSAM-H heads training step."""
+        def run() -> dict[str, Any]:
+            self.free_device()
+            return train_step_timing(self.grid.models["possam_h"], self.device, self.grid.train_batch, max(2, self.grid.iterations // 2))
+
+        row = self.attempt("train_step", {"model": "possam_h", "frozen_encoders": True}, run, 45.0 if not self.args.smoke else 1.0)
+        if row is not None:
+            self.result["train_step"] = row
 
 
 def run_suite(args: argparse.Namespace, save: Callable[[dict[str, Any]], None] = lambda result: None) -> dict[str, Any]:
@@ -274,129 +258,16 @@ def run_suite(args: argparse.Namespace, save: Callable[[dict[str, Any]], None] =
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.smoke:
         device = "cpu"
-    workdir = Path(tempfile.mkdtemp(prefix="possam_gpu_suite_"))
-    if args.smoke:
-        tiny = str(REPO / "configs" / "possam_tiny.yaml")
-        models = {"possam_h": random_config(tiny, workdir, img_size=64), "possam_b": random_config(tiny, workdir, img_size=64)}
-        batches, iterations, warmup, train_batch = [1], 1, 1, 1
-    else:
-        models = {"possam_h": random_config(str(REPO / "configs" / "possam_vit_h.yaml"), workdir),
-                  "possam_b": random_config(str(REPO / "configs" / "possam_vit_b.yaml"), workdir)}
-        batches, iterations, warmup, train_batch = [int(b) for b in args.batches.split(",")], args.iterations, 2, 8
-    result: dict[str, Any] = {
-        "suite": "possam-label GPU suite", "smoke": bool(args.smoke), "machine": machine(device),
-        "settings": {"time_budget_s": args.time_budget, "batches": batches, "iterations": iterations, "configs": {k: v for k, v in models.items()},
-                     "weights": "random (load_backbones=False)", "compile": not (args.no_compile or args.smoke)},
-        "model_only": [], "predict": [], "flops": {}, "sam_clip": {}, "train_step": {}, "skipped": [], "errors": [],
-    }
-    gpu_name = result["machine"].get("gpu", "")
-    peak = args.peak_tflops or (bf16_peak_tflops(gpu_name) if gpu_name else None)
-    result["flops"]["peak_bf16_tflops"] = peak
-    result["flops"]["peak_source"] = "--peak-tflops" if args.peak_tflops else (f"table: {gpu_name}" if peak else "unknown device: pass --peak-tflops")
-    predictors: dict[str, Any] = {}
-
-    def attempt(section: str, label: dict[str, Any], fn: Callable[[], dict[str, Any]], min_left: float) -> Optional[dict[str, Any]]:
-        if budget.left() < min_left:
-            result["skipped"].append({"section": section, **label, "reason": f"time budget ({budget.elapsed():.0f} s used of {args.time_budget:.0f})"})
-            return None
-        start = time.perf_counter()
-        try:
-            row = {**label, **fn(), "wall_seconds": time.perf_counter() - start}
-        except Exception as err:  # one failed measurement (e.g. out of memory) must not lose the others
-            result["errors"].append({"section": section, **label, "error": f"{type(err).__name__}: {err}"[:500],
-                                     "traceback": traceback.format_exc()[-1500:]})
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            return None
-        logger.warning("%s %s: %s", section, label, {k: v for k, v in row.items() if isinstance(v, (int, float))})
-        return row
-
-    def base(model: str) -> Any:
-        if model not in predictors:
-            predictors.clear()  # one model's weights on the device at a time
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            predictors[model] = build_possam(models[model], device)
-        return predictors[model]
-
-    def model_only(model: str, precision: str, compiled: bool, batch: int) -> None:
-        label = {"model": model, "precision": precision, "compiled": compiled, "batch_size": batch}
-        if compiled and (args.no_compile or args.smoke):
-            result["skipped"].append({"section": "model_only", **label, "reason": "--smoke (no torch.compile on the CPU)" if args.smoke else "--no-compile"})
-            return
-        min_left = 60.0 if compiled and not args.smoke else 5.0
-        row = attempt("model_only", label, lambda: time_forward(variant(base(model), precision, compiled), batch, iterations, warmup), min_left)
-        if row is not None:
-            result["model_only"].append(row)
-
-    # Priority order: what the targets need first, then the rest of the grid.
-    plan: list[Callable[[], None]] = []
-    for batch in sorted(batches, key=lambda b: (b != 8, b)):
-        plan.append(lambda b=batch: model_only("possam_h", "bf16", False, b))
-    plan.append(lambda: _flops("possam_h"))
-    plan.append(lambda: _sam_clip())
-    plan.append(lambda: _train())
-    plan.append(lambda: _predict())
-    for batch in sorted(batches, key=lambda b: (b != 8, b)):
-        plan.append(lambda b=batch: model_only("possam_h", "bf16", True, b))
-    for batch in batches:
-        plan.append(lambda b=batch: model_only("possam_h", "fp32", False, b))
-    plan.append(lambda: _flops("possam_b"))
-    for precision in ("bf16", "fp32"):
-        for batch in batches:
-            plan.append(lambda p=precision, b=batch: model_only("possam_b", p, False, b))
-    for batch in batches:
-        plan.append(lambda b=batch: model_only("possam_b", "bf16", True, b))
-    for model in ("possam_h", "possam_b"):
-        for batch in batches:
-            plan.append(lambda m=model, b=batch: model_only(m, "fp32", True, b))
-
-    def _flops(model: str) -> None:
-        row = attempt("flops", {"model": model}, lambda: count_flops(variant(base(model), "fp32", False)), 10.0)
-        if row is not None:
-            result["flops"][model] = row
-
-    def _predict() -> None:
-        batch = 8 if 8 in batches else batches[-1]
-        row = attempt("predict", {"model": "possam_h", "precision": "bf16", "batch_size": batch},
-                      lambda: time_predict(variant(base("possam_h"), "bf16", False), batch, iterations), 20.0)
-        if row is not None:
-            result["predict"].append(row)
-
-    def _sam_clip() -> None:
-        from possam_label.predictors import build_predictor
-
-        def run() -> dict[str, Any]:
-            predictors.clear()
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            torch.manual_seed(0)
-            baseline = on_device(device, lambda: build_predictor("sam-clip", models["possam_h"], device=device, load_backbones=False))
-            row = time_predict(baseline, 1, max(1, iterations // 2))
-            del baseline
-            return row
-
-        row = attempt("sam_clip", {"model": "sam_clip_vit_h", "batch_size": 1}, run, 30.0)
-        if row is not None:
-            result["sam_clip"] = row
-
-    def _train() -> None:
-        def run() -> dict[str, Any]:
-            predictors.clear()
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            return train_step_timing(models["possam_h"], device, train_batch, max(2, iterations // 2))
-
-        row = attempt("train_step", {"model": "possam_h", "frozen_encoders": True}, run, 45.0 if not args.smoke else 1.0)
-        if row is not None:
-            result["train_step"] = row
-
-    for step in plan:
+    grid = suite_grid(args)
+    result = new_result(args, device, grid)
+    peak = result["flops"]["peak_bf16_tflops"]
+    suite = Suite(args, device, grid, budget, result)
+    for step in suite.steps():
         step()
         summarize(result, peak)
         result["elapsed_s"] = budget.elapsed()
         save(result)
-    predictors.clear()
+    suite.predictors.clear()
     return result
 
 

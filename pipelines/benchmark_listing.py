@@ -85,7 +85,8 @@ def template_segments(num_segments: int) -> pa.Table:
 
 def commit_parts(store: Any, rows: list[dict[str, Any]], rows_per_part: int, template: pa.Table) -> None:
     """Commit ``rows`` as ok images in parts of ``rows_per_part`` (vectorised; not timed)."""
-    from possam_label.io.tables import IMAGES_SCHEMA, SEGMENTS_SCHEMA, new_part_prefix
+    from possam_label.io.output_store import new_part_prefix
+    from possam_label.io.tables import IMAGES_SCHEMA, SEGMENTS_SCHEMA
 
     prefix = new_part_prefix()
     k = template.num_rows
@@ -111,7 +112,7 @@ def commit_parts(store: Any, rows: list[dict[str, Any]], rows_per_part: int, tem
 def run_size(size: int, rows_per_part: int, segments_per_image: int, work: Path) -> dict[str, Any]:
     """All stages at one size, in this process."""
     from possam_label.engine.autolabel import list_inputs, unique_inputs, write_panoptic_json
-    from possam_label.io.tables import OutputStore
+    from possam_label.io.output_store import OutputStore
     from possam_label.vocab import load_vocabulary
 
     images_dir = work / "images"

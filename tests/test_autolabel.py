@@ -15,9 +15,10 @@ import pytest
 
 from possam_label.engine.autolabel import AutolabelError, AutolabelOptions, run_autolabel
 from possam_label.io.coco_panoptic_validate import validate_coco_panoptic
+from possam_label.io.output_store import OutputDirError, read_images_table, read_segments_table
 from possam_label.io.panoptic_png import read_panoptic_png
 from possam_label.io.rle import decode_rle
-from possam_label.io.tables import IMAGES_SCHEMA, SEGMENTS_SCHEMA, OutputDirError, image_id_for_path, read_images_table, read_segments_table
+from possam_label.io.tables import IMAGES_SCHEMA, SEGMENTS_SCHEMA, image_id_for_path
 from possam_label.vocab import load_vocabulary
 
 DATA = Path(__file__).resolve().parent / "data" / "autolabel"

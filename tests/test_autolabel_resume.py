@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from possam_label.io.coco_panoptic_validate import validate_coco_panoptic
-from possam_label.io.tables import read_images_table, read_segments_table
+from possam_label.io.output_store import read_images_table, read_segments_table
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "autolabel"

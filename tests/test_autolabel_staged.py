@@ -14,15 +14,13 @@ import pytest
 from possam_label.engine.autolabel import AutolabelOptions, EncodeOutputs
 from possam_label.engine.autolabel.commit import PipelineStats, StagedCommitter, iter_rows
 from possam_label.io.coco_panoptic_writer import panoptic_png_bytes
-from possam_label.io.tables import (
-    SEGMENTS_SCHEMA,
+from possam_label.io.output_store import (
     OutputStore,
     new_staged_token,
-    predicted_segments_table,
     read_images_table,
     read_segments_table,
-    table_to_ipc,
 )
+from possam_label.io.tables import SEGMENTS_SCHEMA, predicted_segments_table, table_to_ipc
 from test_panoptic import three_segments
 
 

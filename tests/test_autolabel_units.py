@@ -27,18 +27,20 @@ from possam_label.engine.autolabel import (
 )
 from possam_label.io.coco_panoptic_validate import CocoPanopticValidationError, validate_coco_panoptic
 from possam_label.io.coco_panoptic_writer import panoptic_png_bytes, write_coco_panoptic_json
+from possam_label.io.output_store import (
+    OutputDirError,
+    OutputStore,
+    read_images_table,
+    read_segments_table,
+)
 from possam_label.io.panoptic_png import read_panoptic_png, rgb2id
 from possam_label.io.rle import decode_rle, encode_mask, encode_panoptic_map, mask_bbox, rle_area, rle_bbox
 from possam_label.io.tables import (
     IMAGES_SCHEMA,
     SEGMENTS_SCHEMA,
-    OutputDirError,
-    OutputStore,
     image_id_for_path,
     images_table,
-    read_images_table,
     predicted_segments_table,
-    read_segments_table,
     segments_table,
     table_from_ipc,
     table_to_ipc,

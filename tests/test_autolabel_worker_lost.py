@@ -18,7 +18,8 @@ import pytest
 from possam_label.engine.autolabel import AutolabelOptions, run_autolabel
 from possam_label.engine.autolabel.model_process import TEST_KILL_ON_ENV
 from possam_label.io.coco_panoptic_validate import validate_coco_panoptic
-from possam_label.io.tables import image_id_for_path, read_images_table
+from possam_label.io.output_store import read_images_table
+from possam_label.io.tables import image_id_for_path
 
 EDGE_CASES = Path(__file__).resolve().parent / "data" / "autolabel" / "edge_cases"
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "possam_tiny.yaml")

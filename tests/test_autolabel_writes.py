@@ -12,7 +12,7 @@ import pytest
 
 from possam_label.engine.autolabel import AutolabelOptions, run_autolabel
 from possam_label.io.coco_panoptic_validate import validate_coco_panoptic
-from possam_label.io.tables import read_images_table, read_segments_table
+from possam_label.io.output_store import read_images_table, read_segments_table
 
 pytestmark = pytest.mark.ray
 

@@ -77,8 +77,8 @@ def test_bootstrap_recipe_end_to_end(world: Path, tmp_path: Path, ray_session) -
     from possam_label.data.sources import PanopticTargetDataset
     from possam_label.engine.train_data import resolve_training_source, training_vocabulary
     from possam_label.io.coco_panoptic_validate import validate_coco_panoptic
+    from possam_label.io.output_store import read_images_table, read_segments_table
     from possam_label.io.panoptic_png import read_panoptic_png
-    from possam_label.io.tables import read_images_table, read_segments_table
     from possam_label.model.possam import read_heads_metadata
     from possam_label.predictor import PosSAMPredictor
 

@@ -15,9 +15,9 @@ import pytest
 
 from possam_label.engine.autolabel import AutolabelError, AutolabelOptions, run_autolabel
 from possam_label.io.coco_panoptic_validate import validate_coco_panoptic
+from possam_label.io.output_store import read_images_table, read_segments_table
 from possam_label.io.panoptic_png import read_panoptic_png
 from possam_label.io.rle import decode_rle
-from possam_label.io.tables import read_images_table, read_segments_table
 from possam_label.synthetic.sam_eval import evaluate_prompts
 from possam_label.synthetic.small_sam import build_small_sam
 from possam_label.train.checkpoints import read_checkpoint_metadata

@@ -25,8 +25,8 @@ from conftest import import_or_unavailable, private_fiftyone_database  # noqa: E
 from possam_label.data.sources import PanopticTargetDataset, TrainingDataError, open_training_source
 from possam_label.engine.train_data import resolve_training_source, training_vocabulary
 from possam_label.fiftyone.testing import write_coco_autolabel_output
+from possam_label.io.output_store import read_segments_table
 from possam_label.io.panoptic_png import read_panoptic_png
-from possam_label.io.tables import read_segments_table
 
 REPO = Path(__file__).resolve().parents[1]
 COCO = REPO / "tests" / "data" / "coco_panoptic_sample"

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
+from ..io.output_store import read_images_table, read_segments_table
 from ..io.panoptic_png import read_panoptic_png
-from ..io.tables import read_images_table, read_segments_table
 from ..panoptic import keep_ids, score_passes
 from .sources import PanopticTarget, TargetSegment, TrainingDataError, TrainingSource, image_size
 

@@ -1,7 +1,7 @@
 """Read an autolabel output directory (``python -m pipelines.autolabel --out DIR``) with pyarrow only.
 
 This module does not import FiftyOne: the command-line export from a DIR uses it directly, and the
-FiftyOne loader builds on it. The layout is the one written by :mod:`possam_label.io.tables`::
+FiftyOne loader builds on it. The layout is the one written by :mod:`possam_label.io.output_store`::
 
     DIR/run.json                 provenance, vocabulary, counts
     DIR/images/part-P.parquet    one row per input image; a part is committed iff this file exists
@@ -24,8 +24,9 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import pyarrow.parquet as pq
 
+from ..io.output_store import OutputStore
 from ..io.rle import decode_rle_crop, first_overlap
-from ..io.tables import SEGMENT_COLUMNS, OutputStore
+from ..io.tables import SEGMENT_COLUMNS
 from ..types import PanopticPrediction, SegmentInfo
 from ..vocab import Vocabulary
 

@@ -5,7 +5,7 @@
   :func:`use_private_database` to point FiftyOne (this process and child processes) at it
   (:func:`use_benchmark_database` for the benchmarks).
 * :func:`write_coco_autolabel_output`: an autolabel output directory, written with the producer's
-  own store (:class:`possam_label.io.tables.OutputStore`), whose masks are COCO-panoptic ground
+  own store (:class:`possam_label.io.output_store.OutputStore`), whose masks are COCO-panoptic ground
   truth and whose scores are drawn from a seeded RNG: real images and real masks for exercising
   the loader, the review tools and the export without a trained model.
 """
@@ -35,7 +35,8 @@ from PIL import Image
 from ..io.panoptic_png import id2rgb, read_panoptic_png
 from ..io.rle import encode_panoptic_map, mask_bbox
 from ..io.atomic_files import atomic_write_json
-from ..io.tables import OutputStore, image_id_for_path, images_table, segments_table
+from ..io.output_store import OutputStore
+from ..io.tables import image_id_for_path, images_table, segments_table
 
 logger = logging.getLogger(__name__)
 

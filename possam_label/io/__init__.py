@@ -1,1 +1,1 @@
-"""Readers and writers: panoptic PNGs, COCO-panoptic JSON, Parquet tables, RLE."""
+"""Readers and writers: panoptic PNGs, COCO-panoptic JSON, Parquet tables, the output-directory store, RLE."""

@@ -2,7 +2,7 @@
 
 Every writer of the output directory goes through these, so a process killed at any instant
 leaves either the old file or the complete new one, plus at most a hidden ``.tmp-`` file that
-:meth:`~possam_label.io.tables.OutputStore.recover` deletes.
+:meth:`~possam_label.io.output_store.OutputStore.recover` deletes.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :class:`PartCommitter` writes each part's files itself (``--writes driver``: results carry PNG bytes
 and segment rows); :class:`StagedCommitter` renames what the workers staged (``--writes workers``:
 results carry staging tokens). Either way a part's ``images`` file is written last, so a part
-without it does not exist (:class:`~possam_label.io.tables.OutputStore`).
+without it does not exist (:class:`~possam_label.io.output_store.OutputStore`).
 """
 
 from __future__ import annotations
@@ -18,14 +18,12 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import pyarrow as pa
 
+from ...io.output_store import OutputStore, check_staged_token, new_part_prefix
 from ...io.tables import (
     SEGMENTS_SCHEMA,
     STATUS_ERROR,
     STATUS_OK,
-    OutputStore,
-    check_staged_token,
     images_table,
-    new_part_prefix,
     table_from_ipc,
 )
 from .options import AutolabelOptions

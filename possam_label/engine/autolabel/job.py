@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ...io.coco_panoptic_writer import segment_info_entry, write_coco_panoptic_json
-from ...io.tables import SEGMENT_INFO_COLUMNS, STATUS_OK, OutputStore, utc_now
+from ...io.output_store import OutputStore, utc_now
+from ...io.tables import SEGMENT_INFO_COLUMNS, STATUS_OK
 from .commit import PartCommitter, PipelineStats, ResultCommitter, StagedCommitter, committed_counts, iter_rows
 from .cluster import CPU_STAGE_CPUS, WorkerPlan, actor_pool_kwargs, init_ray, ray_resources, resolve_writes, starts_local_ray
 from .inputs import list_inputs, unique_inputs

@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 from ...config import PosSAMConfig
 from ...config_mapping import with_current_keys
 from ...io.atomic_files import atomic_write_json
-from ...io.tables import OutputStore, new_part_prefix, utc_now
+from ...io.output_store import OutputStore, new_part_prefix, utc_now
 from .inputs import FIFTYONE_PREFIX
 from .options import AutolabelError, AutolabelOptions, AutolabelSummary
 

@@ -31,14 +31,13 @@ import pyarrow as pa
 
 from ...io.coco_panoptic_writer import panoptic_png_bytes
 from ...io.images import ImageDecodeError, load_image_for_model
+from ...io.output_store import OutputStore, new_staged_token
 from ...io.rle import encode_panoptic_map
 from ...io.tables import (
     ARROW_TYPES,
     SEGMENTS_SCHEMA,
     STATUS_ERROR,
     STATUS_OK,
-    OutputStore,
-    new_staged_token,
     predicted_segments_table,
     table_from_ipc,
     table_to_ipc,
@@ -350,7 +349,7 @@ class EncodeOutputs:
     - ``out_dir`` None (driver writes): adds ``png`` (bytes) and ``segments`` (Arrow IPC of the
       image's segment rows); the driver writes both.
     - ``out_dir`` set (workers write): stages the batch's PNGs and ONE Parquet file of its
-      segment rows in ``out_dir`` (:meth:`~possam_label.io.tables.OutputStore.write_staged`) and
+      segment rows in ``out_dir`` (:meth:`~possam_label.io.output_store.OutputStore.write_staged`) and
       adds only ``staged`` (the batch's staging token) and ``staged_rows`` (rows of the batch:
       the driver commits the batch once all of them arrived). ``out_dir`` must be on a
       filesystem this worker sees at the same path as the driver.
