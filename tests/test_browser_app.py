@@ -422,8 +422,11 @@ def _interior_point(sample, det) -> tuple[int, int]:
     from possam_label.fiftyone.convert import detection_mask_placement
 
     x0, y0, crop = detection_mask_placement(det, sample.metadata.height, sample.metadata.width)
-    cy, cx = np.unravel_index(np.argmax(ndimage.distance_transform_edt(crop)), crop.shape)
-    return int(x0 + cx), int(y0 + cy)
+    # Padded: a mask cut by the image border has its border there too (else the farthest pixel may
+    # lie on the image's edge).
+    padded = np.pad(crop, 1)
+    cy, cx = np.unravel_index(np.argmax(ndimage.distance_transform_edt(padded)), padded.shape)
+    return int(x0 + cx - 1), int(y0 + cy - 1)
 
 
 def _hover_label(driver, sample, det) -> str:
@@ -695,13 +698,40 @@ def _pick_class_in_editor(driver, new_class: str) -> None:
     option.click()
 
 
+def _brush_stroke(driver, sample, points: list[tuple[int, int]], steps: int = 20) -> None:
+    """With the Annotate tab's label form open: pick the brush (its toolbar button) and paint one
+    stroke through image pixels ``points`` (pointer down at the first, moves, up at the last)."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, "button[aria-label=Brush]").click()
+    time.sleep(0.5)
+    # The image as drawn (in the Annotate tab the sidebar covers the canvas's right part, and the
+    # image is fitted into what is left).
+    image = driver.find_element(By.CSS_SELECTOR, "[data-cy=lighter-sample-image]").rect
+    width, height = sample.metadata.width, sample.metadata.height
+
+    def screen(x: float, y: float) -> tuple[int, int]:
+        return (round(image["x"] + (x + 0.5) * image["width"] / width), round(image["y"] + (y + 0.5) * image["height"] / height))
+
+    actions = ActionBuilder(driver)
+    actions.pointer_action.move_to_location(*screen(*points[0]))
+    actions.pointer_action.pointer_down()
+    for (ax, ay), (bx, by) in zip(points, points[1:]):
+        for k in range(1, steps + 1):
+            actions.pointer_action.move_to_location(*screen(ax + (bx - ax) * k / steps, ay + (by - ay) * k / steps))
+            actions.pointer_action.pause(0.03)
+    actions.pointer_action.pointer_up()
+    actions.perform()
+
+
 def test_annotate_tab_edit_is_a_correction_and_reaches_the_export(app, browser, tmp_path) -> None:
-    """In FiftyOne's own editor (sample view → Annotate): open a label of ours and pick another class
-    in its class dropdown. The App writes it straight to the dataset; the export then records it as
-    a correction (relabel, source "editor", category_id from the new class, semantic map repainted)
-    and carries the label as reviewer-verified: its new class and all its pixels, above a
-    confidence floor that would otherwise drop it. (Mask edits arrive the same way, through the
-    editor's save endpoint: tests/test_editor_sync.py.)"""
+    """In FiftyOne's own editor (sample view → Annotate): open a label of ours, paint a brush stroke
+    from inside its mask up past its box, and pick another class in its class dropdown. The App
+    writes both straight to the dataset; the export then records them as one correction (an edit
+    that also relabeled, source "editor", category_id from the new class, semantic map repainted)
+    and carries the label as reviewer-verified: its new class and all its pixels, the painted ones
+    included, above a confidence floor that would otherwise drop it."""
     import re
 
     import numpy as np
@@ -740,11 +770,26 @@ def test_annotate_tab_edit_is_a_correction_and_reaches_the_export(app, browser, 
             ["possam.detections.id", "possam.detections.label", "possam.detections.bounding_box"])
         return {i: (n, b) for i, n, b in zip(ids[0], labels[0], boxes[0])}
 
+    def placed_mask(label) -> np.ndarray:
+        left, top, crop = detection_mask_placement(label, height, width)
+        mask = np.zeros((height, width), dtype=bool)
+        mask[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+        return mask
+
+    # A brush stroke from the label's most interior pixel straight up, 30 pixels past its box.
+    before = placed_mask(det)
+    x, y = _interior_point(sample, det)
+    top = int(np.flatnonzero(before.any(axis=1))[0])
+    _brush_stroke(browser, sample, [(x, y), (x, max(2, top - 30))])
+    brush_s = _wait_for_database(browser, lambda: stored()[label_id][1] != list(det.bounding_box), f"the label {label_id} painted")
+    browser.save_screenshot(str(ARTIFACTS / "annotate_brushed.png"))
+    print(f"\nAnnotate tab: brush stroke in the database after {brush_s:.2f} s")
+
     _pick_class_in_editor(browser, new_class)
     relabel_s = _wait_for_database(browser, lambda: stored()[label_id][0] == new_class, f"the label {label_id} as {new_class}")
     time.sleep(1.0)
     browser.save_screenshot(str(ARTIFACTS / "annotate_edited.png"))
-    print(f"\nAnnotate tab: class change in the database after {relabel_s:.2f} s")
+    print(f"Annotate tab: class change in the database after {relabel_s:.2f} s")
 
     # The export records the editor's edits first (sync), then keeps the label as reviewer-verified.
     floor = min(0.99, float(det.confidence) + 0.01)
@@ -753,8 +798,8 @@ def test_annotate_tab_edit_is_a_correction_and_reaches_the_export(app, browser, 
     sample.reload()
     edited = next(d for d in sample["possam"].detections if d.id == label_id)
     log = [e for e in sample["possam_corrections"] if e.get("label_id") == label_id]  # a revert entry has none
-    assert [(e["action"], e["source"]) for e in log] == [("relabel", "editor")], log
-    assert edited.label == new_class and edited.review_status == "relabeled" and edited.original_label == det.label
+    assert [(e["action"], e["source"], e["relabeled"]) for e in log] == [("edit", "editor", True)], log
+    assert edited.label == new_class and edited.review_status == "edited" and edited.original_label == det.label
     check_coco_panoptic(out / "panoptic.json")
     data = json.loads((out / "panoptic.json").read_text())
     category = next(c for c in data["categories"] if c["name"] == new_class)
@@ -762,12 +807,16 @@ def test_annotate_tab_edit_is_a_correction_and_reaches_the_export(app, browser, 
     ann = next(a for a in data["annotations"] if a["image_id"] == sample["possam_image_id"])
     segment = next(s for s in ann["segments_info"] if s["id"] == edited.segment_id)
     assert segment["category_id"] == category["id"]
-    left, top, crop = detection_mask_placement(edited, height, width)
-    mask = np.zeros((height, width), dtype=bool)
-    mask[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
-    assert int(mask.sum()) == det.area
+    mask = placed_mask(edited)
+    painted = mask & ~before
+    kept = before & mask
+    print(f"brush stroke: {int(painted.sum())} pixels added above row {top}, {int(before.sum() - kept.sum())} of the "
+          f"mask's edge lost to the App's re-encoding (mask {det.area} -> {edited.area} pixels)")
+    assert painted.sum() >= 100 and painted[: top].any()
+    assert kept.sum() >= 0.99 * before.sum()  # the App resamples the mask to its new box: a few edge pixels move
+    assert int(mask.sum()) == edited.area
     id_map = read_panoptic_png(out / "panoptic" / ann["file_name"])
-    assert np.array_equal(id_map == edited.segment_id, mask)  # all its pixels: verified labels fill first
+    assert np.array_equal(id_map == edited.segment_id, mask)  # all its pixels, painted ones too: verified labels fill first
     # The semantic map was repainted with the new class.
     assert (sample["possam_semantic"].mask[mask] == category["id"]).all()
 

@@ -155,13 +155,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         estimate = estimate_auto_accept(ds, num_bootstrap=args.bootstrap, seed=args.seed + draw)
         estimate_s = time.perf_counter() - start
         rest = {lid for sid in sample_ids if sid not in set(reviewed) for lid in verdicts[sid]}
+        seen = {lid for sid in reviewed for lid in verdicts[sid]}
         rows = []
         for t in THRESHOLDS:
             above = [correct[lid] for lid in rest if confidences[lid] >= t]
+            # The plain alternative: the precision the reviewed labels themselves had above t.
+            seen_above = [correct[lid] for lid in seen if confidences[lid] >= t]
             at = estimate.at(t)
             true = float(np.mean(above)) if above else None
+            empirical = float(np.mean(seen_above)) if seen_above else None
             rows.append({"threshold": t, "num_labels": len(above), "estimated": at.precision, "low": at.low, "high": at.high,
-                         "true": true, "error": None if true is None or at.precision is None else at.precision - true})
+                         "true": true, "error": None if true is None or at.precision is None else at.precision - true,
+                         "reviewed_precision": empirical,
+                         "reviewed_precision_error": None if true is None or empirical is None else empirical - true})
         draws.append({"draw": draw, "num_reviewed_labels": estimate.num_reviewed, "calibrated_classes": estimate.calibrated_classes,
                       "review_s": review_s, "estimate_s": estimate_s, "rows": rows})
         errors = [abs(r["error"]) for r in rows if r["error"] is not None]
@@ -174,14 +180,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fo.delete_dataset(ds.name)
     all_errors = [abs(r["error"]) for d in draws for r in d["rows"] if r["error"] is not None]
     covered = [r["low"] <= r["true"] <= r["high"] for d in draws for r in d["rows"] if r["true"] is not None]
+    plain = [abs(r["reviewed_precision_error"]) for d in draws for r in d["rows"] if r["reviewed_precision_error"] is not None]
     report = {
         "num_images": len(paths), "num_labels": len(correct), "overall_true_precision": float(np.mean(list(correct.values()))),
         "reviewed_images": args.reviewed, "draws": draws, "max_abs_error": max(all_errors), "mean_abs_error": float(np.mean(all_errors)),
+        "within_3_points": [sum(e <= 0.03 for e in all_errors), len(all_errors)],
+        "draws_all_within_3_points": sum(all(abs(r["error"]) <= 0.03 for r in d["rows"] if r["error"] is not None) for d in draws),
+        "reviewed_precision_max_abs_error": max(plain), "reviewed_precision_within_3_points": [sum(e <= 0.03 for e in plain), len(plain)],
         "interval_coverage": float(np.mean(covered)), "timings": timings, "config": args.config,
     }
     print(f"{len(paths)} images, {len(correct)} labels, true precision overall {100 * report['overall_true_precision']:.1f} %; "
           f"over {args.draws} draws x {len(THRESHOLDS)} thresholds: max |error| {100 * report['max_abs_error']:.1f} points, "
-          f"mean {100 * report['mean_abs_error']:.1f}, 95 % interval covers the truth {100 * report['interval_coverage']:.0f} %")
+          f"mean {100 * report['mean_abs_error']:.1f}, within 3 points {report['within_3_points']}, every threshold within 3 points in "
+          f"{report['draws_all_within_3_points']} draws; 95 % interval covers the truth {100 * report['interval_coverage']:.0f} %; "
+          f"the reviewed labels' own precision: within 3 points {report['reviewed_precision_within_3_points']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
