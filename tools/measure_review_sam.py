@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,12 +46,12 @@ def _mask_prompt(segmenter, mask: np.ndarray) -> np.ndarray:
     return ((low - 0.5) * 20.0).numpy()
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=4242)
     parser.add_argument("--scenes", type=int, default=10)
     parser.add_argument("--config", default=None, help="PosSAM config (default: the shipped small one)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     segmenter = prompted_segmenter(args.config)
     predictor, vocabulary = segmenter.sam_predictor, segmenter.predictor.vocabulary
     figures: dict[str, list[float]] = defaultdict(list)

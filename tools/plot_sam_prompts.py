@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--scenes", type=int, default=4)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import matplotlib
 
@@ -35,7 +36,7 @@ def main() -> None:
 
     predictor = SamPredictor(build_small_sam(args.checkpoint))
     colours = plt.get_cmap("tab20")
-    fig, axes = plt.subplots(args.scenes, 3, figsize=(9, 3 * args.scenes), dpi=100)
+    fig, axes = plt.subplots(args.scenes, 3, figsize=(9, 3 * args.scenes), dpi=100, squeeze=False)
     for row, (image, id_map, segments) in enumerate(held_out_scenes(args.scenes)):
         predictor.set_image(image)
         box_overlay = image.astype(np.float32) / 255 * 0.4
