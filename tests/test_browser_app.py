@@ -5,7 +5,9 @@ Starts ``python -m fiftyone.server.main`` on 127.0.0.1 against a private mongod,
 checks that the panel renders the dataset's numbers and that the operator browser lists every
 operator of the plugin, drives the sample view's one-click "accept" and "next in queue" buttons
 (a label clicked on the image, accepted in the dataset and shown as accepted by the open sample
-without a page reload; the next queue sample opened), and saves screenshots under ``test-artifacts/browser/`` (or
+without a page reload; the next queue sample opened), edits a label in FiftyOne's own Annotate tab
+(a brush stroke and a class change) and finds the edit in the export, runs a 20-correction session,
+checks that stuff labels draw no box, and saves screenshots under ``test-artifacts/browser/`` (or
 ``$POSSAM_TEST_ARTIFACTS``). Needs Debian's ``chromium`` and ``chromium-driver`` packages
 (``apt-get install -y chromium chromium-driver``) and the ``selenium`` package.
 """
