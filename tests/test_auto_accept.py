@@ -18,7 +18,7 @@ import pytest
 fo = pytest.importorskip("fiftyone")
 
 from possam_label.fiftyone import corrections as C  # noqa: E402
-from possam_label.fiftyone.auto_accept import auto_accept, estimate_auto_accept, review_outcomes  # noqa: E402
+from possam_label.fiftyone.auto_accept import ReviewOutcomes, auto_accept, estimate_auto_accept, review_outcomes  # noqa: E402
 from possam_label.fiftyone.dataset import set_categories  # noqa: E402
 from possam_label.fiftyone.load import ensure_review_fields  # noqa: E402
 from possam_label.fiftyone.review import needs_review_view  # noqa: E402
@@ -142,3 +142,23 @@ def test_nothing_reviewed_is_a_clear_error(db) -> None:
     C.accept_labels(ds, [(ds.first().id, ds.first().possam.detections[0].id)])
     with pytest.raises(ValueError, match="both outcomes"):
         estimate_auto_accept(ds)
+
+
+def test_an_unbroken_run_of_right_labels_is_not_certainty() -> None:
+    """Reviewed labels right exactly above confidence 0.5 (40 samples of 5): the isotonic fit says 1
+    above 0.5 and 0 below. The estimate takes the all-right top block of n labels as
+    (n + 1/2) / (n + 1) (Jeffreys' prior) and the all-wrong bottom block of m as 1/2 / (m + 1), so
+    the estimate for high-confidence labels is below 1 and its interval has a width."""
+    rng = np.random.default_rng(7)
+    conf = rng.uniform(0.0, 1.0, 200)
+    right = conf > 0.5
+    unreviewed = np.repeat([0.05, 0.95], 150)  # clear of the gap the fit interpolates across
+    outcomes = ReviewOutcomes(conf, np.full(200, "disc", dtype=object), right, unreviewed,
+                              np.full(300, "disc", dtype=object), np.repeat(np.arange(40), 5))
+    estimate = estimate_auto_accept(None, outcomes=outcomes, thresholds=[0.0, 0.9], num_bootstrap=100)
+    top, bottom = int(right.sum()), int((~right).sum())
+    at_high = estimate.at(0.9)
+    assert at_high.num_labels == 150 and at_high.precision == pytest.approx((top + 0.5) / (top + 1.0))
+    assert at_high.low < at_high.precision <= at_high.high <= 1.0  # an interval, not "100 % ± 0"
+    everything = estimate.at(0.0)
+    assert everything.precision == pytest.approx(((top + 0.5) / (top + 1.0) + 0.5 / (bottom + 1.0)) / 2)

@@ -14,9 +14,10 @@ label a probability of being right; the estimated precision of accepting every u
 at or above a threshold is the mean of theirs. Its 95 % interval is a bootstrap over the reviewed
 samples (refit, re-estimate; one image's labels tend to succeed or fail together), with each
 unreviewed label's outcome drawn from its refitted probability, so that it is an interval for the
-precision the accepted labels will have, not only for its expectation. Because the calibration is conditional on confidence, a review that
-looked mostly at low-confidence labels (the needs-review queue) still estimates the precision of
-the high-confidence rest, as long as the reviewed labels span the confidences it is asked about.
+precision the accepted labels will have, not only for its expectation. Because the calibration is
+conditional on confidence, a review that looked mostly at low-confidence labels (the needs-review
+queue) still estimates the precision of the high-confidence rest, as long as the reviewed labels
+span the confidences it is asked about.
 
 :func:`auto_accept` accepts them (``review_status="auto_accepted"``, the estimate stored on each
 label and in the corrections log); revert undoes it like any correction.
@@ -164,9 +165,14 @@ def _calibrate(conf: np.ndarray, correct: np.ndarray, targets: np.ndarray) -> np
     model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
     fitted = model.fit_transform(conf, correct.astype(np.float64))
     probs = model.predict(targets)
-    top, bottom = int((fitted >= 1.0).sum()), int((fitted <= 0.0).sum())
-    probs[probs >= 1.0] = (top + 0.5) / (top + 1.0)
-    probs[probs <= 0.0] = 0.5 / (bottom + 1.0)
+    top, bottom = fitted >= 1.0, fitted <= 0.0
+    # A cap (and a floor), not a replacement, so that the values the fit interpolates between its
+    # blocks stay monotonic; never below the block under it (a top block of one label is no reason
+    # to doubt a block of fifty right at 0.95).
+    if top.any():
+        probs = np.minimum(probs, max((top.sum() + 0.5) / (top.sum() + 1.0), float(fitted[~top].max(initial=0.0))))
+    if bottom.any():
+        probs = np.maximum(probs, min(0.5 / (bottom.sum() + 1.0), float(fitted[~bottom].min(initial=1.0))))
     return probs
 
 
@@ -244,8 +250,7 @@ def estimate_auto_accept(
     point = precisions(_calibrated_probabilities(outcomes, np.arange(n), classes))
     # Each draw refits on resampled reviewed samples, then draws the outcome of every unreviewed
     # label from its refitted probability: the interval is for the precision these labels will
-    # actually have, which varies around its expectation too (by about a third of the spread for
-    # 50 reviewed images against 150 unreviewed ones).
+    # actually have, which varies around its expectation too.
     rng = np.random.default_rng(seed)
     draws = np.stack([
         precisions((rng.random(len(order)) < _calibrated_probabilities(outcomes, index, classes)).astype(np.float64))
