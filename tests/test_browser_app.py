@@ -262,12 +262,10 @@ def _left_edge_pixels(image, driver, sample, det):
 
     width, height = sample.metadata.width, sample.metadata.height
     x, y, _, h = det.bounding_box
-    canvas, dx, top = _canvas_point(driver, sample, x * width, (y + 0.2 * h) * height)
-    _, _, bottom = _canvas_point(driver, sample, x * width, (y + 0.8 * h) * height)
-    rect = canvas.rect
-    centre_x, centre_y = rect["x"] + rect["width"] / 2, rect["y"] + rect["height"] / 2
-    column = int(round(centre_x + dx - 0.5))
-    rows = np.arange(int(centre_y + top), int(centre_y + bottom))
+    left, top = _screen_point(driver, sample, x * width, (y + 0.2 * h) * height)
+    _, bottom = _screen_point(driver, sample, x * width, (y + 0.8 * h) * height)
+    column = int(round(left - 0.5))
+    rows = np.arange(int(top), int(bottom))
     return image[rows][:, column - 3 : column + 4]
 
 
@@ -395,25 +393,43 @@ def _plugin_buttons(driver) -> dict[str, object]:
 _BUTTON_ORDER: dict[str, int] = {}
 
 
-def _canvas_point(driver, sample, x: float, y: float) -> tuple[object, float, float]:
-    """The sample view's canvas and the offset from its centre of image pixel (``x``, ``y``)."""
+def _screen_point(driver, sample, x: float, y: float) -> tuple[float, float]:
+    """Viewport coordinates of the centre of image pixel (``x``, ``y``) of the open sample.
+
+    The Annotate tab draws the sample with its own renderer, whose image element says where the
+    image is (its sidebar covers the canvas's right part and the image is fitted into what is
+    left). The Explore tab's viewer has no such element: there the image is fitted and centred in
+    its (largest) canvas."""
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     width, height = sample.metadata.width, sample.metadata.height
     for attempt in range(5):
-        try:  # the sample view may re-render its canvases (after a refresh) while we measure them
-            canvas = max(driver.find_elements(By.TAG_NAME, "canvas"), key=lambda c: c.rect["width"] * c.rect["height"])
-            box = canvas.rect
+        try:  # the sample view may re-render (after a refresh) while we measure it
+            image = driver.find_elements(By.CSS_SELECTOR, "[data-cy=lighter-sample-image]")
+            if image:
+                box = image[0].rect
+                return box["x"] + (x + 0.5) * box["width"] / width, box["y"] + (y + 0.5) * box["height"] / height
+            box = max(driver.find_elements(By.TAG_NAME, "canvas"), key=lambda c: c.rect["width"] * c.rect["height"]).rect
             break
         except StaleElementReferenceException:
             time.sleep(0.3)
     else:
-        raise AssertionError("the sample view kept re-rendering its canvas")
-    scale = min(box["width"] / width, box["height"] / height)  # the image is fitted and centred
-    dx = (box["width"] - width * scale) / 2 + (x + 0.5) * scale - box["width"] / 2
-    dy = (box["height"] - height * scale) / 2 + (y + 0.5) * scale - box["height"] / 2
-    return canvas, dx, dy
+        raise AssertionError("the sample view kept re-rendering")
+    scale = min(box["width"] / width, box["height"] / height)
+    return (box["x"] + (box["width"] - width * scale) / 2 + (x + 0.5) * scale,
+            box["y"] + (box["height"] - height * scale) / 2 + (y + 0.5) * scale)
+
+
+def _move_pointer(driver, *points: tuple[float, float]) -> None:
+    """Move the pointer through viewport ``points`` (no button pressed)."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    actions = ActionBuilder(driver)
+    for point in points:
+        actions.pointer_action.move_to_location(round(point[0]), round(point[1]))
+        actions.pointer_action.pause(0.3)
+    actions.perform()
 
 
 def _interior_point(sample, det) -> tuple[int, int]:
@@ -433,13 +449,10 @@ def _interior_point(sample, det) -> tuple[int, int]:
 
 def _hover_label(driver, sample, det) -> str:
     """Point at the most interior pixel of ``det`` in the open sample; returns the tooltip's text."""
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    canvas, dx, dy = _canvas_point(driver, sample, *_interior_point(sample, det))
-    ActionChains(driver).move_to_element_with_offset(canvas, 1, 1).perform()
-    time.sleep(0.3)
-    ActionChains(driver).move_to_element_with_offset(canvas, dx, dy).perform()
+    # Off every label first (the image's top-left pixel), so the tooltip is the target's.
+    _move_pointer(driver, _screen_point(driver, sample, 0, 0), _screen_point(driver, sample, *_interior_point(sample, det)))
     # Until the tooltip of a label is complete (it ends with the label's id), at most 2 s.
     deadline = time.monotonic() + 2.0
     time.sleep(0.3)
@@ -708,20 +721,14 @@ def _brush_stroke(driver, sample, points: list[tuple[int, int]], steps: int = 20
 
     driver.find_element(By.CSS_SELECTOR, "button[aria-label=Brush]").click()
     time.sleep(0.5)
-    # The image as drawn (in the Annotate tab the sidebar covers the canvas's right part, and the
-    # image is fitted into what is left).
-    image = driver.find_element(By.CSS_SELECTOR, "[data-cy=lighter-sample-image]").rect
-    width, height = sample.metadata.width, sample.metadata.height
 
-    def screen(x: float, y: float) -> tuple[int, int]:
-        return (round(image["x"] + (x + 0.5) * image["width"] / width), round(image["y"] + (y + 0.5) * image["height"] / height))
-
+    screen = [_screen_point(driver, sample, x, y) for x, y in points]  # the mapping is affine: interpolate on screen
     actions = ActionBuilder(driver)
-    actions.pointer_action.move_to_location(*screen(*points[0]))
+    actions.pointer_action.move_to_location(round(screen[0][0]), round(screen[0][1]))
     actions.pointer_action.pointer_down()
-    for (ax, ay), (bx, by) in zip(points, points[1:]):
+    for (ax, ay), (bx, by) in zip(screen, screen[1:]):
         for k in range(1, steps + 1):
-            actions.pointer_action.move_to_location(*screen(ax + (bx - ax) * k / steps, ay + (by - ay) * k / steps))
+            actions.pointer_action.move_to_location(round(ax + (bx - ax) * k / steps), round(ay + (by - ay) * k / steps))
             actions.pointer_action.pause(0.03)
     actions.pointer_action.pointer_up()
     actions.perform()
